@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Makes sure the Debian packages Postern needs are installed.
+# Usage: ensure-packages.sh CHECK=PACKAGE...
+#   CHECK is "lib:NAME" (a pkg-config module) or "cmd:NAME" (a command on PATH or in /usr/sbin).
+# Missing packages are installed with apt-get when running as root; otherwise the script
+# says which ones to install and exits 1.
+set -euo pipefail
+
+missing=()
+for spec in "$@"; do
+    check=${spec%%=*}
+    package=${spec#*=}
+    case "$check" in
+        lib:*) pkg-config --exists "${check#lib:}" 2>/dev/null || missing+=("$package") ;;
+        cmd:*) name=${check#cmd:}
+               command -v "$name" >/dev/null 2>&1 || [ -x "/usr/sbin/$name" ] || missing+=("$package") ;;
+        *) echo "ensure-packages: bad check '$spec'" >&2; exit 2 ;;
+    esac
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+# pkg-config itself is needed for the lib: checks.
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "Postern needs these Debian packages: ${missing[*]}" >&2
+    echo "Install them with: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+fi
+echo "Installing: ${missing[*]}"
+# Postfix asks how to configure itself; the tests run their own configuration.
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "Installed: ${missing[*]}"

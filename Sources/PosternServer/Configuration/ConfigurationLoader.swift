@@ -1,0 +1,348 @@
+import Foundation
+import Logging
+import NIOCore
+import PosternUpstream
+import SMTPCore
+import Yams
+
+/// One problem in a configuration file, located as `file:line:column`.
+public struct ConfigurationError: Error, Hashable, Sendable, CustomStringConvertible {
+    public var file: String
+    public var line: Int
+    public var column: Int
+    public var message: String
+
+    public var description: String { "\(file):\(line):\(column): \(message)" }
+}
+
+/// Every problem found in a configuration, reported together.
+public struct ConfigurationErrors: Error, Sendable, CustomStringConvertible {
+    public var errors: [ConfigurationError]
+    public var description: String { errors.map(\.description).joined(separator: "\n") }
+}
+
+/// Reads the YAML configuration. Unknown keys and wrong types are errors with their
+/// position, so a typo never silently falls back to a default.
+public enum ConfigurationLoader {
+    /// The configuration `postern serve` uses without `--config`: listen on loopback 2525,
+    /// deliver into `var/maildir` under the working directory. Safe on any machine.
+    public static let bundledDefault = """
+        # Postern's bundled default: a local test setup that needs no MTA.
+        hostname: postern.localhost
+        listen:
+          - address: 127.0.0.1:2525
+        upstreams:
+          - url: maildir:var/maildir
+        spool:
+          directory: /tmp
+        """
+
+    public static func load(path: String) throws(ConfigurationErrors) -> PosternConfiguration {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigurationErrors(errors: [ConfigurationError(file: path, line: 1, column: 1, message: "cannot read file: \(error.localizedDescription)")])
+        }
+        return try load(yaml: text, file: path)
+    }
+
+    public static func load(yaml: String, file: String) throws(ConfigurationErrors) -> PosternConfiguration {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml)
+        } catch let error as YamlError {
+            throw ConfigurationErrors(errors: [syntaxError(error, file: file)])
+        } catch {
+            throw ConfigurationErrors(errors: [ConfigurationError(file: file, line: 1, column: 1, message: "\(error)")])
+        }
+        var reader = NodeReader(file: file)
+        let configuration = reader.configuration(root)
+        if !reader.errors.isEmpty { throw ConfigurationErrors(errors: reader.errors) }
+        return configuration
+    }
+
+    private static func syntaxError(_ error: YamlError, file: String) -> ConfigurationError {
+        switch error {
+        case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
+            return ConfigurationError(file: file, line: mark.line, column: mark.column, message: "YAML syntax: \(problem)")
+        default:
+            return ConfigurationError(file: file, line: 1, column: 1, message: "YAML: \(error)")
+        }
+    }
+}
+
+/// Walks the YAML node tree, collecting every error with its position.
+struct NodeReader {
+    let file: String
+    var errors: [ConfigurationError] = []
+
+    mutating func fail(_ node: Node?, _ message: String) {
+        let mark = node?.mark
+        errors.append(ConfigurationError(file: file, line: mark?.line ?? 1, column: mark?.column ?? 1, message: message))
+    }
+
+    /// A mapping's entries by key; unknown keys and duplicates are errors.
+    mutating func mapping(_ node: Node, _ what: String, keys: Set<String>) -> [String: Node] {
+        guard case .mapping(let mapping) = node else {
+            fail(node, "\(what) must be a mapping")
+            return [:]
+        }
+        var result: [String: Node] = [:]
+        for (key, value) in mapping {
+            guard let name = key.scalar?.string else {
+                fail(key, "\(what): keys must be strings")
+                continue
+            }
+            guard keys.contains(name) else {
+                fail(key, "unknown key '\(name)' in \(what) (expected one of: \(keys.sorted().joined(separator: ", ")))")
+                continue
+            }
+            if result[name] != nil { fail(key, "duplicate key '\(name)' in \(what)") }
+            result[name] = value
+        }
+        return result
+    }
+
+    mutating func sequence(_ node: Node, _ what: String) -> [Node] {
+        guard case .sequence(let sequence) = node else {
+            fail(node, "\(what) must be a list")
+            return []
+        }
+        return Array(sequence)
+    }
+
+    mutating func string(_ node: Node, _ what: String) -> String? {
+        guard let scalar = node.scalar, node.tag.rawValue != Tag.Name.null.rawValue || !scalar.string.isEmpty else {
+            fail(node, "\(what) must be a string")
+            return nil
+        }
+        return scalar.string
+    }
+
+    mutating func bool(_ node: Node, _ what: String) -> Bool? {
+        guard let value = node.bool else {
+            fail(node, "\(what) must be true or false")
+            return nil
+        }
+        return value
+    }
+
+    mutating func integer(_ node: Node, _ what: String, range: ClosedRange<Int>) -> Int? {
+        guard let value = node.int, range.contains(value) else {
+            fail(node, "\(what) must be an integer in \(range.lowerBound)...\(range.upperBound)")
+            return nil
+        }
+        return value
+    }
+
+    /// `30s`, `5m`, `1h`, `250ms`, or a plain number of seconds.
+    mutating func duration(_ node: Node, _ what: String) -> TimeAmount? {
+        guard let text = node.scalar?.string, let value = Self.parseDuration(text) else {
+            fail(node, "\(what) must be a duration such as 30s, 5m, 1h or 250ms")
+            return nil
+        }
+        return value
+    }
+
+    /// `25MiB`, `100KB`, `1GB`, or a plain number of bytes.
+    mutating func size(_ node: Node, _ what: String) -> Int? {
+        guard let text = node.scalar?.string, let value = Self.parseSize(text), value > 0 else {
+            fail(node, "\(what) must be a size such as 25MiB, 100KB or 1048576")
+            return nil
+        }
+        return value
+    }
+
+    static func parseDuration(_ text: String) -> TimeAmount? {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        let digits = trimmed.prefix { $0.isNumber }
+        guard !digits.isEmpty, digits.count <= 9, let value = Int64(digits) else { return nil }
+        switch trimmed.dropFirst(digits.count).lowercased() {
+        case "", "s": return .seconds(value)
+        case "ms": return .milliseconds(value)
+        case "m": return .minutes(value)
+        case "h": return .hours(value)
+        default: return nil
+        }
+    }
+
+    static func parseSize(_ text: String) -> Int? {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        let digits = trimmed.prefix { $0.isNumber }
+        guard !digits.isEmpty, digits.count <= 12, let value = Int(digits) else { return nil }
+        let multiplier: Int
+        switch trimmed.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased() {
+        case "", "b": multiplier = 1
+        case "kb": multiplier = 1000
+        case "kib", "k": multiplier = 1024
+        case "mb": multiplier = 1000 * 1000
+        case "mib", "m": multiplier = 1024 * 1024
+        case "gb": multiplier = 1000 * 1000 * 1000
+        case "gib", "g": multiplier = 1024 * 1024 * 1024
+        default: return nil
+        }
+        return value * multiplier
+    }
+
+    // MARK: The schema
+
+    mutating func configuration(_ root: Node?) -> PosternConfiguration {
+        var configuration = PosternConfiguration(
+            hostname: Self.systemHostname(),
+            listeners: [PosternConfiguration.Listener(host: "127.0.0.1", port: 2525)],
+            upstreams: [])
+        guard let root else {
+            fail(nil, "the configuration is empty")
+            return configuration
+        }
+        let top = mapping(root, "the configuration", keys: [
+            "hostname", "listen", "proxy_trusted_networks", "tls", "upstreams", "upstream_retry_after", "limits",
+            "timeouts", "bare_line_endings", "spool", "shutdown_grace_period", "log_level",
+        ])
+        if let node = top["hostname"], let value = string(node, "hostname") {
+            if value.isEmpty || value.contains(" ") { fail(node, "hostname must be a domain name") } else { configuration.hostname = value }
+        }
+        if let node = top["listen"] {
+            configuration.listeners = sequence(node, "listen").compactMap { listener($0) }
+            if configuration.listeners.isEmpty { fail(node, "listen needs at least one listener") }
+        }
+        if let node = top["proxy_trusted_networks"] {
+            configuration.proxyTrustedNetworks = sequence(node, "proxy_trusted_networks").compactMap { entry in
+                guard let text = string(entry, "a network"), let network = IPNetwork(text) else {
+                    fail(entry, "not an IP address or CIDR block")
+                    return nil
+                }
+                return network
+            }
+        }
+        if let node = top["tls"] {
+            let entries = mapping(node, "tls", keys: ["certificate", "private_key"])
+            let certificate = entries["certificate"].flatMap { string($0, "tls.certificate") }
+            let key = entries["private_key"].flatMap { string($0, "tls.private_key") }
+            if let certificate, let key {
+                for (path, entry) in [(certificate, entries["certificate"]!), (key, entries["private_key"]!)]
+                where !FileManager.default.isReadableFile(atPath: path) {
+                    fail(entry, "cannot read \(path)")
+                }
+                configuration.tls = .init(certificate: certificate, privateKey: key)
+            } else {
+                fail(node, "tls needs both certificate and private_key")
+            }
+        }
+        if let node = top["upstreams"] {
+            configuration.upstreams = sequence(node, "upstreams").compactMap { upstream($0) }
+        }
+        if configuration.upstreams.isEmpty {
+            fail(top["upstreams"] ?? root, "at least one upstream is needed (upstreams: [{url: smtp://127.0.0.1:10025}])")
+        }
+        if let node = top["upstream_retry_after"], let value = duration(node, "upstream_retry_after") { configuration.upstreamRetryAfter = value }
+        if let node = top["limits"] { configuration.limits = limits(node) }
+        if let node = top["timeouts"] {
+            let entries = mapping(node, "timeouts", keys: ["command", "data", "proxy_header"])
+            if let entry = entries["command"], let value = duration(entry, "timeouts.command") { configuration.timeouts.command = value }
+            if let entry = entries["data"], let value = duration(entry, "timeouts.data") { configuration.timeouts.data = value }
+            if let entry = entries["proxy_header"], let value = duration(entry, "timeouts.proxy_header") { configuration.timeouts.proxyHeader = value }
+        }
+        if let node = top["bare_line_endings"], let text = string(node, "bare_line_endings") {
+            if let value = SMTPInputFramer.BareLineEndingPolicy(rawValue: text) { configuration.bareLineEndings = value } else {
+                fail(node, "bare_line_endings must be reject or normalise")
+            }
+        }
+        if let node = top["spool"] {
+            let entries = mapping(node, "spool", keys: ["directory", "memory_threshold"])
+            if let entry = entries["directory"], let value = string(entry, "spool.directory") { configuration.spool.directory = value }
+            if let entry = entries["memory_threshold"], let value = size(entry, "spool.memory_threshold") { configuration.spool.memoryThreshold = value }
+        }
+        if let node = top["shutdown_grace_period"], let value = duration(node, "shutdown_grace_period") { configuration.shutdownGracePeriod = value }
+        if let node = top["log_level"], let text = string(node, "log_level") {
+            if let level = Logger.Level(rawValue: text) { configuration.logLevel = level } else {
+                fail(node, "log_level must be one of trace, debug, info, notice, warning, error, critical")
+            }
+        }
+        return configuration
+    }
+
+    private mutating func listener(_ node: Node) -> PosternConfiguration.Listener? {
+        let entries = mapping(node, "a listener", keys: ["address", "proxy_protocol", "require_tls"])
+        guard let addressNode = entries["address"] else {
+            fail(node, "a listener needs an address (HOST:PORT)")
+            return nil
+        }
+        guard let text = string(addressNode, "address"), var listener = PosternConfiguration.Listener(address: text) else {
+            fail(addressNode, "address must be HOST:PORT, [IPv6]:PORT or :PORT")
+            return nil
+        }
+        if let entry = entries["proxy_protocol"], let value = bool(entry, "proxy_protocol") { listener.proxyProtocol = value }
+        if let entry = entries["require_tls"], let value = bool(entry, "require_tls") { listener.requireTLS = value }
+        return listener
+    }
+
+    private mutating func upstream(_ node: Node) -> UpstreamConfiguration? {
+        let entries = mapping(node, "an upstream", keys: ["url", "tls", "verify_certificate", "helo_name", "auth", "timeouts"])
+        guard let urlNode = entries["url"] else {
+            fail(node, "an upstream needs a url (smtp://HOST:PORT or maildir:PATH)")
+            return nil
+        }
+        guard let text = string(urlNode, "url"), let target = UpstreamTarget(url: text) else {
+            fail(urlNode, "url must be smtp://HOST[:PORT] or maildir:PATH")
+            return nil
+        }
+        var upstream = UpstreamConfiguration(target: target)
+        if let entry = entries["tls"], let text = string(entry, "tls") {
+            if let mode = UpstreamTLSMode(rawValue: text) { upstream.tls = mode } else { fail(entry, "tls must be require, opportunistic or off") }
+        }
+        if let entry = entries["verify_certificate"], let value = bool(entry, "verify_certificate") { upstream.verifyCertificate = value }
+        if let entry = entries["helo_name"], let value = string(entry, "helo_name") { upstream.heloName = value }
+        if let entry = entries["auth"] {
+            let auth = mapping(entry, "auth", keys: ["username", "password"])
+            if let user = auth["username"].flatMap({ string($0, "auth.username") }),
+               let password = auth["password"].flatMap({ string($0, "auth.password") }) {
+                upstream.credentials = UpstreamCredentials(username: user, password: password)
+            } else {
+                fail(entry, "auth needs username and password")
+            }
+        }
+        if let entry = entries["timeouts"] {
+            let keys = ["connect", "greeting", "ehlo", "mail", "rcpt", "data_init", "data_block", "data_termination"]
+            let timeouts = mapping(entry, "upstream timeouts", keys: Set(keys))
+            for key in keys {
+                guard let value = timeouts[key], let amount = duration(value, "timeouts.\(key)") else { continue }
+                switch key {
+                case "connect": upstream.timeouts.connect = amount
+                case "greeting": upstream.timeouts.greeting = amount
+                case "ehlo": upstream.timeouts.ehlo = amount
+                case "mail": upstream.timeouts.mail = amount
+                case "rcpt": upstream.timeouts.rcpt = amount
+                case "data_init": upstream.timeouts.dataInitiation = amount
+                case "data_block": upstream.timeouts.dataBlock = amount
+                default: upstream.timeouts.dataTermination = amount
+                }
+            }
+        }
+        return upstream
+    }
+
+    private mutating func limits(_ node: Node) -> PosternConfiguration.Limits {
+        var limits = PosternConfiguration.Limits()
+        let entries = mapping(node, "limits", keys: [
+            "command_line_length", "text_line_length", "message_size", "recipients_per_message", "errors_per_session",
+            "max_connections", "max_connections_per_ip",
+        ])
+        if let entry = entries["command_line_length"], let value = integer(entry, "command_line_length", range: 512...65536) { limits.commandLineLength = value }
+        if let entry = entries["text_line_length"], let value = integer(entry, "text_line_length", range: 1000...1_048_576) { limits.textLineLength = value }
+        if let entry = entries["message_size"], let value = size(entry, "message_size") { limits.messageSize = value }
+        if let entry = entries["recipients_per_message"], let value = integer(entry, "recipients_per_message", range: 1...100_000) { limits.recipientsPerMessage = value }
+        if let entry = entries["errors_per_session"], let value = integer(entry, "errors_per_session", range: 0...10_000) { limits.errorsPerSession = value }
+        if let entry = entries["max_connections"], let value = integer(entry, "max_connections", range: 1...1_000_000) { limits.maxConnections = value }
+        if let entry = entries["max_connections_per_ip"], let value = integer(entry, "max_connections_per_ip", range: 1...1_000_000) { limits.maxConnectionsPerIP = value }
+        return limits
+    }
+
+    static func systemHostname() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count) == 0 else { return "localhost" }
+        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return name.isEmpty ? "localhost" : name
+    }
+}

@@ -1,0 +1,120 @@
+import Logging
+import NIOCore
+import PosternUpstream
+import SMTPCore
+
+/// Postern's whole configuration. Every field has a default; `ConfigurationLoader` reads
+/// the YAML file, and the README documents each key.
+public struct PosternConfiguration: Sendable {
+    /// A front listener.
+    public struct Listener: Hashable, Sendable {
+        public var host: String
+        public var port: Int
+        /// Expect a PROXY protocol v1/v2 header first (from `proxyTrustedNetworks` only).
+        public var proxyProtocol = false
+        /// Refuse MAIL before STARTTLS (530 5.7.0).
+        public var requireTLS = false
+
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+
+        public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+        /// Parses `HOST:PORT`, `[V6]:PORT` or `:PORT` (all IPv4 addresses).
+        public init?(address: String) {
+            var host: Substring
+            let portText: Substring
+            if address.hasPrefix("[") {
+                guard let close = address.firstIndex(of: "]"), address[address.index(after: close)...].hasPrefix(":") else { return nil }
+                host = address[address.index(after: address.startIndex)..<close]
+                portText = address[address.index(close, offsetBy: 2)...]
+            } else {
+                guard let colon = address.lastIndex(of: ":") else { return nil }
+                host = address[..<colon]
+                portText = address[address.index(after: colon)...]
+            }
+            if host.isEmpty { host = "0.0.0.0" }
+            guard let port = Int(portText), (0...65535).contains(port) else { return nil }
+            self.init(host: String(host), port: port)
+        }
+    }
+
+    public struct TLSFiles: Hashable, Sendable {
+        public var certificate: String
+        public var privateKey: String
+        public init(certificate: String, privateKey: String) {
+            self.certificate = certificate
+            self.privateKey = privateKey
+        }
+    }
+
+    /// Protocol limits. Each is a named default and is answered with a precise reply.
+    public struct Limits: Hashable, Sendable {
+        /// RFC 5321 §4.5.3.1.4; longer lines get 500 5.5.2.
+        public var commandLineLength = 512
+        /// RFC 5321 §4.5.3.1.6; messages with longer lines get 550 5.6.0.
+        public var textLineLength = 1000
+        /// SIZE; larger messages get 552 5.3.4.
+        public var messageSize = 25 * 1024 * 1024
+        /// More recipients get 452 4.5.3.
+        public var recipientsPerMessage = 100
+        /// Past this many client errors: 421 4.7.0 and close.
+        public var errorsPerSession = 10
+        /// Concurrent sessions in all; more get 421 4.7.0 at connect.
+        public var maxConnections = 1000
+        /// Concurrent sessions per client address; more get 421 4.7.0 at connect.
+        public var maxConnectionsPerIP = 50
+        public init() {}
+    }
+
+    /// Server-side timeouts. RFC 5321 §4.5.3.2.7: at least 5 minutes for the next command.
+    public struct Timeouts: Hashable, Sendable {
+        public var command: TimeAmount = .minutes(5)
+        /// Waiting for the next piece of message content (RFC 5321 §4.5.3.2.5 data block).
+        public var data: TimeAmount = .minutes(3)
+        /// A PROXY header must arrive this fast.
+        public var proxyHeader: TimeAmount = .seconds(10)
+        public init() {}
+    }
+
+    public struct Spool: Hashable, Sendable {
+        public var directory = "/tmp"
+        /// Messages up to this size stay in memory; larger ones go to an unlinked file.
+        public var memoryThreshold = 1024 * 1024
+        public init() {}
+    }
+
+    public var hostname: String
+    public var listeners: [Listener]
+    public var proxyTrustedNetworks: [IPNetwork] = [IPNetwork("127.0.0.0/8")!, IPNetwork("::1/128")!]
+    public var tls: TLSFiles?
+    public var upstreams: [UpstreamConfiguration]
+    public var upstreamRetryAfter: TimeAmount = .seconds(60)
+    public var limits = Limits()
+    public var timeouts = Timeouts()
+    public var bareLineEndings: SMTPInputFramer.BareLineEndingPolicy = .reject
+    public var spool = Spool()
+    public var shutdownGracePeriod: TimeAmount = .seconds(30)
+    public var logLevel: Logger.Level = .info
+
+    public init(hostname: String, listeners: [Listener], upstreams: [UpstreamConfiguration]) {
+        self.hostname = hostname
+        self.listeners = listeners
+        self.upstreams = upstreams
+    }
+
+    /// The SMTP session settings this configuration implies for one listener.
+    public func serverConfiguration(for listener: Listener) -> SMTPServerConfiguration {
+        SMTPServerConfiguration(
+            hostname: hostname,
+            maximumMessageSize: limits.messageSize,
+            maximumRecipients: limits.recipientsPerMessage,
+            maximumErrors: limits.errorsPerSession,
+            maximumCommandLineLength: limits.commandLineLength,
+            maximumTextLineLength: limits.textLineLength,
+            tlsAvailable: tls != nil,
+            requireTLS: listener.requireTLS)
+    }
+}

@@ -1,0 +1,144 @@
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import PosternUpstream
+import SMTPCore
+import SMTPNIO
+import ServiceLifecycle
+import Synchronization
+
+/// The SMTP front: binds the listeners, runs one session per connection, and on graceful
+/// shutdown stops accepting, lets transactions in flight finish, says 421 to idle sessions,
+/// and closes what is left after the grace period.
+public final class PosternServer: Service, Sendable {
+    public let configuration: PosternConfiguration
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let pool: UpstreamPool
+    private let registry = SessionRegistry()
+    private let limiter: ConnectionLimiter
+    private let tlsContext: NIOSSLContext?
+    private let bound = Mutex<[SocketAddress]>([])
+    private let onListening: (@Sendable ([SocketAddress]) -> Void)?
+
+    public struct StartupError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Builds the server; fails on what can be checked before binding (TLS files, maildirs).
+    public init(
+        configuration: PosternConfiguration, logger: Logger,
+        group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        onListening: (@Sendable ([SocketAddress]) -> Void)? = nil
+    ) throws {
+        self.configuration = configuration
+        self.group = group
+        self.logger = logger
+        self.onListening = onListening
+        self.limiter = ConnectionLimiter(
+            maximumTotal: configuration.limits.maxConnections, maximumPerAddress: configuration.limits.maxConnectionsPerIP)
+        self.pool = UpstreamPool(
+            upstreams: configuration.upstreams, retryAfter: configuration.upstreamRetryAfter,
+            heloName: configuration.hostname, group: group)
+        if let files = configuration.tls {
+            do {
+                let chain = try NIOSSLCertificate.fromPEMFile(files.certificate).map { NIOSSLCertificateSource.certificate($0) }
+                let key = try NIOSSLPrivateKey(file: files.privateKey, format: .pem)
+                let tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+                tlsContext = try NIOSSLContext(configuration: tls)
+            } catch {
+                throw StartupError(description: "cannot load TLS certificate \(files.certificate) / key \(files.privateKey): \(error)")
+            }
+        } else {
+            tlsContext = nil
+        }
+        for upstream in configuration.upstreams {
+            if case .maildir(let path) = upstream.target {
+                do { try MaildirRelaySession.prepare(path) } catch { throw StartupError(description: error.detail) }
+            }
+        }
+    }
+
+    /// The addresses actually bound (port 0 resolved), once listening.
+    public var boundAddresses: [SocketAddress] { bound.withLock { $0 } }
+
+    public func run() async throws {
+        typealias Connection = NIOAsyncChannel<SMTPInboundEvent, ByteBuffer>
+        var servers: [(PosternConfiguration.Listener, NIOAsyncChannel<Connection, Never>)] = []
+        for listener in configuration.listeners {
+            let commandTimeout = configuration.timeouts.command
+            do {
+                let server = try await ServerBootstrap(group: group)
+                    .serverChannelOption(.backlog, value: 512)
+                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                    .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .bind(host: listener.host, port: listener.port) { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(SMTPInboundEventHandler(readTimeout: commandTimeout))
+                            return try Connection(wrappingChannelSynchronously: channel)
+                        }
+                    }
+                servers.append((listener, server))
+            } catch {
+                for (_, server) in servers { try? await server.channel.close() }
+                throw StartupError(description: "cannot listen on \(listener.description): \(error)")
+            }
+        }
+        let addresses = servers.compactMap { $0.1.channel.localAddress }
+        bound.withLock { $0 = addresses }
+        for (listener, server) in servers {
+            let port = server.channel.localAddress?.port ?? listener.port
+            logger.notice("listening on \(listener.host.contains(":") ? "[\(listener.host)]" : listener.host):\(port)", metadata: [
+                "proxy_protocol": "\(listener.proxyProtocol)", "starttls": "\(tlsContext != nil)",
+            ])
+        }
+        onListening?(addresses)
+
+        let serverChannels = servers.map { $0.1.channel }
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { tasks in
+                for (listener, server) in servers {
+                    let environment = SessionEnvironment(
+                        configuration: configuration, listener: listener, pool: pool, limiter: limiter,
+                        registry: registry, tlsContext: tlsContext, logger: logger)
+                    tasks.addTask {
+                        try await server.executeThenClose { connections in
+                            try await withThrowingDiscardingTaskGroup { sessions in
+                                for try await connection in connections {
+                                    sessions.addTask { await Self.serve(connection, environment: environment) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        } onGracefulShutdown: { [registry, logger, configuration, group] in
+            logger.notice("shutting down: no new connections; sessions finish their transactions", metadata: [
+                "sessions": "\(registry.count)", "grace_period_s": "\(configuration.shutdownGracePeriod.nanoseconds / 1_000_000_000)",
+            ])
+            for channel in serverChannels { channel.close(promise: nil) }
+            registry.drainAll()
+            group.any().scheduleTask(in: configuration.shutdownGracePeriod) {
+                if registry.count > 0 { logger.warning("grace period over, closing remaining sessions", metadata: ["sessions": "\(registry.count)"]) }
+                registry.closeAll()
+            }
+        }
+        logger.notice("stopped")
+    }
+
+    /// One connection, start to end. Never throws: one bad connection never takes the server down.
+    private static func serve(_ connection: NIOAsyncChannel<SMTPInboundEvent, ByteBuffer>, environment: SessionEnvironment) async {
+        let remote = connection.channel.remoteAddress
+        let address = remote?.ipAddress.flatMap(IPAddress.init) ?? .v4(0)
+        let client = ClientEndpoint(address: address, port: remote?.port ?? 0)
+        do {
+            try await connection.executeThenClose { inbound, _ in
+                let session = SMTPSession(channel: connection.channel, inbound: inbound.makeAsyncIterator(), client: client, environment: environment)
+                await session.run()
+            }
+        } catch {
+            environment.logger.debug("connection ended with error", metadata: ["error": "\(error)"])
+        }
+    }
+}

@@ -1,0 +1,514 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOSSL
+import PosternUpstream
+import SMTPCore
+import SMTPNIO
+
+/// Where a session's client is, after any PROXY header.
+public struct ClientEndpoint: Hashable, Sendable {
+    public var address: IPAddress
+    public var port: Int
+}
+
+/// Everything a session needs from the server, shared by all sessions.
+struct SessionEnvironment: Sendable {
+    var configuration: PosternConfiguration
+    var listener: PosternConfiguration.Listener
+    var pool: UpstreamPool
+    var limiter: ConnectionLimiter
+    var registry: SessionRegistry
+    var tlsContext: NIOSSLContext?
+    var logger: Logger
+}
+
+/// One client session: drives `SMTPServerStateMachine` with what the client sends, carries out
+/// its actions against the upstream, and writes the replies. Lives inside one task.
+final class SMTPSession {
+    typealias Inbound = NIOAsyncChannelInboundStream<SMTPInboundEvent>.AsyncIterator
+
+    private let channel: Channel
+    private let environment: SessionEnvironment
+    private var configuration: PosternConfiguration { environment.configuration }
+    private var logger: Logger
+    private var machine: SMTPServerStateMachine
+    private let parser: SMTPCommandParser
+    private var framer = SMTPInputFramer()
+    private var inbound: Inbound
+    private var output = ByteBuffer()
+    private var client: ClientEndpoint
+    private var relay: RelaySession?
+    /// MAIL was accepted upstream and the transaction there is not finished.
+    private var upstreamTransactionOpen = false
+    private var tlsVersion: String?
+    private var draining = false
+    private var closing = false
+    private var transactionID = Identifier.make()
+    /// BDAT content collected so far in this transaction.
+    private var chunkSpool: MessageSpool?
+    private var chunkInspector: LineEndingInspector
+
+    init(channel: Channel, inbound: Inbound, client: ClientEndpoint, environment: SessionEnvironment) {
+        self.channel = channel
+        self.inbound = inbound
+        self.client = client
+        self.environment = environment
+        self.machine = SMTPServerStateMachine(configuration: environment.configuration.serverConfiguration(for: environment.listener))
+        self.parser = machine.parser
+        self.chunkInspector = LineEndingInspector(maximumLineLength: environment.configuration.limits.textLineLength)
+        var logger = environment.logger
+        logger[metadataKey: "smtp.session.id"] = "\(Identifier.make())"
+        self.logger = logger
+    }
+
+    // MARK: The session
+
+    func run() async {
+        if environment.listener.proxyProtocol {
+            guard await readProxyHeader() else { return }
+        }
+        logger[metadataKey: "smtp.client"] = "\(client.address):\(client.port)"
+        if let refusal = environment.limiter.acquire(client.address) {
+            logger.notice("connection refused", metadata: ["reason": "\(refusal)"])
+            queue(refusal == .total(configuration.limits.maxConnections)
+                ? ReplyMapping.tooManyConnections : ReplyMapping.tooManyConnectionsFromAddress)
+            await flush()
+            return
+        }
+        let (key, alreadyDraining) = environment.registry.register(channel)
+        defer {
+            environment.registry.unregister(key)
+            environment.limiter.release(client.address)
+        }
+        logger.debug("session started")
+        if alreadyDraining {
+            queue(ReplyMapping.shuttingDown)
+            await flush()
+            return
+        }
+        queue(machine.greeting)
+        await flush()
+        await commandLoop()
+        await relay?.close()
+        relay = nil
+        logger.debug("session ended")
+    }
+
+    private func commandLoop() async {
+        while !closing {
+            while !closing, let event = framer.nextCommandLine(maximumLength: configuration.limits.commandLineLength) {
+                let action: SMTPServerStateMachine.Action
+                switch event {
+                case .line(let line):
+                    do {
+                        action = machine.receive(try parser.parse(line.readableBytesView))
+                    } catch {
+                        action = machine.receive(error)
+                    }
+                case .failure(let error):
+                    action = machine.receive(error)
+                }
+                await perform(action)
+                await finishUpstreamTransactionIfAbandoned()
+                if draining && machine.transaction == nil && machine.phase != .closed { closeForShutdown() }
+            }
+            await flush()
+            if closing { break }
+            switch await readMore() {
+            case .bytes, .tlsEstablished:
+                continue
+            case .timedOut:
+                queue(machine.prepare(ReplyMapping.timeout))
+                close()
+            case .drain:
+                draining = true
+                if machine.transaction == nil { closeForShutdown() }
+            case .closed:
+                closing = true
+            }
+        }
+        await flush()
+        machine.close()
+        try? await channel.close().get()
+    }
+
+    private func perform(_ action: SMTPServerStateMachine.Action) async {
+        switch action {
+        case .reply(let reply):
+            queue(reply)
+        case .close(let reply), .quit(let reply):
+            queue(reply)
+            close()
+        case .startTLS(let reply):
+            await startTLS(reply)
+        case .mail(let path, let parameters):
+            queue(machine.mailReplied(await relayMail(path, parameters), path: path, parameters: parameters))
+            if machine.transaction != nil {
+                transactionID = Identifier.make()
+                logger[metadataKey: "smtp.transaction.id"] = "\(transactionID)"
+            }
+        case .recipient(let path, let parameters):
+            queue(machine.recipientReplied(await relayRecipient(path, parameters), path: path, parameters: parameters))
+        case .receiveData(let reply):
+            queue(reply)
+            await flush()
+            await receiveMessage()
+        case .receiveChunk(let size, let last, let accept, let refusal):
+            await receiveChunk(size: size, last: last, accept: accept, refusal: refusal)
+        case .reset(let reply):
+            chunkSpool = nil
+            queue(reply)
+        }
+    }
+
+    // MARK: Upstream
+
+    private func relayMail(_ path: ReversePath, _ parameters: MailParameters) async -> SMTPReply {
+        // A reused upstream connection may have been closed by the upstream while idle:
+        // one retry on a fresh connection.
+        for attempt in 0..<2 {
+            let reused = relay?.isUsable ?? false
+            do {
+                let session = try await openRelay()
+                let reply = try await session.mail(path, parameters)
+                upstreamTransactionOpen = reply.isPositive
+                return reply
+            } catch {
+                await dropRelay()
+                if reused && attempt == 0 && error.kind != .unavailable { continue }
+                logger.warning("upstream failed at MAIL", metadata: ["error": "\(error)"])
+                return ReplyMapping.reply(for: error)
+            }
+        }
+        return ReplyMapping.unexpected
+    }
+
+    private func relayRecipient(_ path: ForwardPath, _ parameters: RecipientParameters) async -> SMTPReply {
+        guard let relay, upstreamTransactionOpen else {
+            return ReplyMapping.reply(for: UpstreamError(.connectionLost, "no upstream transaction"))
+        }
+        do {
+            return try await relay.recipient(path, parameters)
+        } catch {
+            logger.warning("upstream failed at RCPT", metadata: ["error": "\(error)"])
+            await dropRelay()
+            return ReplyMapping.reply(for: error)
+        }
+    }
+
+    private func openRelay() async throws(UpstreamError) -> RelaySession {
+        if let relay, relay.isUsable { return relay }
+        await dropRelay()
+        let session = try await environment.pool.openSession(logger: logger)
+        relay = session
+        return session
+    }
+
+    private func dropRelay() async {
+        upstreamTransactionOpen = false
+        if let relay {
+            self.relay = nil
+            await relay.close()
+        }
+    }
+
+    /// After RSET, a new EHLO or a refused chunk, the upstream transaction is abandoned too.
+    private func finishUpstreamTransactionIfAbandoned() async {
+        guard upstreamTransactionOpen, machine.transaction == nil, machine.phase != .mailPending else { return }
+        upstreamTransactionOpen = false
+        chunkSpool = nil
+        await relay?.reset()
+    }
+
+    /// Relays the message and returns the reply the client gets: the upstream's own.
+    private func relayMessage(_ spool: MessageSpool, chunked: Bool) async -> SMTPReply {
+        guard let relay, upstreamTransactionOpen, let transaction = machine.transaction else {
+            return ReplyMapping.reply(for: UpstreamError(.connectionLost, "no upstream transaction"))
+        }
+        let header = ReceivedHeader(
+            heloName: machine.helloName, clientAddress: client.address, hostname: configuration.hostname,
+            extended: machine.isExtended, tlsVersion: tlsVersion, utf8: transaction.parameters.smtpUTF8,
+            transactionID: transactionID, recipients: transaction.recipients.map(\.path), date: Date())
+        let started = DispatchTime.now().uptimeNanoseconds
+        do {
+            let reply = try await relay.message(header: header.encoded(), content: spool, chunked: chunked)
+            upstreamTransactionOpen = false
+            logger.info("message relayed", metadata: [
+                "from": "\(transaction.reversePath)", "rcpts": "\(transaction.recipients.count)", "size": "\(spool.size)",
+                "upstream": "\(relay.upstreamName)", "upstream.reply": "\(reply)",
+                "upstream_ms": "\((DispatchTime.now().uptimeNanoseconds - started) / 1_000_000)",
+            ])
+            return reply
+        } catch {
+            logger.warning("upstream failed during message transfer", metadata: ["error": "\(error)"])
+            await dropRelay()
+            return ReplyMapping.reply(for: error)
+        }
+    }
+
+    // MARK: Message content
+
+    private func receiveMessage() async {
+        framer.beginData()
+        setReadTimeout(configuration.timeouts.data)
+        defer { setReadTimeout(configuration.timeouts.command) }
+        let spool = MessageSpool(memoryThreshold: configuration.spool.memoryThreshold, directory: configuration.spool.directory)
+        var size = 0
+        var spoolError: MessageSpool.Error?
+        let limit = configuration.limits.messageSize
+        while true {
+            while let event = framer.nextDataEvent(maximumLineLength: configuration.limits.textLineLength, bareLineEndings: configuration.bareLineEndings) {
+                switch event {
+                case .content(let bytes):
+                    size += bytes.readableBytes
+                    // Past the limit the rest is read and dropped (RFC 1870 §6.3: 552 after the dot).
+                    if size <= limit && spoolError == nil {
+                        do { try spool.append(bytes) } catch { spoolError = error }
+                    }
+                case .end(let findings):
+                    let reply = await finishMessage(spool, size: size, findings: findings, spoolError: spoolError, chunked: false)
+                    queue(machine.prepare(reply))
+                    machine.messageFinished()
+                    return
+                }
+            }
+            guard await continueReadingContent() else { return }
+        }
+    }
+
+    private func receiveChunk(size: Int, last: Bool, accept: Bool, refusal: SMTPReply?) async {
+        setReadTimeout(configuration.timeouts.data)
+        defer { setReadTimeout(configuration.timeouts.command) }
+        if accept && chunkSpool == nil {
+            chunkSpool = MessageSpool(memoryThreshold: configuration.spool.memoryThreshold, directory: configuration.spool.directory)
+            chunkInspector = LineEndingInspector(maximumLineLength: configuration.limits.textLineLength)
+        }
+        var remaining = size
+        var spoolError: MessageSpool.Error?
+        while remaining > 0 {
+            if let bytes = framer.nextChunkBytes(maximum: remaining) {
+                remaining -= bytes.readableBytes
+                if accept, let chunkSpool {
+                    chunkInspector.inspect(bytes)
+                    do { try chunkSpool.append(bytes) } catch { spoolError = error }
+                }
+                continue
+            }
+            guard await continueReadingContent() else { return }
+        }
+        guard accept, let spool = chunkSpool else {
+            queue(refusal ?? ReplyMapping.unexpected)
+            if refusal?.code == 421 { close() }
+            if machine.transaction == nil { chunkSpool = nil }
+            return
+        }
+        if let spoolError {
+            queue(machine.prepare(ReplyMapping.reply(for: spoolError)))
+            chunkSpool = nil
+            machine.chunkRefused()
+            return
+        }
+        guard last else {
+            queue(machine.chunkAccepted(size: size))
+            return
+        }
+        chunkSpool = nil
+        let reply = await finishMessage(spool, size: spool.size, findings: chunkInspector.finish(), spoolError: nil, chunked: true)
+        queue(machine.prepare(reply))
+        machine.messageFinished()
+    }
+
+    /// Reads more content. False when the session cannot go on (client gone, timeout):
+    /// the message is abandoned and nothing is relayed.
+    private func continueReadingContent() async -> Bool {
+        switch await readMore() {
+        case .bytes, .tlsEstablished:
+            return true
+        case .drain:
+            draining = true
+            return true
+        case .timedOut:
+            logger.notice("timeout while receiving message content; nothing relayed")
+            queue(machine.prepare(ReplyMapping.timeout))
+            close()
+        case .closed:
+            logger.notice("client disconnected while sending message content; nothing relayed")
+            closing = true
+        }
+        machine.close()
+        chunkSpool = nil
+        return false
+    }
+
+    private func finishMessage(
+        _ spool: MessageSpool, size: Int, findings: SMTPInputFramer.DataFindings, spoolError: MessageSpool.Error?, chunked: Bool
+    ) async -> SMTPReply {
+        let refusal: SMTPReply?
+        if findings.hasBareLineEnding && configuration.bareLineEndings == .reject {
+            refusal = ReplyMapping.bareLineEnding
+        } else if findings.overlongLine {
+            refusal = ReplyMapping.overlongLine(configuration.limits.textLineLength)
+        } else if size > configuration.limits.messageSize {
+            refusal = ReplyMapping.messageTooBig(configuration.limits.messageSize)
+        } else if let spoolError {
+            logger.error("spool failed", metadata: ["error": "\(spoolError)"])
+            refusal = ReplyMapping.reply(for: spoolError)
+        } else {
+            refusal = nil
+        }
+        if let refusal {
+            logger.notice("message refused", metadata: ["reply": "\(refusal)", "size": "\(size)"])
+            upstreamTransactionOpen = false
+            await relay?.reset()
+            return refusal
+        }
+        return await relayMessage(spool, chunked: chunked)
+    }
+
+    // MARK: TLS
+
+    private func startTLS(_ reply: SMTPReply) async {
+        guard let tlsContext = environment.tlsContext else {
+            queue(ReplyMapping.unexpected)
+            return close()
+        }
+        queue(reply)
+        let bytes = output
+        output = ByteBuffer()
+        let channel = self.channel
+        do {
+            // The TLS handler goes in as soon as the 220 is written: the client's ClientHello
+            // cannot arrive before it has read the 220.
+            try await channel.eventLoop.flatSubmit {
+                channel.writeAndFlush(bytes).flatMapThrowing {
+                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext), position: .first)
+                }
+            }.get()
+        } catch {
+            logger.notice("STARTTLS failed", metadata: ["error": "\(error)"])
+            return close()
+        }
+        // RFC 3207 §4.2: anything pipelined after STARTTLS is discarded, never executed.
+        var discarded = framer.discardBufferedInput()
+        while true {
+            switch await nextEvent() {
+            case .bytes(let plaintext):
+                discarded += plaintext.readableBytes
+            case .tlsEstablished:
+                if discarded > 0 {
+                    logger.notice("discarded plaintext pipelined after STARTTLS", metadata: ["bytes": "\(discarded)"])
+                }
+                if let version = try? await channel.nioSSL_tlsVersion().get() { tlsVersion = Self.name(of: version) }
+                machine.tlsEstablished()
+                return
+            case .drain:
+                draining = true
+            case .timedOut, nil:
+                logger.notice("TLS handshake did not complete")
+                return close()
+            }
+        }
+    }
+
+    private static func name(of version: TLSVersion) -> String {
+        switch version {
+        case .tlsv1: return "TLSv1"
+        case .tlsv11: return "TLSv1.1"
+        case .tlsv12: return "TLSv1.2"
+        case .tlsv13: return "TLSv1.3"
+        }
+    }
+
+    // MARK: PROXY protocol
+
+    private func readProxyHeader() async -> Bool {
+        guard environment.configuration.proxyTrustedNetworks.contains(where: { $0.contains(client.address) }) else {
+            logger.warning("PROXY protocol listener refused an untrusted peer", metadata: ["peer": "\(client.address)"])
+            queue(ReplyMapping.badProxyHeader)
+            await flush()
+            return false
+        }
+        setReadTimeout(configuration.timeouts.proxyHeader)
+        defer { setReadTimeout(configuration.timeouts.command) }
+        var buffer = ByteBuffer()
+        while true {
+            do {
+                var candidate = buffer
+                if let header = try ProxyProtocolParser.parse(&candidate) {
+                    if let source = header.source { client = ClientEndpoint(address: source.address, port: source.port) }
+                    framer.append(candidate)
+                    return true
+                }
+            } catch {
+                logger.warning("bad PROXY protocol header", metadata: ["error": "\(error)"])
+                queue(ReplyMapping.badProxyHeader)
+                await flush()
+                return false
+            }
+            switch await nextEvent() {
+            case .bytes(var bytes):
+                buffer.writeBuffer(&bytes)
+            default:
+                return false
+            }
+        }
+    }
+
+    // MARK: I/O
+
+    private enum ReadOutcome { case bytes, tlsEstablished, timedOut, drain, closed }
+
+    /// Waits for the next event; bytes go to the framer.
+    private func readMore() async -> ReadOutcome {
+        switch await nextEvent() {
+        case .bytes(let bytes):
+            framer.append(bytes)
+            return .bytes
+        case .tlsEstablished: return .tlsEstablished
+        case .timedOut: return .timedOut
+        case .drain: return .drain
+        case nil: return .closed
+        }
+    }
+
+    private func nextEvent() async -> SMTPInboundEvent? {
+        do {
+            return try await inbound.next()
+        } catch {
+            logger.debug("connection error", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    private func queue(_ reply: SMTPReply) {
+        reply.encode(into: &output)
+    }
+
+    /// Sends the replies queued so far: before waiting for input, which is what
+    /// RFC 2920 §3.2 asks of a pipelining server.
+    private func flush() async {
+        guard output.readableBytes > 0 else { return }
+        let bytes = output
+        output = ByteBuffer()
+        do {
+            try await channel.writeAndFlush(bytes).get()
+        } catch {
+            closing = true
+        }
+    }
+
+    private func close() {
+        closing = true
+        machine.close()
+    }
+
+    private func closeForShutdown() {
+        queue(machine.prepare(ReplyMapping.shuttingDown))
+        close()
+    }
+
+    private func setReadTimeout(_ timeout: TimeAmount) {
+        channel.triggerUserOutboundEvent(SMTPReadTimeout(timeout), promise: nil)
+    }
+}

@@ -1,0 +1,242 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import SMTPCore
+import SMTPNIO
+
+/// An SMTP client session to one upstream (RFC 5321 as client; RFC 3207, 4954, 3030, 2920).
+/// Opened at the client's first MAIL and reused for its later transactions.
+public final class SMTPUpstreamSession: RelaySession {
+    public let configuration: UpstreamConfiguration
+    public let upstreamName: String
+    /// EHLO keywords, upper-cased, with their parameters.
+    public private(set) var capabilities: [String: String] = [:]
+    public private(set) var isTLSActive = false
+    private let channel: Channel
+    private let logger: Logger
+    private var broken = false
+
+    private init(channel: Channel, configuration: UpstreamConfiguration, name: String, logger: Logger) {
+        self.channel = channel
+        self.configuration = configuration
+        self.upstreamName = name
+        self.logger = logger
+    }
+
+    public var isUsable: Bool { !broken && channel.isActive }
+
+    /// Connects, reads the greeting, says EHLO, upgrades to TLS and authenticates as configured.
+    /// Any failure here means this upstream cannot take mail now.
+    public static func open(
+        _ configuration: UpstreamConfiguration, host: String, port: Int, heloName: String,
+        group: EventLoopGroup, logger: Logger
+    ) async throws(UpstreamError) -> SMTPUpstreamSession {
+        let name = "\(host):\(port)"
+        let channel: Channel
+        do {
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(configuration.timeouts.connect)
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(SMTPClientHandler())
+                    }
+                }
+                .connect(host: host, port: port).get()
+        } catch {
+            throw UpstreamError(.unavailable, "cannot connect to \(name): \(error)")
+        }
+        let session = SMTPUpstreamSession(channel: channel, configuration: configuration, name: name, logger: logger)
+        do {
+            try await session.handshake(host: host, heloName: heloName)
+        } catch {
+            await session.close()
+            throw error
+        }
+        return session
+    }
+
+    private func handshake(host: String, heloName: String) async throws(UpstreamError) {
+        let timeouts = configuration.timeouts
+        let greeting = try await exchange(nil, timeout: timeouts.greeting, stage: "greeting")
+        guard greeting.code == 220 else { throw UpstreamError(.unavailable, "\(upstreamName) greeted with \(greeting)") }
+        try await hello(heloName)
+        if configuration.tls != .off {
+            if capabilities["STARTTLS"] != nil {
+                let reply = try await exchange(SMTPCommand.starttls.encoded, timeout: timeouts.ehlo, stage: "STARTTLS")
+                guard reply.code == 220 else {
+                    if configuration.tls == .require { throw UpstreamError(.unavailable, "\(upstreamName) refused STARTTLS: \(reply)") }
+                    return try await authenticate()
+                }
+                try await startTLS(host: host)
+                try await hello(heloName)
+            } else if configuration.tls == .require {
+                throw UpstreamError(.unavailable, "\(upstreamName) does not offer STARTTLS and tls is require")
+            }
+        }
+        try await authenticate()
+    }
+
+    private func hello(_ heloName: String) async throws(UpstreamError) {
+        let reply = try await exchange(SMTPCommand.ehlo(heloName).encoded, timeout: configuration.timeouts.ehlo, stage: "EHLO")
+        guard reply.code == 250 else {
+            // RFC 5321 §3.2: fall back to HELO when EHLO is not understood.
+            let helo = try await exchange(SMTPCommand.helo(heloName).encoded, timeout: configuration.timeouts.ehlo, stage: "HELO")
+            guard helo.code == 250 else { throw UpstreamError(.unavailable, "\(upstreamName) refused EHLO and HELO: \(helo)") }
+            capabilities = [:]
+            return
+        }
+        var keywords: [String: String] = [:]
+        for line in reply.lines.dropFirst() {
+            let parts = line.split(separator: " ", maxSplits: 1)
+            guard let keyword = parts.first else { continue }
+            keywords[keyword.uppercased()] = parts.count > 1 ? String(parts[1]) : ""
+        }
+        capabilities = keywords
+    }
+
+    private func startTLS(host: String) async throws(UpstreamError) {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if !configuration.verifyCertificate { tls.certificateVerification = .none }
+        do {
+            let context = try NIOSSLContext(configuration: tls)
+            let serverName = IPAddress(host) == nil ? host : nil
+            let channel = self.channel
+            try await channel.eventLoop.submit {
+                let handler = try NIOSSLClientHandler(context: context, serverHostname: serverName)
+                try channel.pipeline.syncOperations.addHandler(handler, position: .first)
+            }.get()
+            isTLSActive = true
+        } catch {
+            throw UpstreamError(.unavailable, "TLS with \(upstreamName) failed: \(error)")
+        }
+    }
+
+    private func authenticate() async throws(UpstreamError) {
+        guard let credentials = configuration.credentials else { return }
+        guard let mechanisms = capabilities["AUTH"], mechanisms.uppercased().split(separator: " ").contains("PLAIN") else {
+            throw UpstreamError(.unavailable, "\(upstreamName) does not offer AUTH PLAIN")
+        }
+        // RFC 4616: authzid NUL authcid NUL passwd
+        let token = Data(("\0" + credentials.username + "\0" + credentials.password).utf8).base64EncodedString()
+        var command = ByteBuffer()
+        command.writeString("AUTH PLAIN \(token)\r\n")
+        let reply = try await exchange(command, timeout: configuration.timeouts.ehlo, stage: "AUTH")
+        guard reply.code == 235 else { throw UpstreamError(.unavailable, "\(upstreamName) refused authentication: \(reply.code)") }
+    }
+
+    // MARK: Transactions
+
+    public func mail(_ path: ReversePath, _ parameters: MailParameters) async throws(UpstreamError) -> SMTPReply {
+        let needsUTF8 = parameters.smtpUTF8 || !(path.mailbox?.isASCII ?? true)
+        if needsUTF8 && capabilities["SMTPUTF8"] == nil {
+            return SMTPReply(553, EnhancedStatusCode(5, 6, 7), "The upstream server does not support SMTPUTF8")
+        }
+        if parameters.body == .eightBitMIME && capabilities["8BITMIME"] == nil {
+            return SMTPReply(554, EnhancedStatusCode(5, 6, 3), "Conversion required but not supported (upstream lacks 8BITMIME)")
+        }
+        var command = ByteBuffer()
+        SMTPCommand.mail(path, parameters).encode(
+            into: &command, includeDSN: capabilities["DSN"] != nil, includeSize: capabilities["SIZE"] != nil,
+            include8BitMIME: capabilities["8BITMIME"] != nil)
+        return try await exchange(command, timeout: configuration.timeouts.mail, stage: "MAIL")
+    }
+
+    public func recipient(_ path: ForwardPath, _ parameters: RecipientParameters) async throws(UpstreamError) -> SMTPReply {
+        var command = ByteBuffer()
+        SMTPCommand.rcpt(path, parameters).encode(into: &command, includeDSN: capabilities["DSN"] != nil)
+        return try await exchange(command, timeout: configuration.timeouts.rcpt, stage: "RCPT")
+    }
+
+    public func message(header: ByteBuffer, content: MessageSpool, chunked: Bool) async throws(UpstreamError) -> SMTPReply {
+        let timeouts = configuration.timeouts
+        if chunked && capabilities["CHUNKING"] != nil {
+            // RFC 3030: one BDAT LAST chunk carrying header and content, no stuffing.
+            var command = ByteBuffer()
+            SMTPCommand.bdat(size: header.readableBytes + content.size, last: true).encode(into: &command)
+            try await send(command, stage: "BDAT")
+            try await send(header, stage: "BDAT")
+            do {
+                try await content.forEachChunk { chunk in try await self.send(chunk, stage: "BDAT") }
+            } catch let error as UpstreamError { throw error } catch { throw UpstreamError(.localError, "\(error)") }
+            return try await exchange(nil, timeout: timeouts.dataTermination, stage: "end of BDAT")
+        }
+        let start = try await exchange(SMTPCommand.data.encoded, timeout: timeouts.dataInitiation, stage: "DATA")
+        guard start.code == 354 else { return start }
+        var stuffer = DotStuffer()
+        var output = ByteBuffer()
+        stuffer.stuff(header, into: &output)
+        do {
+            try await content.forEachChunk { chunk in
+                stuffer.stuff(chunk, into: &output)
+                if output.readableBytes >= 64 * 1024 {
+                    try await self.send(output, stage: "DATA content")
+                    output = ByteBuffer()
+                }
+            }
+        } catch let error as UpstreamError { throw error } catch { throw UpstreamError(.localError, "\(error)") }
+        stuffer.finish(into: &output)
+        return try await exchange(output, timeout: timeouts.dataTermination, stage: "end of DATA")
+    }
+
+    public func reset() async {
+        guard isUsable else { return }
+        do {
+            let reply = try await exchange(SMTPCommand.rset.encoded, timeout: configuration.timeouts.mail, stage: "RSET")
+            if reply.code != 250 { broken = true }
+        } catch {
+            broken = true
+        }
+    }
+
+    public func close() async {
+        if channel.isActive && !broken {
+            _ = try? await exchange(SMTPCommand.quit.encoded, timeout: .seconds(5), stage: "QUIT")
+        }
+        try? await channel.close().get()
+    }
+
+    // MARK: Wire
+
+    /// Sends `bytes` (if any) and waits for one reply.
+    private func exchange(_ bytes: ByteBuffer?, timeout: TimeAmount, stage: String) async throws(UpstreamError) -> SMTPReply {
+        let replies = try await request(bytes, replies: 1, timeout: timeout, stage: stage)
+        guard let reply = replies.first else { throw UpstreamError(.connectionLost, "no reply to \(stage)") }
+        if reply.code == 421 { broken = true }
+        return reply
+    }
+
+    private func request(_ bytes: ByteBuffer?, replies: Int, timeout: TimeAmount, stage: String) async throws(UpstreamError) -> [SMTPReply] {
+        let promise = channel.eventLoop.makePromise(of: [SMTPReply].self)
+        let request = SMTPClientRequest(bytes: bytes, expectedReplies: replies, timeout: timeout, stage: stage, promise: promise)
+        channel.writeAndFlush(request, promise: nil)
+        do {
+            return try await promise.futureResult.get()
+        } catch let error as SMTPClientError {
+            broken = true
+            logger.warning("upstream exchange failed", metadata: ["upstream": "\(upstreamName)", "stage": "\(stage)", "error": "\(error)"])
+            throw UpstreamError(error.kind == .timedOut ? .timedOut : .connectionLost, "\(upstreamName) \(stage): \(error)")
+        } catch {
+            broken = true
+            throw UpstreamError(.connectionLost, "\(upstreamName) \(stage): \(error)")
+        }
+    }
+
+    /// Writes content with back-pressure: returns once the bytes are handed to the socket.
+    private func send(_ bytes: ByteBuffer, stage: String) async throws(UpstreamError) {
+        let request = SMTPClientRequest(bytes: bytes, expectedReplies: 0, timeout: configuration.timeouts.dataBlock, stage: stage, promise: nil)
+        // An upstream that stops reading would stall the write forever: close it after the
+        // data block timeout (RFC 5321 §4.5.3.2.5), which fails the write.
+        let channel = self.channel
+        let watchdog = channel.eventLoop.scheduleTask(in: configuration.timeouts.dataBlock) { channel.close(promise: nil) }
+        defer { watchdog.cancel() }
+        do {
+            try await channel.writeAndFlush(request).get()
+        } catch {
+            broken = true
+            throw UpstreamError(.connectionLost, "\(upstreamName) \(stage): \(error)")
+        }
+    }
+}

@@ -1,0 +1,136 @@
+import SMTPCore
+import NIOCore
+
+/// Where accepted mail goes: an SMTP server, or a local Maildir.
+public enum UpstreamTarget: Hashable, Sendable, CustomStringConvertible {
+    case smtp(host: String, port: Int)
+    case maildir(path: String)
+
+    /// Parses `smtp://host[:port]` (port 25 by default) or `maildir:PATH`.
+    public init?(url: String) {
+        if url.hasPrefix("maildir:") {
+            var path = String(url.dropFirst("maildir:".count))
+            if path.hasPrefix("//") { path = String(path.dropFirst(2)) }
+            guard !path.isEmpty else { return nil }
+            self = .maildir(path: path)
+            return
+        }
+        guard url.lowercased().hasPrefix("smtp://") else { return nil }
+        var rest = Substring(url.dropFirst("smtp://".count))
+        if rest.hasSuffix("/") { rest = rest.dropLast() }
+        var host: Substring
+        var port = 25
+        if rest.hasPrefix("[") {
+            guard let close = rest.firstIndex(of: "]") else { return nil }
+            host = rest[rest.index(after: rest.startIndex)..<close]
+            let tail = rest[rest.index(after: close)...]
+            if !tail.isEmpty {
+                guard tail.hasPrefix(":"), let parsed = Int(tail.dropFirst()), (1...65535).contains(parsed) else { return nil }
+                port = parsed
+            }
+        } else if let colon = rest.lastIndex(of: ":") {
+            host = rest[..<colon]
+            guard let parsed = Int(rest[rest.index(after: colon)...]), (1...65535).contains(parsed) else { return nil }
+            port = parsed
+        } else {
+            host = rest
+        }
+        guard !host.isEmpty, !host.contains("/"), !host.contains("@") else { return nil }
+        self = .smtp(host: String(host), port: port)
+    }
+
+    public var description: String {
+        switch self {
+        case .smtp(let host, let port): return host.contains(":") ? "smtp://[\(host)]:\(port)" : "smtp://\(host):\(port)"
+        case .maildir(let path): return "maildir:\(path)"
+        }
+    }
+}
+
+/// STARTTLS toward the upstream.
+public enum UpstreamTLSMode: String, Hashable, Sendable {
+    /// Fail the upstream when it does not offer STARTTLS or the handshake fails.
+    case require
+    /// Use STARTTLS when offered.
+    case opportunistic
+    case off
+}
+
+/// Client timeouts per stage; defaults are RFC 5321 §4.5.3.2's.
+public struct UpstreamTimeouts: Hashable, Sendable {
+    public var connect: TimeAmount = .seconds(30)
+    public var greeting: TimeAmount = .minutes(5)
+    public var ehlo: TimeAmount = .minutes(5)
+    public var mail: TimeAmount = .minutes(5)
+    public var rcpt: TimeAmount = .minutes(5)
+    public var dataInitiation: TimeAmount = .minutes(2)
+    public var dataBlock: TimeAmount = .minutes(3)
+    public var dataTermination: TimeAmount = .minutes(10)
+
+    public init() {}
+}
+
+public struct UpstreamCredentials: Hashable, Sendable {
+    public var username: String
+    public var password: String
+    public init(username: String, password: String) {
+        self.username = username
+        self.password = password
+    }
+}
+
+/// One upstream as configured.
+public struct UpstreamConfiguration: Hashable, Sendable {
+    public var target: UpstreamTarget
+    public var tls: UpstreamTLSMode = .opportunistic
+    /// Verify the upstream's certificate chain and name (off only for lab setups).
+    public var verifyCertificate = true
+    /// The name Postern gives in EHLO; the server's hostname when nil.
+    public var heloName: String?
+    public var credentials: UpstreamCredentials?
+    public var timeouts = UpstreamTimeouts()
+
+    public init(target: UpstreamTarget) {
+        self.target = target
+    }
+}
+
+/// Why relaying to the upstream failed. The server turns these into 4xx replies.
+public struct UpstreamError: Error, Hashable, Sendable, CustomStringConvertible {
+    public enum Kind: Hashable, Sendable {
+        /// No upstream could be reached or would take a session.
+        case unavailable
+        /// The upstream did not answer in time.
+        case timedOut
+        /// The connection broke, or the upstream spoke nonsense, mid-transaction.
+        case connectionLost
+        /// Local trouble (spool, maildir write).
+        case localError
+    }
+
+    public var kind: Kind
+    public var detail: String
+
+    public init(_ kind: Kind, _ detail: String) {
+        self.kind = kind
+        self.detail = detail
+    }
+
+    public var description: String { "\(kind): \(detail)" }
+}
+
+/// What the client session relays through: one upstream session, reused across transactions.
+public protocol RelaySession: AnyObject {
+    /// The upstream's name for logs and decision records.
+    var upstreamName: String { get }
+    /// False once the connection is known to be broken.
+    var isUsable: Bool { get }
+    func mail(_ path: ReversePath, _ parameters: MailParameters) async throws(UpstreamError) -> SMTPReply
+    func recipient(_ path: ForwardPath, _ parameters: RecipientParameters) async throws(UpstreamError) -> SMTPReply
+    /// Sends `header` followed by the spooled message; returns the upstream's final reply.
+    func message(header: ByteBuffer, content: MessageSpool, chunked: Bool) async throws(UpstreamError) -> SMTPReply
+    /// Abandons the current transaction (RSET).
+    func reset() async
+    func close() async
+}
+

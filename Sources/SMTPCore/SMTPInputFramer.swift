@@ -1,0 +1,248 @@
+import NIOCore
+
+/// Splits what a client sends into command lines, DATA content and BDAT chunks.
+///
+/// It is pulled, not pushed: the session asks for the next command line, or for DATA
+/// content, depending on where the transaction is, so no byte is ever framed in the wrong
+/// mode. Only CRLF ends a line (RFC 5321 §2.3.8). In DATA, only `CRLF "." CRLF` ends the
+/// message (§4.1.1.4); a bare CR or bare LF never does, which closes SMTP smuggling.
+/// Memory held is bounded by one read plus the line limit: an over-long command line is
+/// discarded as it arrives.
+public struct SMTPInputFramer: Sendable {
+    /// What to do with a bare CR or LF inside message content.
+    public enum BareLineEndingPolicy: String, Sendable {
+        /// Flag it; the session rejects the message with 550 5.6.0.
+        case reject
+        /// Replace it with CRLF and go on.
+        case normalise
+    }
+
+    /// What the content scan saw, reported with the end of the message.
+    public struct DataFindings: Hashable, Sendable {
+        public var bareCarriageReturn = false
+        public var bareLineFeed = false
+        /// A line longer than the text line limit (RFC 5321 §4.5.3.1.6).
+        public var overlongLine = false
+        public init() {}
+        public var hasBareLineEnding: Bool { bareCarriageReturn || bareLineFeed }
+    }
+
+    public enum CommandLineEvent: Sendable {
+        /// A line without its CRLF.
+        case line(ByteBuffer)
+        case failure(SMTPSyntaxError)
+    }
+
+    public enum DataEvent: Sendable {
+        /// Dot-unstuffed content bytes.
+        case content(ByteBuffer)
+        /// The terminating `CRLF.CRLF` was read; framing is back in command mode.
+        case end(DataFindings)
+    }
+
+    private var buffer: ByteBuffer
+    private var discardingOverlongLine = false
+    private var scan = ContentScan()
+
+    private struct ContentScan: Sendable {
+        var atLineStart = true
+        var previousLineEndedWithCRLF = true
+        var lineLength = 0
+        var findings = DataFindings()
+    }
+
+    public init(allocator: ByteBufferAllocator = ByteBufferAllocator()) {
+        buffer = allocator.buffer(capacity: 0)
+    }
+
+    /// Bytes received and not yet framed.
+    public var bufferedBytes: Int { buffer.readableBytes }
+
+    public mutating func append(_ bytes: ByteBuffer) {
+        if buffer.readableBytes == 0 {
+            buffer = bytes
+        } else {
+            var bytes = bytes
+            buffer.writeBuffer(&bytes)
+        }
+    }
+
+    /// Drops everything buffered: the bytes a client pipelined after STARTTLS (RFC 3207 §4.2)
+    /// or after a reply that ends the session. Returns how many bytes were dropped.
+    @discardableResult
+    public mutating func discardBufferedInput() -> Int {
+        let count = buffer.readableBytes
+        buffer.moveReaderIndex(forwardBy: count)
+        buffer.discardReadBytes()
+        return count
+    }
+
+    /// The next command line, nil when more bytes are needed.
+    /// `maximumLength` counts the CRLF (RFC 5321 §4.5.3.1.4).
+    public mutating func nextCommandLine(maximumLength: Int) -> CommandLineEvent? {
+        let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n"))
+        if discardingOverlongLine {
+            guard let newline else {
+                discardBufferedInput()
+                return nil
+            }
+            buffer.moveReaderIndex(to: newline + 1)
+            discardingOverlongLine = false
+            return .failure(SMTPSyntaxError(.lineTooLong, "maximum \(maximumLength) octets"))
+        }
+        guard let newline else {
+            if buffer.readableBytes >= maximumLength {
+                discardingOverlongLine = true
+                discardBufferedInput()
+            }
+            return nil
+        }
+        let length = newline - buffer.readerIndex
+        guard length + 1 <= maximumLength else {
+            buffer.moveReaderIndex(to: newline + 1)
+            return .failure(SMTPSyntaxError(.lineTooLong, "maximum \(maximumLength) octets"))
+        }
+        guard length > 0, buffer.getInteger(at: newline - 1, as: UInt8.self) == UInt8(ascii: "\r") else {
+            buffer.moveReaderIndex(to: newline + 1)
+            return .failure(SMTPSyntaxError(.invalidCharacters, "bare LF"))
+        }
+        let line = buffer.readSlice(length: length - 1)!
+        buffer.moveReaderIndex(forwardBy: 2)
+        return .line(line)
+    }
+
+    /// Call after the 354 reply to DATA: content starts at the beginning of a line.
+    public mutating func beginData() {
+        scan = ContentScan()
+    }
+
+    /// The next piece of message content, or the end of the message; nil when more bytes
+    /// are needed. `maximumLineLength` counts the CRLF (RFC 5321 §4.5.3.1.6).
+    public mutating func nextDataEvent(maximumLineLength: Int, bareLineEndings: BareLineEndingPolicy) -> DataEvent? {
+        let contentLimit = maximumLineLength - 2
+        while true {
+            let (stop, reason) = scanContent(contentLimit: contentLimit, normalise: bareLineEndings == .normalise)
+            if stop > 0 {
+                return .content(buffer.readSlice(length: stop)!)
+            }
+            switch reason {
+            case .exhausted, .needMore:
+                return nil
+            case .endOfData:
+                buffer.moveReaderIndex(forwardBy: 3)
+                let findings = scan.findings
+                scan = ContentScan()
+                return .end(findings)
+            case .stuffedDot:
+                buffer.moveReaderIndex(forwardBy: 1)
+                scan.atLineStart = false
+            case .bareLineEnding:
+                buffer.moveReaderIndex(forwardBy: 1)
+                scan.lineLength = 0
+                scan.atLineStart = false
+                scan.previousLineEndedWithCRLF = false
+                var lineEnding = ByteBuffer()
+                lineEnding.writeStaticString("\r\n")
+                return .content(lineEnding)
+            }
+        }
+    }
+
+    /// Up to `maximum` raw bytes of a BDAT chunk (RFC 3030: no dot-stuffing, no framing).
+    public mutating func nextChunkBytes(maximum: Int) -> ByteBuffer? {
+        guard buffer.readableBytes > 0, maximum > 0 else { return nil }
+        return buffer.readSlice(length: min(maximum, buffer.readableBytes))
+    }
+
+    private enum StopReason { case exhausted, needMore, endOfData, stuffedDot, bareLineEnding }
+
+    /// Scans plain content from the reader index. Returns how many bytes are plain content
+    /// and why it stopped there; the scan state describes the stop position.
+    private mutating func scanContent(contentLimit: Int, normalise: Bool) -> (Int, StopReason) {
+        var state = scan
+        let result: (Int, StopReason) = buffer.withUnsafeReadableBytes { bytes in
+            let count = bytes.count
+            var index = 0
+            while index < count {
+                let byte = bytes[index]
+                if state.atLineStart && byte == UInt8(ascii: ".") {
+                    guard index + 1 < count else { return (index, .needMore) }
+                    if bytes[index + 1] == UInt8(ascii: "\r") {
+                        guard index + 2 < count else { return (index, .needMore) }
+                        if bytes[index + 2] == UInt8(ascii: "\n") && state.previousLineEndedWithCRLF {
+                            return (index, .endOfData)
+                        }
+                    }
+                    return (index, .stuffedDot)
+                }
+                state.atLineStart = false
+                switch byte {
+                case UInt8(ascii: "\r"):
+                    guard index + 1 < count else { return (index, .needMore) }
+                    if bytes[index + 1] == UInt8(ascii: "\n") {
+                        index += 2
+                        state.atLineStart = true
+                        state.previousLineEndedWithCRLF = true
+                        state.lineLength = 0
+                        continue
+                    }
+                    state.findings.bareCarriageReturn = true
+                    if normalise { return (index, .bareLineEnding) }
+                    state.previousLineEndedWithCRLF = false
+                    state.lineLength = 0
+                case UInt8(ascii: "\n"):
+                    state.findings.bareLineFeed = true
+                    if normalise { return (index, .bareLineEnding) }
+                    state.previousLineEndedWithCRLF = false
+                    state.lineLength = 0
+                default:
+                    state.lineLength += 1
+                    if state.lineLength > contentLimit { state.findings.overlongLine = true }
+                }
+                index += 1
+            }
+            return (count, .exhausted)
+        }
+        scan = state
+        return result
+    }
+}
+
+/// Checks BDAT content, which arrives unframed, for what DATA framing catches: bare CR or
+/// LF and over-long lines. Without BINARYMIME, chunked content is still CRLF lines.
+public struct LineEndingInspector: Sendable {
+    public private(set) var findings = SMTPInputFramer.DataFindings()
+    private var lastWasCR = false
+    private var lineLength = 0
+    private let contentLimit: Int
+
+    /// `maximumLineLength` counts the CRLF (RFC 5321 §4.5.3.1.6).
+    public init(maximumLineLength: Int) {
+        contentLimit = maximumLineLength - 2
+    }
+
+    public mutating func inspect(_ bytes: ByteBuffer) {
+        for byte in bytes.readableBytesView {
+            if lastWasCR {
+                lastWasCR = false
+                if byte == UInt8(ascii: "\n") { lineLength = 0; continue }
+                findings.bareCarriageReturn = true
+                lineLength = 0
+            }
+            switch byte {
+            case UInt8(ascii: "\r"): lastWasCR = true
+            case UInt8(ascii: "\n"): findings.bareLineFeed = true; lineLength = 0
+            default:
+                lineLength += 1
+                if lineLength > contentLimit { findings.overlongLine = true }
+            }
+        }
+    }
+
+    /// Call at the end of the content: a trailing CR is bare.
+    public mutating func finish() -> SMTPInputFramer.DataFindings {
+        if lastWasCR { findings.bareCarriageReturn = true }
+        lastWasCR = false
+        return findings
+    }
+}

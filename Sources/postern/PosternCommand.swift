@@ -1,0 +1,142 @@
+import ArgumentParser
+import Foundation
+import Logging
+import PosternServer
+import PosternUpstream
+import ServiceLifecycle
+
+@main
+struct Postern: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "postern",
+        abstract: "An SMTP policy gateway in front of an existing MTA.",
+        version: PosternVersion.current,
+        subcommands: [Serve.self, Check.self, Version.self]
+    )
+}
+
+enum PosternVersion {
+    static let current = "0.1.0"
+}
+
+/// Options shared by `serve` and `check`.
+struct ConfigurationOptions: ParsableArguments {
+    @Option(name: .shortAndLong, help: "The YAML configuration file (default: the bundled configuration).")
+    var config: String?
+
+    @Option(name: .customLong("listen"), help: ArgumentHelp("Listen on HOST:PORT; repeat for several. Replaces the configured listeners.", valueName: "host:port"))
+    var listen: [String] = []
+
+    @Option(name: .customLong("upstream"), help: ArgumentHelp("Relay to URL (smtp://HOST:PORT or maildir:PATH); repeat for failover order. Replaces the configured upstreams.", valueName: "url"))
+    var upstream: [String] = []
+
+    @Option(help: "The name in the greeting, EHLO reply and Received headers.")
+    var hostname: String?
+
+    /// The configuration file with the command-line overrides applied.
+    func load() throws -> PosternConfiguration {
+        var configuration: PosternConfiguration
+        do {
+            if let config {
+                configuration = try ConfigurationLoader.load(path: config)
+            } else {
+                configuration = try ConfigurationLoader.load(yaml: ConfigurationLoader.bundledDefault, file: "<bundled default>")
+            }
+        } catch {
+            throw InvalidConfiguration(message: error.description)
+        }
+        if !listen.isEmpty {
+            configuration.listeners = try listen.map { text in
+                guard let listener = PosternConfiguration.Listener(address: text) else {
+                    throw InvalidConfiguration(message: "--listen \(text): expected HOST:PORT")
+                }
+                return listener
+            }
+        }
+        if !upstream.isEmpty {
+            configuration.upstreams = try upstream.map { text in
+                guard let target = UpstreamTarget(url: text) else {
+                    throw InvalidConfiguration(message: "--upstream \(text): expected smtp://HOST[:PORT] or maildir:PATH")
+                }
+                return UpstreamConfiguration(target: target)
+            }
+        }
+        if let hostname { configuration.hostname = hostname }
+        return configuration
+    }
+}
+
+/// Configuration errors: printed as they are (`file:line:column: message`), exit code 2.
+struct InvalidConfiguration: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
+}
+
+extension Postern {
+    struct Serve: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Accept SMTP sessions and relay accepted mail to the upstream.")
+
+        @OptionGroup var options: ConfigurationOptions
+
+        func run() async throws {
+            let configuration: PosternConfiguration
+            do {
+                configuration = try options.load()
+            } catch let error as InvalidConfiguration {
+                FileHandle.standardError.write(Data("\(error.message)\n".utf8))
+                throw ExitCode(2)
+            }
+            let level = configuration.logLevel
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
+            let logger = Logger(label: "postern")
+            let server: PosternServer
+            do {
+                server = try PosternServer(configuration: configuration, logger: logger)
+            } catch {
+                logger.critical("cannot start: \(error)")
+                throw ExitCode(1)
+            }
+            let group = ServiceGroup(
+                configuration: .init(
+                    services: [.init(service: server)],
+                    gracefulShutdownSignals: [.sigterm, .sigint],
+                    logger: logger))
+            do {
+                try await group.run()
+            } catch {
+                logger.critical("stopped with an error: \(error)")
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Check: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Validate the configuration; exit 0 when valid, 2 with every error otherwise.")
+
+        @OptionGroup var options: ConfigurationOptions
+
+        func run() async throws {
+            do {
+                let configuration = try options.load()
+                print("configuration OK: \(configuration.listeners.count) listener(s), \(configuration.upstreams.count) upstream(s)")
+            } catch let error as InvalidConfiguration {
+                FileHandle.standardError.write(Data("\(error.message)\n".utf8))
+                throw ExitCode(2)
+            }
+        }
+    }
+
+    struct Version: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print the version.")
+
+        func run() {
+            print("postern \(PosternVersion.current)")
+        }
+    }
+}
