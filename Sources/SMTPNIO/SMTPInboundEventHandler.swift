@@ -66,9 +66,9 @@ public final class SMTPInboundEventHandler: ChannelDuplexHandler, RemovableChann
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let tlsEvent = event as? TLSUserEvent, case .handshakeCompleted = tlsEvent {
-            context.fireChannelRead(wrapInboundOut(.tlsEstablished))
+            deliver(.tlsEstablished, context: context)
         } else if event is SMTPDrainRequest {
-            context.fireChannelRead(wrapInboundOut(.drain))
+            deliver(.drain, context: context)
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -89,7 +89,14 @@ public final class SMTPInboundEventHandler: ChannelDuplexHandler, RemovableChann
         timer = context.eventLoop.scheduleTask(in: timeout) {
             let (handler, context) = bound.value
             handler.timer = nil
-            context.fireChannelRead(handler.wrapInboundOut(.timedOut))
+            handler.deliver(.timedOut, context: context)
         }
+    }
+
+    /// An event that is not a socket read still needs a read-complete: NIOAsyncChannel hands
+    /// reads to the stream only then.
+    private func deliver(_ event: SMTPInboundEvent, context: ChannelHandlerContext) {
+        context.fireChannelRead(wrapInboundOut(event))
+        context.fireChannelReadComplete()
     }
 }
