@@ -204,8 +204,9 @@ struct NodeReader {
             if value.isEmpty || value.contains(" ") { fail(node, "hostname must be a domain name") } else { configuration.hostname = value }
         }
         if let node = top["listen"] {
-            configuration.listeners = sequence(node, "listen").compactMap { listener($0) }
-            if configuration.listeners.isEmpty { fail(node, "listen needs at least one listener") }
+            let entries = sequence(node, "listen")
+            configuration.listeners = entries.compactMap { listener($0) }
+            if case .sequence = node, entries.isEmpty { fail(node, "listen needs at least one listener") }
         }
         if let node = top["proxy_trusted_networks"] {
             configuration.proxyTrustedNetworks = sequence(node, "proxy_trusted_networks").compactMap { entry in
@@ -230,10 +231,13 @@ struct NodeReader {
                 fail(node, "tls needs both certificate and private_key")
             }
         }
+        var upstreamEntries = 0
         if let node = top["upstreams"] {
-            configuration.upstreams = sequence(node, "upstreams").compactMap { upstream($0) }
+            let entries = sequence(node, "upstreams")
+            upstreamEntries = entries.count
+            configuration.upstreams = entries.compactMap { upstream($0) }
         }
-        if configuration.upstreams.isEmpty {
+        if upstreamEntries == 0 {
             fail(top["upstreams"] ?? root, "at least one upstream is needed (upstreams: [{url: smtp://127.0.0.1:10025}])")
         }
         if let node = top["upstream_retry_after"], let value = duration(node, "upstream_retry_after") { configuration.upstreamRetryAfter = value }

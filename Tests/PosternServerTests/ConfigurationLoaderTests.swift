@@ -1,0 +1,203 @@
+import NIOCore
+import PosternUpstream
+import SMTPCore
+import XCTest
+
+@testable import PosternServer
+
+final class ConfigurationLoaderTests: XCTestCase {
+    private func load(_ yaml: String) throws -> PosternConfiguration {
+        try ConfigurationLoader.load(yaml: yaml, file: "test.yaml")
+    }
+
+    private func errors(_ yaml: String, file: StaticString = #filePath, line: UInt = #line) -> [String] {
+        do {
+            _ = try load(yaml)
+            XCTFail("expected configuration errors", file: file, line: line)
+            return []
+        } catch {
+            return (error as? ConfigurationErrors)?.errors.map(\.description) ?? ["\(error)"]
+        }
+    }
+
+    func testBundledDefaultLoads() throws {
+        let configuration = try ConfigurationLoader.load(yaml: ConfigurationLoader.bundledDefault, file: "<bundled>")
+        XCTAssertEqual(configuration.listeners, [PosternConfiguration.Listener(host: "127.0.0.1", port: 2525)])
+        XCTAssertEqual(configuration.upstreams.map(\.target), [.maildir(path: "var/maildir")])
+        XCTAssertEqual(configuration.limits, PosternConfiguration.Limits())
+    }
+
+    func testDeployExampleLoads() throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Deploy/postern.yaml").path
+        let configuration = try ConfigurationLoader.load(path: path)
+        XCTAssertEqual(configuration.listeners.first?.port, 25)
+        XCTAssertEqual(configuration.upstreams.first?.target, .smtp(host: "127.0.0.1", port: 10025))
+    }
+
+    func testEveryKeyIsRead() throws {
+        let configuration = try load("""
+            hostname: mx.example.org
+            listen:
+              - address: 0.0.0.0:25
+              - address: "[::1]:2525"
+                proxy_protocol: true
+                require_tls: true
+            proxy_trusted_networks: [10.0.0.0/8, "2001:db8::/32"]
+            upstreams:
+              - url: smtp://127.0.0.1:10025
+                tls: require
+                verify_certificate: false
+                helo_name: gw.example.org
+                auth: { username: relay, password: secret }
+                timeouts: { connect: 5s, greeting: 1m, ehlo: 2m, mail: 3m, rcpt: 4m, data_init: 5m, data_block: 6m, data_termination: 7m }
+              - url: maildir:/var/spool/postern/fallback
+            upstream_retry_after: 90s
+            limits:
+              command_line_length: 1024
+              text_line_length: 2000
+              message_size: 10MiB
+              recipients_per_message: 50
+              errors_per_session: 3
+              max_connections: 200
+              max_connections_per_ip: 5
+            timeouts: { command: 2m, data: 90s, proxy_header: 250ms }
+            bare_line_endings: normalise
+            spool: { directory: /var/tmp, memory_threshold: 512KiB }
+            shutdown_grace_period: 10s
+            log_level: debug
+            """)
+        XCTAssertEqual(configuration.hostname, "mx.example.org")
+        XCTAssertEqual(configuration.listeners.count, 2)
+        XCTAssertEqual(configuration.listeners[1].host, "::1")
+        XCTAssertTrue(configuration.listeners[1].proxyProtocol)
+        XCTAssertTrue(configuration.listeners[1].requireTLS)
+        XCTAssertEqual(configuration.proxyTrustedNetworks, [IPNetwork("10.0.0.0/8")!, IPNetwork("2001:db8::/32")!])
+        let upstream = configuration.upstreams[0]
+        XCTAssertEqual(upstream.tls, .require)
+        XCTAssertFalse(upstream.verifyCertificate)
+        XCTAssertEqual(upstream.heloName, "gw.example.org")
+        XCTAssertEqual(upstream.credentials, UpstreamCredentials(username: "relay", password: "secret"))
+        XCTAssertEqual(upstream.timeouts.connect, .seconds(5))
+        XCTAssertEqual(upstream.timeouts.dataTermination, .minutes(7))
+        XCTAssertEqual(configuration.upstreams[1].target, .maildir(path: "/var/spool/postern/fallback"))
+        XCTAssertEqual(configuration.upstreamRetryAfter, .seconds(90))
+        XCTAssertEqual(configuration.limits.commandLineLength, 1024)
+        XCTAssertEqual(configuration.limits.textLineLength, 2000)
+        XCTAssertEqual(configuration.limits.messageSize, 10 * 1024 * 1024)
+        XCTAssertEqual(configuration.limits.recipientsPerMessage, 50)
+        XCTAssertEqual(configuration.limits.errorsPerSession, 3)
+        XCTAssertEqual(configuration.limits.maxConnections, 200)
+        XCTAssertEqual(configuration.limits.maxConnectionsPerIP, 5)
+        XCTAssertEqual(configuration.timeouts.command, .minutes(2))
+        XCTAssertEqual(configuration.timeouts.data, .seconds(90))
+        XCTAssertEqual(configuration.timeouts.proxyHeader, .milliseconds(250))
+        XCTAssertEqual(configuration.bareLineEndings, .normalise)
+        XCTAssertEqual(configuration.spool.directory, "/var/tmp")
+        XCTAssertEqual(configuration.spool.memoryThreshold, 512 * 1024)
+        XCTAssertEqual(configuration.shutdownGracePeriod, .seconds(10))
+        XCTAssertEqual(configuration.logLevel, .debug)
+    }
+
+    func testUnknownKeyIsReportedWithItsPosition() {
+        XCTAssertEqual(errors("""
+            upstreams:
+              - url: smtp://127.0.0.1:10025
+            limits:
+              mesage_size: 10MB
+            """).first?.hasPrefix("test.yaml:4:3: unknown key 'mesage_size' in limits"), true)
+    }
+
+    func testEveryErrorIsReportedAtOnce() {
+        let found = errors("""
+            hostname: mx.example.org
+            listen:
+              - address: nowhere
+            upstreams:
+              - url: http://example.org
+            limits:
+              recipients_per_message: many
+            timeouts: { command: soon }
+            bare_line_endings: tolerate
+            """)
+        XCTAssertEqual(found.count, 5, "\(found)")
+        XCTAssertTrue(found[0].hasPrefix("test.yaml:3:14: address must be HOST:PORT"), found[0])
+        XCTAssertTrue(found[1].hasPrefix("test.yaml:5:10: url must be smtp://"), found[1])
+        XCTAssertTrue(found[2].hasPrefix("test.yaml:7:27: recipients_per_message must be an integer"), found[2])
+        XCTAssertTrue(found[3].hasPrefix("test.yaml:8:22: timeouts.command must be a duration"), found[3])
+        XCTAssertTrue(found[4].hasPrefix("test.yaml:9:20: bare_line_endings must be reject or normalise"), found[4])
+    }
+
+    func testWrongTypesAreErrors() {
+        let found = errors("""
+            listen: 127.0.0.1:25
+            upstreams: { url: smtp://a }
+            """)
+        // The second upstreams error says what is missing once the wrong value is set aside.
+        XCTAssertEqual(found, [
+            "test.yaml:1:9: listen must be a list",
+            "test.yaml:2:12: upstreams must be a list",
+            "test.yaml:2:12: at least one upstream is needed (upstreams: [{url: smtp://127.0.0.1:10025}])",
+        ])
+    }
+
+    func testMissingUpstreamIsAnError() {
+        XCTAssertEqual(errors("hostname: a.example").first?.contains("at least one upstream is needed"), true)
+    }
+
+    func testYAMLSyntaxErrorHasItsPosition() {
+        let found = errors("upstreams:\n  - url: [unclosed\n")
+        XCTAssertEqual(found.count, 1)
+        XCTAssertTrue(found[0].hasPrefix("test.yaml:3:1: YAML syntax:"), found[0])
+    }
+
+    func testLimitOutOfRangeIsAnError() {
+        let found = errors("""
+            upstreams: [{ url: "smtp://a" }]
+            limits: { command_line_length: 100 }
+            """)
+        XCTAssertEqual(found, ["test.yaml:2:32: command_line_length must be an integer in 512...65536"])
+    }
+
+    func testMissingTLSFilesAreErrors() {
+        let found = errors("""
+            upstreams: [{ url: "smtp://a" }]
+            tls: { certificate: /nonexistent/cert.pem, private_key: /nonexistent/key.pem }
+            """)
+        XCTAssertEqual(found, ["test.yaml:2:21: cannot read /nonexistent/cert.pem", "test.yaml:2:57: cannot read /nonexistent/key.pem"])
+    }
+
+    func testUnreadableFileIsAnError() {
+        XCTAssertThrowsError(try ConfigurationLoader.load(path: "/nonexistent/postern.yaml")) { error in
+            XCTAssertTrue("\(error)".hasPrefix("/nonexistent/postern.yaml:1:1: cannot read file"), "\(error)")
+        }
+    }
+
+    func testDurations() {
+        XCTAssertEqual(NodeReader.parseDuration("30s"), .seconds(30))
+        XCTAssertEqual(NodeReader.parseDuration("30"), .seconds(30))
+        XCTAssertEqual(NodeReader.parseDuration("250ms"), .milliseconds(250))
+        XCTAssertEqual(NodeReader.parseDuration("5m"), .minutes(5))
+        XCTAssertEqual(NodeReader.parseDuration("2h"), .hours(2))
+        XCTAssertNil(NodeReader.parseDuration("5 minutes"))
+        XCTAssertNil(NodeReader.parseDuration("-5s"))
+        XCTAssertNil(NodeReader.parseDuration(""))
+    }
+
+    func testSizes() {
+        XCTAssertEqual(NodeReader.parseSize("25MiB"), 25 * 1024 * 1024)
+        XCTAssertEqual(NodeReader.parseSize("100KB"), 100_000)
+        XCTAssertEqual(NodeReader.parseSize("1GB"), 1_000_000_000)
+        XCTAssertEqual(NodeReader.parseSize("4096"), 4096)
+        XCTAssertNil(NodeReader.parseSize("lots"))
+        XCTAssertNil(NodeReader.parseSize("10 TB"))
+    }
+
+    func testListenerAddresses() {
+        XCTAssertEqual(PosternConfiguration.Listener(address: "127.0.0.1:25"), PosternConfiguration.Listener(host: "127.0.0.1", port: 25))
+        XCTAssertEqual(PosternConfiguration.Listener(address: ":25"), PosternConfiguration.Listener(host: "0.0.0.0", port: 25))
+        XCTAssertEqual(PosternConfiguration.Listener(address: "[::]:25"), PosternConfiguration.Listener(host: "::", port: 25))
+        XCTAssertNil(PosternConfiguration.Listener(address: "127.0.0.1"))
+        XCTAssertNil(PosternConfiguration.Listener(address: "127.0.0.1:70000"))
+    }
+}

@@ -1,0 +1,420 @@
+import Foundation
+import NIOCore
+import PosternServer
+import PosternUpstream
+import SMTPCore
+import XCTest
+
+/// The server session over a real loopback socket, delivering into a temporary Maildir.
+final class SessionTests: XCTestCase {
+    private var fixtures: [ServerFixture] = []
+
+    override func tearDown() {
+        for fixture in fixtures { fixture.stop() }
+        fixtures = []
+    }
+
+    private func start(
+        listeners: [PosternConfiguration.Listener] = [PosternConfiguration.Listener(host: "127.0.0.1", port: 0)],
+        _ configure: (inout PosternConfiguration) -> Void = { _ in }
+    ) throws -> ServerFixture {
+        let fixture = try ServerFixture(listeners: listeners, configure: configure)
+        fixtures.append(fixture)
+        return fixture
+    }
+
+    private func connect(_ fixture: ServerFixture, port: Int? = nil, ehlo: Bool = true) throws -> RawSMTPClient {
+        let client = try RawSMTPClient(port: port ?? fixture.port)
+        XCTAssertEqual(client.readReply()?.code, 220)
+        if ehlo { XCTAssertEqual(client.command("EHLO client.example")?.code, 250) }
+        return client
+    }
+
+    // MARK: The ordinary path
+
+    func testGreetingAndEHLOKeywords() throws {
+        let fixture = try start()
+        let client = try RawSMTPClient(port: fixture.port)
+        let greeting = try XCTUnwrap(client.readReply())
+        XCTAssertEqual(greeting.code, 220)
+        XCTAssertEqual(greeting.text, "mx.test ESMTP Postern")
+        let ehlo = try XCTUnwrap(client.command("EHLO client.example"))
+        XCTAssertEqual(ehlo.lines, ["mx.test", "SIZE 26214400", "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING", "DSN"])
+        XCTAssertEqual(client.command("NOOP")?.text, "2.0.0 Ok")
+    }
+
+    func testHELOSessionHasNoEnhancedCodes() throws {
+        let fixture = try start()
+        let client = try connect(fixture, ehlo: false)
+        XCTAssertEqual(client.command("HELO client.example")?.text, "mx.test")
+        XCTAssertEqual(client.command("NOOP")?.text, "Ok")
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org> SIZE=10")?.code, 555)
+    }
+
+    func testPipelinedTransactionIsDeliveredWithRepliesInOrder() throws {
+        let fixture = try start()
+        let client = try connect(fixture)
+        client.send("MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nRCPT TO:<carol@example.org>\r\nDATA\r\n")
+        XCTAssertEqual(client.readReply()?.text, "2.1.0 Ok")
+        XCTAssertEqual(client.readReply()?.text, "2.1.5 Ok")
+        XCTAssertEqual(client.readReply()?.text, "2.1.5 Ok")
+        XCTAssertEqual(client.readReply()?.code, 354)
+        client.send("Subject: hi\r\n\r\n..leading dot\r\nbody\r\n.\r\nQUIT\r\n")
+        let final = try XCTUnwrap(client.readReply())
+        XCTAssertEqual(final.code, 250)
+        XCTAssertTrue(final.text.hasPrefix("2.0.0 Ok: delivered as"), final.text)
+        XCTAssertEqual(client.readReply()?.code, 221)
+        let message = try XCTUnwrap(fixture.waitForMessages(1).first)
+        XCTAssertTrue(message.hasPrefix("Return-Path: <alice@example.org>\nDelivered-To: bob@example.org\nDelivered-To: carol@example.org\nReceived: from client.example (unknown [127.0.0.1])\n\tby mx.test (Postern) with ESMTP id "), message)
+        XCTAssertTrue(message.hasSuffix("\nSubject: hi\n\n.leading dot\nbody\n"), message)
+    }
+
+    func testCommandsWithoutTransaction() throws {
+        let fixture = try start()
+        let client = try connect(fixture)
+        XCTAssertEqual(client.command("VRFY bob")?.code, 252)
+        XCTAssertEqual(client.command("EXPN staff")?.code, 502)
+        XCTAssertEqual(client.command("HELP")?.code, 214)
+        XCTAssertEqual(client.command("ETRN example.org")?.text.hasPrefix("5.5.1"), true)
+        XCTAssertEqual(client.command("TURN")?.code, 502)
+        XCTAssertEqual(client.command("FROB")?.text.hasPrefix("5.5.1"), true)
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org> FROB=1")?.code, 555)
+        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 503)
+        XCTAssertEqual(client.command("DATA")?.code, 503)
+        XCTAssertEqual(client.command("MAIL FROM:a@example.org")?.text.hasPrefix("5.5.4"), true)
+        XCTAssertEqual(client.command("RSET")?.code, 250)
+        XCTAssertEqual(client.command("QUIT")?.code, 221)
+        XCTAssertTrue(client.isClosedByServer())
+    }
+
+    func testBDATChunksAreDelivered() throws {
+        let fixture = try start()
+        let client = try connect(fixture)
+        let first = "Subject: chunked\r\n\r\n"
+        let second = ".dot stays\r\nend\r\n"
+        client.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nBDAT \(first.utf8.count)\r\n\(first)BDAT \(second.utf8.count) LAST\r\n\(second)")
+        XCTAssertEqual(client.readReply()?.code, 250)
+        XCTAssertEqual(client.readReply()?.code, 250)
+        XCTAssertEqual(client.readReply()?.text, "2.0.0 \(first.utf8.count) octets received")
+        XCTAssertEqual(client.readReply()?.code, 250)
+        let message = try XCTUnwrap(fixture.waitForMessages(1).first)
+        XCTAssertTrue(message.hasSuffix("Subject: chunked\n\n.dot stays\nend\n"), message)
+        // DATA after BDAT in one transaction is out of sequence (RFC 3030 §3).
+        client.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nBDAT 3\r\nab\nDATA\r\n")
+        XCTAssertEqual(client.readReply()?.code, 250)
+        XCTAssertEqual(client.readReply()?.code, 250)
+        XCTAssertEqual(client.readReply()?.code, 250)
+        XCTAssertEqual(client.readReply()?.code, 503)
+    }
+
+    // MARK: Limits
+
+    func testTooManyRecipients() throws {
+        let fixture = try start { $0.limits.recipientsPerMessage = 2 }
+        let client = try connect(fixture)
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<b1@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<b2@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<b3@example.org>")?.text.hasPrefix("4.5.3"), true)
+    }
+
+    func testDeclaredSizeOverLimitIsRefusedAtMAIL() throws {
+        let fixture = try start { $0.limits.messageSize = 1000 }
+        let client = try connect(fixture)
+        let reply = try XCTUnwrap(client.command("MAIL FROM:<a@example.org> SIZE=1001"))
+        XCTAssertEqual(reply.code, 552)
+        XCTAssertTrue(reply.text.hasPrefix("5.3.4"))
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org> SIZE=1000")?.code, 250)
+    }
+
+    func testActualSizeOverLimitIsRefusedAfterDataAndNotDelivered() throws {
+        let fixture = try start { $0.limits.messageSize = 1000 }
+        let client = try connect(fixture)
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("DATA")?.code, 354)
+        client.send(String(repeating: "x", count: 70) + "\r\n")
+        client.send(String(repeating: String(repeating: "y", count: 98) + "\r\n", count: 10) + ".\r\n")
+        let reply = try XCTUnwrap(client.readReply())
+        XCTAssertEqual(reply.code, 552)
+        XCTAssertTrue(reply.text.hasPrefix("5.3.4"))
+        XCTAssertEqual(client.command("NOOP")?.code, 250, "the session goes on")
+        XCTAssertEqual(fixture.deliveredMessages().count, 0)
+    }
+
+    func testOverlongCommandLine() throws {
+        let fixture = try start()
+        let client = try connect(fixture)
+        let reply = try XCTUnwrap(client.command("NOOP " + String(repeating: "a", count: 600)))
+        XCTAssertEqual(reply.code, 500)
+        XCTAssertTrue(reply.text.hasPrefix("5.5.2"))
+        XCTAssertEqual(client.command("NOOP")?.code, 250)
+    }
+
+    func testHugeLineWithoutCRLFIsDiscardedNotBuffered() throws {
+        let fixture = try start()
+        let client = try connect(fixture)
+        // 4 MB with no line end: the server must keep reading and dropping, then answer once.
+        let chunk = [UInt8](repeating: UInt8(ascii: "A"), count: 64 * 1024)
+        for _ in 0..<64 { client.send(chunk) }
+        client.send("\r\nNOOP\r\n")
+        XCTAssertEqual(client.readReply()?.code, 500)
+        XCTAssertEqual(client.readReply()?.code, 250)
+    }
+
+    func testOverlongTextLineIsRefused() throws {
+        let fixture = try start()
+        let client = try connect(fixture)
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("DATA")?.code, 354)
+        client.send("Subject: long\r\n\r\n" + String(repeating: "z", count: 999) + "\r\n.\r\n")
+        let reply = try XCTUnwrap(client.readReply())
+        XCTAssertEqual(reply.code, 550)
+        XCTAssertTrue(reply.text.hasPrefix("5.6.0"))
+        XCTAssertEqual(fixture.deliveredMessages().count, 0)
+    }
+
+    func testTooManyErrorsClosesTheSession() throws {
+        let fixture = try start { $0.limits.errorsPerSession = 2 }
+        let client = try connect(fixture)
+        XCTAssertEqual(client.command("FROB")?.code, 500)
+        XCTAssertEqual(client.command("DATA")?.code, 503)
+        let reply = try XCTUnwrap(client.command("EXPN x"))
+        XCTAssertEqual(reply.code, 421)
+        XCTAssertTrue(reply.text.hasPrefix("4.7.0"))
+        XCTAssertTrue(client.isClosedByServer())
+    }
+
+    func testConnectionsPerAddressLimit() throws {
+        let fixture = try start { $0.limits.maxConnectionsPerIP = 1 }
+        let first = try connect(fixture)
+        let second = try RawSMTPClient(port: fixture.port)
+        let refusal = try XCTUnwrap(second.readReply())
+        XCTAssertEqual(refusal.code, 421)
+        XCTAssertTrue(refusal.text.hasPrefix("4.7.0"))
+        XCTAssertTrue(second.isClosedByServer())
+        XCTAssertEqual(first.command("QUIT")?.code, 221)
+        XCTAssertTrue(first.isClosedByServer())
+        // The slot is released when the session ends.
+        var accepted = false
+        for _ in 0..<50 where !accepted {
+            let third = try RawSMTPClient(port: fixture.port)
+            accepted = third.readReply()?.code == 220
+            if !accepted { usleep(20_000) }
+        }
+        XCTAssertTrue(accepted)
+    }
+
+    func testTotalConnectionsLimit() throws {
+        let fixture = try start { $0.limits.maxConnections = 2 }
+        let first = try connect(fixture)
+        let second = try connect(fixture)
+        let third = try RawSMTPClient(port: fixture.port)
+        XCTAssertEqual(third.readReply()?.code, 421)
+        _ = (first, second)
+    }
+
+    func testIdleTimeout() throws {
+        let fixture = try start { $0.timeouts.command = .milliseconds(300) }
+        let client = try connect(fixture)
+        let reply = try XCTUnwrap(client.readReply())
+        XCTAssertEqual(reply.code, 421)
+        XCTAssertTrue(reply.text.hasPrefix("4.4.2"))
+        XCTAssertTrue(client.isClosedByServer())
+    }
+
+    func testDataTimeoutRelaysNothing() throws {
+        let fixture = try start { $0.timeouts.data = .milliseconds(300) }
+        let client = try connect(fixture)
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("DATA")?.code, 354)
+        client.send("Subject: slow\r\n\r\npart")
+        XCTAssertEqual(client.readReply()?.code, 421)
+        XCTAssertEqual(fixture.deliveredMessages().count, 0)
+    }
+
+    // MARK: Framing and smuggling
+
+    func testSmugglingSequencesNeverEndTheMessage() throws {
+        for sequence in ["\n.\n", "\r.\r", "\n.\r\n", "\r\n.\n"] {
+            let fixture = try start()
+            let client = try connect(fixture)
+            XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+            XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
+            XCTAssertEqual(client.command("DATA")?.code, 354)
+            client.send("Subject: first\r\n\r\nbody" + sequence + "MAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nSubject: smuggled\r\n\r\n.\r\n")
+            let reply = try XCTUnwrap(client.readReply(), "sequence \(sequence.debugDescription)")
+            XCTAssertEqual(reply.code, 550, "sequence \(sequence.debugDescription)")
+            XCTAssertTrue(reply.text.hasPrefix("5.6.0"))
+            XCTAssertEqual(client.command("NOOP")?.code, 250, "the smuggled commands were never executed")
+            XCTAssertEqual(fixture.deliveredMessages().count, 0)
+        }
+    }
+
+    func testNormaliseModeRepairsBareLineEndings() throws {
+        let fixture = try start { $0.bareLineEndings = .normalise }
+        let client = try connect(fixture)
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("DATA")?.code, 354)
+        client.send("Subject: lf\r\n\r\none\ntwo\n.\nthree\r\n.\r\n")
+        XCTAssertEqual(client.readReply()?.code, 250)
+        let message = try XCTUnwrap(fixture.waitForMessages(1).first)
+        XCTAssertTrue(message.hasSuffix("\none\ntwo\n.\nthree\n"), message)
+    }
+
+    func testBareLineFeedInCommand() throws {
+        let fixture = try start()
+        let client = try connect(fixture)
+        client.send("NOOP\nNOOP\r\n")
+        XCTAssertEqual(client.readReply()?.code, 500)
+        XCTAssertEqual(client.readReply()?.code, 250)
+    }
+
+    func testDisconnectMidDataRelaysNothing() throws {
+        let fixture = try start()
+        do {
+            let client = try connect(fixture)
+            XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+            XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
+            XCTAssertEqual(client.command("DATA")?.code, 354)
+            client.send("Subject: cut\r\n\r\nhalf a message\r\n")
+        }
+        usleep(300_000)
+        XCTAssertEqual(fixture.deliveredMessages().count, 0)
+    }
+
+    // MARK: Upstreams
+
+    func testUpstreamDownGives451AtMAIL() throws {
+        let closed = try closedPort()
+        let fixture = try start { $0.upstreams = [UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: closed))] }
+        let client = try connect(fixture)
+        let reply = try XCTUnwrap(client.command("MAIL FROM:<a@example.org>"))
+        XCTAssertEqual(reply.code, 451)
+        XCTAssertTrue(reply.text.hasPrefix("4.4.1"))
+        XCTAssertFalse(reply.text.contains("127.0.0.1"), "internals never reach the client")
+    }
+
+    func testFailoverToTheSecondUpstream() throws {
+        let closed = try closedPort()
+        let fixture = try start { configuration in
+            configuration.upstreams.insert(UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: closed)), at: 0)
+        }
+        let client = try connect(fixture)
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("DATA")?.code, 354)
+        XCTAssertEqual(client.command("Subject: failover\r\n\r\nbody\r\n.")?.code, 250)
+        XCTAssertEqual(fixture.waitForMessages(1).count, 1)
+    }
+
+    // MARK: PROXY protocol
+
+    func testProxyV1AddressIsTheClientAddress() throws {
+        let fixture = try start(listeners: [proxyListener()])
+        let client = try RawSMTPClient(port: fixture.port)
+        client.send("PROXY TCP4 192.0.2.7 198.51.100.1 40000 25\r\n")
+        try deliverOne(client)
+        let message = try XCTUnwrap(fixture.waitForMessages(1).first)
+        XCTAssertTrue(message.contains("Received: from client.example (unknown [192.0.2.7])"), message)
+    }
+
+    func testProxyV2IPv6AddressIsTheClientAddress() throws {
+        let fixture = try start(listeners: [proxyListener()])
+        let client = try RawSMTPClient(port: fixture.port)
+        var header: [UInt8] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x21, 0x00, 36]
+        header += [0x20, 0x01, 0x0d, 0xb8] + [UInt8](repeating: 0, count: 11) + [0x05]  // 2001:db8::5
+        header += [UInt8](repeating: 0, count: 15) + [0x01]                            // ::1
+        header += [0x9c, 0x40, 0x00, 0x19]
+        client.send(header)
+        try deliverOne(client)
+        let message = try XCTUnwrap(fixture.waitForMessages(1).first)
+        XCTAssertTrue(message.contains("(unknown [IPv6:2001:db8::5])"), message)
+    }
+
+    func testProxyHeaderFromUntrustedPeerIsRefused() throws {
+        let fixture = try start(listeners: [proxyListener()]) { $0.proxyTrustedNetworks = [IPNetwork("10.0.0.0/8")!] }
+        let client = try RawSMTPClient(port: fixture.port)
+        client.send("PROXY TCP4 192.0.2.7 198.51.100.1 40000 25\r\n")
+        XCTAssertEqual(client.readReply()?.code, 421)
+        XCTAssertTrue(client.isClosedByServer())
+    }
+
+    func testGarbageInsteadOfProxyHeaderIsRefused() throws {
+        let fixture = try start(listeners: [proxyListener()])
+        let client = try RawSMTPClient(port: fixture.port)
+        client.send("EHLO no-proxy-header\r\n")
+        XCTAssertEqual(client.readReply()?.code, 421)
+        XCTAssertTrue(client.isClosedByServer())
+    }
+
+    // MARK: TLS and shutdown
+
+    func testRequireTLSRefusesMailInPlaintext() throws {
+        var listener = PosternConfiguration.Listener(host: "127.0.0.1", port: 0)
+        listener.requireTLS = true
+        let fixture = try start(listeners: [listener])
+        let client = try connect(fixture)
+        let reply = try XCTUnwrap(client.command("MAIL FROM:<a@example.org>"))
+        XCTAssertEqual(reply.code, 530)
+        XCTAssertTrue(reply.text.hasPrefix("5.7.0"))
+    }
+
+    func testShutdownSays421ToIdleSessionsAndLetsTransactionsFinish() throws {
+        let fixture = try start()
+        let idle = try connect(fixture)
+        let busy = try connect(fixture)
+        XCTAssertEqual(busy.command("MAIL FROM:<a@example.org>")?.code, 250)
+        XCTAssertEqual(busy.command("RCPT TO:<b@example.org>")?.code, 250)
+        XCTAssertEqual(busy.command("DATA")?.code, 354)
+        busy.send("Subject: in flight\r\n\r\n")
+        let stopped = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            fixture.stop()
+            stopped.signal()
+        }
+        let idleReply = try XCTUnwrap(idle.readReply())
+        XCTAssertEqual(idleReply.code, 421)
+        XCTAssertTrue(idleReply.text.hasPrefix("4.3.2"))
+        busy.send("finished\r\n.\r\n")
+        XCTAssertEqual(busy.readReply()?.code, 250, "the transaction in flight completes")
+        XCTAssertEqual(busy.readReply()?.code, 421, "then the session is closed")
+        XCTAssertEqual(stopped.wait(timeout: .now() + 10), .success)
+        XCTAssertEqual(fixture.deliveredMessages().count, 1)
+        fixtures.removeAll()
+    }
+
+    // MARK: Helpers
+
+    private func proxyListener() -> PosternConfiguration.Listener {
+        var listener = PosternConfiguration.Listener(host: "127.0.0.1", port: 0)
+        listener.proxyProtocol = true
+        return listener
+    }
+
+    private func deliverOne(_ client: RawSMTPClient) throws {
+        XCTAssertEqual(client.readReply()?.code, 220)
+        XCTAssertEqual(client.command("EHLO client.example")?.code, 250)
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("DATA")?.code, 354)
+        XCTAssertEqual(client.command("Subject: t\r\n\r\nbody\r\n.")?.code, 250)
+    }
+
+    /// A loopback port with nothing listening.
+    private func closedPort() throws -> Int {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) } }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
