@@ -42,11 +42,16 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The decision record and its JSON-lines writer.
+        .target(
+            name: "PosternLog",
+            dependencies: [.product(name: "Logging", package: "swift-log")]
+        ),
         // Listener, session coordinator, configuration, lifecycle.
         .target(
             name: "PosternServer",
             dependencies: [
-                "SMTPCore", "SMTPNIO", "PosternUpstream",
+                "SMTPCore", "SMTPNIO", "PosternUpstream", "PosternLog",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -74,6 +79,7 @@ let package = Package(
         ),
         .testTarget(name: "PosternUpstreamTests", dependencies: ["PosternUpstream"]),
         .testTarget(name: "PosternServerTests", dependencies: ["PosternServer"]),
+        .testTarget(name: "PosternLogTests", dependencies: ["PosternLog"]),
         .testTarget(
             name: "PosternIntegrationTests",
             dependencies: ["postern"],

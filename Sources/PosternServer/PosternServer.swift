@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
+import PosternLog
 import PosternUpstream
 import SMTPCore
 import SMTPNIO
@@ -19,6 +20,7 @@ public final class PosternServer: Service, Sendable {
     private let registry = SessionRegistry()
     private let limiter: ConnectionLimiter
     private let tlsContext: NIOSSLContext?
+    private let decisionLog: DecisionLogWriter?
     private let bound = Mutex<[SocketAddress]>([])
     private let onListening: (@Sendable ([SocketAddress]) -> Void)?
 
@@ -57,6 +59,11 @@ public final class PosternServer: Service, Sendable {
             if case .maildir(let path) = upstream.target {
                 do { try MaildirRelaySession.prepare(path) } catch { throw StartupError(description: error.detail) }
             }
+        }
+        if let path = configuration.decisionLog {
+            do { decisionLog = try DecisionLogWriter(path: path, logger: logger) } catch { throw StartupError(description: error.description) }
+        } else {
+            decisionLog = nil
         }
     }
 
@@ -101,7 +108,7 @@ public final class PosternServer: Service, Sendable {
                 for (listener, server) in servers {
                     let environment = SessionEnvironment(
                         configuration: configuration, listener: listener, pool: pool, limiter: limiter,
-                        registry: registry, tlsContext: tlsContext, logger: logger)
+                        registry: registry, tlsContext: tlsContext, decisionLog: decisionLog, logger: logger)
                     tasks.addTask {
                         try await server.executeThenClose { connections in
                             try await withThrowingDiscardingTaskGroup { sessions in
@@ -124,6 +131,7 @@ public final class PosternServer: Service, Sendable {
                 registry.closeAll()
             }
         }
+        decisionLog?.close()
         logger.notice("stopped")
     }
 

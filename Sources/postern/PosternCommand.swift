@@ -33,6 +33,9 @@ struct ConfigurationOptions: ParsableArguments {
     @Option(help: "The name in the greeting, EHLO reply and Received headers.")
     var hostname: String?
 
+    @Option(name: .customLong("decision-log"), help: ArgumentHelp("Write decision records (JSON lines) to PATH; - for standard output.", valueName: "path"))
+    var decisionLog: String?
+
     /// The configuration file with the command-line overrides applied.
     func load() throws -> PosternConfiguration {
         var configuration: PosternConfiguration
@@ -62,6 +65,7 @@ struct ConfigurationOptions: ParsableArguments {
             }
         }
         if let hostname { configuration.hostname = hostname }
+        if let decisionLog { configuration.decisionLog = decisionLog }
         return configuration
     }
 }

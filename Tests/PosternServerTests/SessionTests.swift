@@ -387,6 +387,43 @@ final class SessionTests: XCTestCase {
         fixtures.removeAll()
     }
 
+    // MARK: Decision records
+
+    func testDecisionRecordsForAcceptedRejectedAndAbortedTransactions() throws {
+        let fixture = try start { $0.decisionLog = NSTemporaryDirectory() + "postern-decisions-\(UUID().uuidString).log" }
+        let path = try XCTUnwrap(fixture.decisionLogPath)
+        let client = try connect(fixture)
+        XCTAssertEqual(client.command("MAIL FROM:<alice@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<bob@example.net>")?.code, 250)
+        XCTAssertEqual(client.command("DATA")?.code, 354)
+        XCTAssertEqual(client.command("Message-ID: <m1@example.org>\r\nSubject: ok\r\n\r\nbody\r\n.")?.code, 250)
+        XCTAssertEqual(client.command("MAIL FROM:<>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<bob@example.net>")?.code, 250)
+        XCTAssertEqual(client.command("DATA")?.code, 354)
+        client.send("Subject: smuggle\r\n\r\nbody\n.\n")
+        XCTAssertEqual(client.command(".")?.code, 550, "the first reply comes only after the real end")
+        XCTAssertEqual(client.command("MAIL FROM:<carol@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("RSET")?.code, 250)
+        XCTAssertEqual(client.command("QUIT")?.code, 221)
+        fixture.stop()
+        let records = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map { line in
+            try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        }
+        XCTAssertEqual(records.count, 3)
+        XCTAssertEqual(records.map { $0["decision"] as? String }, ["accepted", "rejected", "aborted"])
+        XCTAssertEqual(records.map { $0["stage"] as? String }, ["data", "data", "mail"])
+        XCTAssertEqual(records[0]["message_id"] as? String, "<m1@example.org>")
+        XCTAssertEqual(records[0]["mail_from"] as? String, "alice@example.org")
+        XCTAssertEqual((records[0]["upstream"] as? [String: Any])?["host"] as? String, "maildir:\(fixture.maildir)")
+        XCTAssertEqual(records[1]["mail_from"] as? String, "")
+        XCTAssertEqual(records[1]["reason"] as? String, "bare LF in message content")
+        XCTAssertEqual((records[1]["reply"] as? [String: Any])?["code"] as? Int, 550)
+        XCTAssertNil((records[1]["upstream"] as? [String: Any])?["reply"] as? String, "the upstream never saw the message")
+        XCTAssertEqual((records[0]["client"] as? [String: Any])?["helo"] as? String, "client.example")
+        fixtures.removeAll()
+        try? FileManager.default.removeItem(atPath: path)
+    }
+
     // MARK: Helpers
 
     private func proxyListener() -> PosternConfiguration.Listener {

@@ -35,6 +35,7 @@ public enum ConfigurationLoader {
           - url: maildir:var/maildir
         spool:
           directory: /tmp
+        decision_log: var/decisions.log
         """
 
     public static func load(path: String) throws(ConfigurationErrors) -> PosternConfiguration {
@@ -198,7 +199,7 @@ struct NodeReader {
         }
         let top = mapping(root, "the configuration", keys: [
             "hostname", "listen", "proxy_trusted_networks", "tls", "upstreams", "upstream_retry_after", "limits",
-            "timeouts", "bare_line_endings", "spool", "shutdown_grace_period", "log_level",
+            "timeouts", "bare_line_endings", "spool", "shutdown_grace_period", "log_level", "decision_log",
         ])
         if let node = top["hostname"], let value = string(node, "hostname") {
             if value.isEmpty || value.contains(" ") { fail(node, "hostname must be a domain name") } else { configuration.hostname = value }
@@ -259,6 +260,9 @@ struct NodeReader {
             if let entry = entries["memory_threshold"], let value = size(entry, "spool.memory_threshold") { configuration.spool.memoryThreshold = value }
         }
         if let node = top["shutdown_grace_period"], let value = duration(node, "shutdown_grace_period") { configuration.shutdownGracePeriod = value }
+        if let node = top["decision_log"], let path = string(node, "decision_log") {
+            if path.isEmpty { fail(node, "decision_log must be a file path or -") } else { configuration.decisionLog = path }
+        }
         if let node = top["log_level"], let text = string(node, "log_level") {
             if let level = Logger.Level(rawValue: text) { configuration.logLevel = level } else {
                 fail(node, "log_level must be one of trace, debug, info, notice, warning, error, critical")

@@ -97,6 +97,8 @@ public struct PosternConfiguration: Sendable {
     public var bareLineEndings: SMTPInputFramer.BareLineEndingPolicy = .reject
     public var spool = Spool()
     public var shutdownGracePeriod: TimeAmount = .seconds(30)
+    /// Where decision records go, one JSON line each: a file path, or `-` for standard output.
+    public var decisionLog: String?
     public var logLevel: Logger.Level = .info
 
     public init(hostname: String, listeners: [Listener], upstreams: [UpstreamConfiguration]) {

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOSSL
+import PosternLog
 import PosternUpstream
 import SMTPCore
 import SMTPNIO
@@ -20,6 +21,7 @@ struct SessionEnvironment: Sendable {
     var limiter: ConnectionLimiter
     var registry: SessionRegistry
     var tlsContext: NIOSSLContext?
+    var decisionLog: DecisionLogWriter?
     var logger: Logger
 }
 
@@ -48,6 +50,18 @@ final class SMTPSession {
     /// BDAT content collected so far in this transaction.
     private var chunkSpool: MessageSpool?
     private var chunkInspector: LineEndingInspector
+    private let sessionID = Identifier.make()
+    /// What the decision record of the transaction in progress needs.
+    private var trace: TransactionTrace?
+
+    private struct TransactionTrace {
+        var started = DispatchTime.now().uptimeNanoseconds
+        var mailFrom: String
+        var recipients: [DecisionRecord.Recipient] = []
+        var upstreamNanoseconds: UInt64 = 0
+        var upstreamHost: String?
+        var headers = MessageHeaderCollector()
+    }
 
     init(channel: Channel, inbound: Inbound, client: ClientEndpoint, environment: SessionEnvironment) {
         self.channel = channel
@@ -58,7 +72,7 @@ final class SMTPSession {
         self.parser = machine.parser
         self.chunkInspector = LineEndingInspector(maximumLineLength: environment.configuration.limits.textLineLength)
         var logger = environment.logger
-        logger[metadataKey: "smtp.session.id"] = "\(Identifier.make())"
+        logger[metadataKey: "smtp.session.id"] = "\(sessionID)"
         self.logger = logger
     }
 
@@ -71,8 +85,10 @@ final class SMTPSession {
         logger[metadataKey: "smtp.client"] = "\(client.address):\(client.port)"
         if let refusal = environment.limiter.acquire(client.address) {
             logger.notice("connection refused", metadata: ["reason": "\(refusal)"])
-            queue(refusal == .total(configuration.limits.maxConnections)
-                ? ReplyMapping.tooManyConnections : ReplyMapping.tooManyConnectionsFromAddress)
+            let reply = refusal == .total(configuration.limits.maxConnections)
+                ? ReplyMapping.tooManyConnections : ReplyMapping.tooManyConnectionsFromAddress
+            queue(reply)
+            recordRefusedConnection(reply, reason: "\(refusal)")
             await flush()
             return
         }
@@ -84,12 +100,14 @@ final class SMTPSession {
         logger.debug("session started")
         if alreadyDraining {
             queue(ReplyMapping.shuttingDown)
+            recordRefusedConnection(ReplyMapping.shuttingDown, reason: "shutting down")
             await flush()
             return
         }
         queue(machine.greeting)
         await flush()
         await commandLoop()
+        recordAbandonedTransaction()
         await relay?.close()
         relay = nil
         logger.debug("session ended")
@@ -110,6 +128,7 @@ final class SMTPSession {
                     action = machine.receive(error)
                 }
                 await perform(action)
+                if machine.transaction == nil && machine.phase != .mailPending { recordAbandonedTransaction() }
                 await finishUpstreamTransactionIfAbandoned()
                 if draining && machine.transaction == nil && machine.phase != .closed { closeForShutdown() }
             }
@@ -143,13 +162,17 @@ final class SMTPSession {
         case .startTLS(let reply):
             await startTLS(reply)
         case .mail(let path, let parameters):
-            queue(machine.mailReplied(await relayMail(path, parameters), path: path, parameters: parameters))
-            if machine.transaction != nil {
-                transactionID = Identifier.make()
-                logger[metadataKey: "smtp.transaction.id"] = "\(transactionID)"
-            }
+            transactionID = Identifier.make()
+            logger[metadataKey: "smtp.transaction.id"] = "\(transactionID)"
+            trace = TransactionTrace(mailFrom: path.mailbox?.description ?? "")
+            let reply = machine.mailReplied(await timedUpstream { await relayMail(path, parameters) }, path: path, parameters: parameters)
+            queue(reply)
+            if !reply.isPositive { recordDecision(reply: reply, stage: .mail) }
         case .recipient(let path, let parameters):
-            queue(machine.recipientReplied(await relayRecipient(path, parameters), path: path, parameters: parameters))
+            let reply = machine.recipientReplied(
+                await timedUpstream { await relayRecipient(path, parameters) }, path: path, parameters: parameters)
+            trace?.recipients.append(.init(address: path.mailbox?.description ?? "postmaster", reply: reply.description))
+            queue(reply)
         case .receiveData(let reply):
             queue(reply)
             await flush()
@@ -221,16 +244,19 @@ final class SMTPSession {
         await relay?.reset()
     }
 
-    /// Relays the message and returns the reply the client gets: the upstream's own.
-    private func relayMessage(_ spool: MessageSpool, chunked: Bool) async -> SMTPReply {
+    /// Relays the message; the reply the client gets is the upstream's own.
+    private func relayMessage(_ spool: MessageSpool, chunked: Bool) async -> MessageOutcome {
         guard let relay, upstreamTransactionOpen, let transaction = machine.transaction else {
-            return ReplyMapping.reply(for: UpstreamError(.connectionLost, "no upstream transaction"))
+            return MessageOutcome(reply: ReplyMapping.reply(for: UpstreamError(.connectionLost, "no upstream transaction")),
+                                  relayed: false, reason: "upstream connection lost")
         }
         let header = ReceivedHeader(
             heloName: machine.helloName, clientAddress: client.address, hostname: configuration.hostname,
             extended: machine.isExtended, tlsVersion: tlsVersion, utf8: transaction.parameters.smtpUTF8,
             transactionID: transactionID, recipients: transaction.recipients.map(\.path), date: Date())
         let started = DispatchTime.now().uptimeNanoseconds
+        trace?.upstreamHost = relay.upstreamName
+        defer { trace?.upstreamNanoseconds += DispatchTime.now().uptimeNanoseconds - started }
         do {
             let reply = try await relay.message(header: header.encoded(), content: spool, chunked: chunked)
             upstreamTransactionOpen = false
@@ -239,11 +265,11 @@ final class SMTPSession {
                 "upstream": "\(relay.upstreamName)", "upstream.reply": "\(reply)",
                 "upstream_ms": "\((DispatchTime.now().uptimeNanoseconds - started) / 1_000_000)",
             ])
-            return reply
+            return MessageOutcome(reply: reply, relayed: true, reason: nil)
         } catch {
             logger.warning("upstream failed during message transfer", metadata: ["error": "\(error)"])
             await dropRelay()
-            return ReplyMapping.reply(for: error)
+            return MessageOutcome(reply: ReplyMapping.reply(for: error), relayed: false, reason: "upstream \(error.kind)")
         }
     }
 
@@ -262,13 +288,16 @@ final class SMTPSession {
                 switch event {
                 case .content(let bytes):
                     size += bytes.readableBytes
+                    trace?.headers.feed(bytes)
                     // Past the limit the rest is read and dropped (RFC 1870 §6.3: 552 after the dot).
                     if size <= limit && spoolError == nil {
                         do { try spool.append(bytes) } catch { spoolError = error }
                     }
                 case .end(let findings):
-                    let reply = await finishMessage(spool, size: size, findings: findings, spoolError: spoolError, chunked: false)
-                    queue(machine.prepare(reply))
+                    let outcome = await finishMessage(spool, size: size, findings: findings, spoolError: spoolError, chunked: false)
+                    let reply = machine.prepare(outcome.reply)
+                    queue(reply)
+                    recordDecision(reply: reply, stage: .data, size: size, relayed: outcome.relayed, reason: outcome.reason)
                     machine.messageFinished()
                     return
                 }
@@ -291,6 +320,7 @@ final class SMTPSession {
                 remaining -= bytes.readableBytes
                 if accept, let chunkSpool {
                     chunkInspector.inspect(bytes)
+                    trace?.headers.feed(bytes)
                     do { try chunkSpool.append(bytes) } catch { spoolError = error }
                 }
                 continue
@@ -314,8 +344,10 @@ final class SMTPSession {
             return
         }
         chunkSpool = nil
-        let reply = await finishMessage(spool, size: spool.size, findings: chunkInspector.finish(), spoolError: nil, chunked: true)
-        queue(machine.prepare(reply))
+        let outcome = await finishMessage(spool, size: spool.size, findings: chunkInspector.finish(), spoolError: nil, chunked: true)
+        let reply = machine.prepare(outcome.reply)
+        queue(reply)
+        recordDecision(reply: reply, stage: .data, size: spool.size, relayed: outcome.relayed, reason: outcome.reason)
         machine.messageFinished()
     }
 
@@ -341,29 +373,112 @@ final class SMTPSession {
         return false
     }
 
+    /// How a message ended: the reply, whether it is the upstream's, and why Postern refused it.
+    private struct MessageOutcome {
+        var reply: SMTPReply
+        var relayed: Bool
+        var reason: String?
+    }
+
     private func finishMessage(
         _ spool: MessageSpool, size: Int, findings: SMTPInputFramer.DataFindings, spoolError: MessageSpool.Error?, chunked: Bool
-    ) async -> SMTPReply {
-        let refusal: SMTPReply?
+    ) async -> MessageOutcome {
+        let refusal: (SMTPReply, String)?
         if findings.hasBareLineEnding && configuration.bareLineEndings == .reject {
-            refusal = ReplyMapping.bareLineEnding
+            refusal = (ReplyMapping.bareLineEnding, findings.bareLineFeed ? "bare LF in message content" : "bare CR in message content")
         } else if findings.overlongLine {
-            refusal = ReplyMapping.overlongLine(configuration.limits.textLineLength)
+            refusal = (ReplyMapping.overlongLine(configuration.limits.textLineLength), "line longer than \(configuration.limits.textLineLength) octets")
         } else if size > configuration.limits.messageSize {
-            refusal = ReplyMapping.messageTooBig(configuration.limits.messageSize)
+            refusal = (ReplyMapping.messageTooBig(configuration.limits.messageSize), "message larger than \(configuration.limits.messageSize) octets")
         } else if let spoolError {
             logger.error("spool failed", metadata: ["error": "\(spoolError)"])
-            refusal = ReplyMapping.reply(for: spoolError)
+            refusal = (ReplyMapping.reply(for: spoolError), "spool error")
         } else {
             refusal = nil
         }
-        if let refusal {
-            logger.notice("message refused", metadata: ["reply": "\(refusal)", "size": "\(size)"])
+        if let (reply, reason) = refusal {
+            logger.notice("message refused", metadata: ["reply": "\(reply)", "size": "\(size)", "reason": "\(reason)"])
             upstreamTransactionOpen = false
             await relay?.reset()
-            return refusal
+            return MessageOutcome(reply: reply, relayed: false, reason: reason)
         }
         return await relayMessage(spool, chunked: chunked)
+    }
+
+    // MARK: Decision records
+
+    /// Measures time spent waiting for the upstream, for the record's timings.
+    private func timedUpstream(_ body: () async -> SMTPReply) async -> SMTPReply {
+        let started = DispatchTime.now().uptimeNanoseconds
+        let reply = await body()
+        trace?.upstreamNanoseconds += DispatchTime.now().uptimeNanoseconds - started
+        if trace?.upstreamHost == nil { trace?.upstreamHost = relay?.upstreamName }
+        return reply
+    }
+
+    /// The transaction ended with `reply` (refused MAIL, or the message's final reply).
+    /// `relayed`: the reply is the upstream's answer to the message.
+    private func recordDecision(reply: SMTPReply, stage: DecisionRecord.Stage, size: Int? = nil, relayed: Bool = false, reason: String? = nil) {
+        guard let trace else { return }
+        self.trace = nil
+        let decision: DecisionRecord.Decision = reply.isPositive ? .accepted : reply.isTransientFailure ? .tempfailed : .rejected
+        write(trace: trace, decision: decision, stage: stage, reply: reply, size: size, reason: reason,
+              upstream: trace.upstreamHost.map { host in
+                  DecisionRecord.Upstream(host: host, reply: relayed ? reply.description : nil,
+                                          queueID: relayed && reply.isPositive ? DecisionRecord.queueID(fromReply: reply.text) : nil)
+              })
+    }
+
+    /// A transaction that ended without a message: RSET, QUIT, a new EHLO, a disconnect.
+    private func recordAbandonedTransaction() {
+        guard let trace else { return }
+        self.trace = nil
+        // Every recipient refused: the transaction was refused, at RCPT; otherwise abandoned.
+        if !trace.recipients.isEmpty, let last = trace.recipients.last,
+           !trace.recipients.contains(where: { $0.reply.hasPrefix("2") }) {
+            let code = Int(last.reply.prefix(3)) ?? 550
+            write(trace: trace, decision: code < 500 ? .tempfailed : .rejected, stage: .rcpt, reply: nil, size: nil,
+                  reason: "every recipient refused", upstream: trace.upstreamHost.map { .init(host: $0, reply: nil, queueID: nil) })
+            return
+        }
+        write(trace: trace, decision: .aborted, stage: trace.recipients.isEmpty ? .mail : .rcpt, reply: nil, size: nil,
+              reason: closing ? "session ended mid-transaction" : "transaction abandoned by the client",
+              upstream: trace.upstreamHost.map { .init(host: $0, reply: nil, queueID: nil) })
+    }
+
+    /// A connection refused before any transaction.
+    private func recordRefusedConnection(_ reply: SMTPReply, reason: String) {
+        guard let log = environment.decisionLog else { return }
+        log.record(DecisionRecord(
+            timestamp: Self.nowMilliseconds(), id: transactionID, session: sessionID, client: recordClient,
+            decision: reply.isTransientFailure ? .tempfailed : .rejected, stage: .connect, reason: reason,
+            reply: Self.recordReply(reply), timings: .init(total: 0, filters: 0, upstream: 0)))
+    }
+
+    private func write(
+        trace: TransactionTrace, decision: DecisionRecord.Decision, stage: DecisionRecord.Stage,
+        reply: SMTPReply?, size: Int?, reason: String?, upstream: DecisionRecord.Upstream?
+    ) {
+        guard let log = environment.decisionLog else { return }
+        let total = Int((DispatchTime.now().uptimeNanoseconds - trace.started) / 1_000_000)
+        log.record(DecisionRecord(
+            timestamp: Self.nowMilliseconds(), id: transactionID, session: sessionID, client: recordClient,
+            mailFrom: trace.mailFrom, recipients: trace.recipients, size: size,
+            messageID: trace.headers.value(of: "Message-ID"), decision: decision, stage: stage, reason: reason,
+            reply: reply.map(Self.recordReply), upstream: upstream,
+            timings: .init(total: total, filters: 0, upstream: Int(trace.upstreamNanoseconds / 1_000_000))))
+    }
+
+    private var recordClient: DecisionRecord.Client {
+        DecisionRecord.Client(ip: "\(client.address)", port: client.port, helo: machine.helloName, tls: tlsVersion)
+    }
+
+    private static func recordReply(_ reply: SMTPReply) -> DecisionRecord.Reply {
+        DecisionRecord.Reply(code: reply.code, enhanced: reply.enhanced?.description, text: reply.text)
+    }
+
+    private static func nowMilliseconds() -> Int64 {
+        Int64(Date().timeIntervalSince1970 * 1000)
     }
 
     // MARK: TLS

@@ -16,6 +16,7 @@ final class ServerFixture: @unchecked Sendable {
     let directory: String
     let maildir: String
     private(set) var ports: [Int] = []
+    private(set) var decisionLogPath: String?
     private let group: ServiceGroup
     private let task: Task<Void, Error>
 
@@ -34,6 +35,7 @@ final class ServerFixture: @unchecked Sendable {
         configuration.spool.directory = directory
         configuration.shutdownGracePeriod = .seconds(5)
         configure(&configuration)
+        decisionLogPath = configuration.decisionLog
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         let ready = DispatchSemaphore(value: 0)

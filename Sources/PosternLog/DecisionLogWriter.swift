@@ -1,0 +1,122 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Logging
+
+/// Appends decision records, one JSON line each, from a dedicated thread: a slow or full
+/// disk never delays an SMTP reply. One writer and one `write(2)` per line, with O_APPEND,
+/// so lines are never interleaved or cut. On a write error the line is dropped, the error
+/// is logged and counted, and mail goes on.
+public final class DecisionLogWriter: @unchecked Sendable {
+    public struct Error: Swift.Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Lines waiting past this are dropped (and counted) rather than growing memory.
+    public static let maximumPendingLines = 100_000
+
+    public let path: String
+    private let logger: Logger
+    private let condition = NSCondition()
+    private var pending: [String] = []
+    private var closed = false
+    private var finished = false
+    private var descriptor: Int32
+    private var writeErrorCount = 0
+    private var droppedCount = 0
+
+    /// Opens (creating) `path` for appending; `-` means standard output.
+    public init(path: String, logger: Logger) throws(Error) {
+        self.path = path
+        self.logger = logger
+        if path == "-" {
+            descriptor = STDOUT_FILENO
+        } else {
+            descriptor = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+            guard descriptor >= 0 else {
+                throw Error(description: "cannot open decision log \(path): \(String(cString: strerror(errno)))")
+            }
+        }
+        let thread = Thread { [unowned self] in self.drain() }
+        thread.name = "postern-decision-log"
+        thread.start()
+    }
+
+    deinit {
+        if descriptor > STDERR_FILENO { Glibc.close(descriptor) }
+    }
+
+    public func record(_ record: DecisionRecord) {
+        let line = record.jsonLine()
+        condition.lock()
+        defer { condition.unlock() }
+        guard !closed else { return }
+        guard pending.count < Self.maximumPendingLines else {
+            droppedCount += 1
+            return
+        }
+        pending.append(line)
+        condition.signal()
+    }
+
+    /// Write errors and lines dropped because the writer fell behind.
+    public var failures: (writeErrors: Int, dropped: Int) {
+        condition.lock()
+        defer { condition.unlock() }
+        return (writeErrorCount, droppedCount)
+    }
+
+    /// Writes what is pending, then stops.
+    public func close() {
+        condition.lock()
+        closed = true
+        condition.broadcast()
+        while !finished { condition.wait() }
+        condition.unlock()
+    }
+
+    private func drain() {
+        while true {
+            condition.lock()
+            while pending.isEmpty && !closed { condition.wait() }
+            if pending.isEmpty && closed {
+                finished = true
+                condition.broadcast()
+                condition.unlock()
+                return
+            }
+            let batch = pending
+            pending.removeAll(keepingCapacity: true)
+            condition.unlock()
+            for line in batch { write(line) }
+        }
+    }
+
+    private func write(_ line: String) {
+        var line = line
+        let result = line.withUTF8 { bytes -> Int in
+            var offset = 0
+            while offset < bytes.count {
+                let written = Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    return -Int(errno)
+                }
+                offset += written
+            }
+            return offset
+        }
+        if result < 0 {
+            condition.lock()
+            writeErrorCount += 1
+            let count = writeErrorCount
+            condition.unlock()
+            if count == 1 || count % 1000 == 0 {
+                logger.error("decision log write failed; mail goes on", metadata: [
+                    "path": "\(path)", "error": "\(String(cString: strerror(Int32(-result))))", "failures": "\(count)",
+                ])
+            }
+        }
+    }
+}

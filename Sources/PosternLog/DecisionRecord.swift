@@ -1,0 +1,273 @@
+import Foundation
+
+/// One decision: what happened to one transaction, or to a connection refused before any
+/// transaction. Written as one JSON object per line; `schema` versions the layout.
+public struct DecisionRecord: Sendable, Equatable {
+    /// The layout version written in every line.
+    public static let schemaVersion = 1
+
+    public enum Decision: String, Sendable {
+        case accepted, rejected, tempfailed, discarded, quarantined, aborted
+    }
+
+    public enum Stage: String, Sendable {
+        case connect, helo, mail, rcpt, data
+    }
+
+    public struct Client: Sendable, Equatable {
+        public var ip: String
+        public var port: Int
+        public var helo: String?
+        /// The TLS version when the session used STARTTLS.
+        public var tls: String?
+        public var auth: String?
+        public init(ip: String, port: Int, helo: String? = nil, tls: String? = nil, auth: String? = nil) {
+            self.ip = ip
+            self.port = port
+            self.helo = helo
+            self.tls = tls
+            self.auth = auth
+        }
+    }
+
+    public struct Recipient: Sendable, Equatable {
+        public var address: String
+        /// The reply the client got for this RCPT, e.g. `250 2.1.5 Ok`.
+        public var reply: String
+        public init(address: String, reply: String) {
+            self.address = address
+            self.reply = reply
+        }
+    }
+
+    public struct Reply: Sendable, Equatable {
+        public var code: Int
+        public var enhanced: String?
+        public var text: String
+        public init(code: Int, enhanced: String?, text: String) {
+            self.code = code
+            self.enhanced = enhanced
+            self.text = text
+        }
+    }
+
+    public struct Upstream: Sendable, Equatable {
+        public var host: String
+        public var reply: String?
+        /// Parsed from the upstream's 250 (Postfix: `queued as ABC123`).
+        public var queueID: String?
+        public init(host: String, reply: String?, queueID: String?) {
+            self.host = host
+            self.reply = reply
+            self.queueID = queueID
+        }
+    }
+
+    public struct Timings: Sendable, Equatable {
+        public var totalMilliseconds: Int
+        public var filtersMilliseconds: Int
+        public var upstreamMilliseconds: Int
+        public init(total: Int, filters: Int, upstream: Int) {
+            totalMilliseconds = total
+            filtersMilliseconds = filters
+            upstreamMilliseconds = upstream
+        }
+    }
+
+    /// Milliseconds since the Unix epoch.
+    public var timestamp: Int64
+    /// The transaction id, as in the Received header and the reply texts.
+    public var id: String
+    public var session: String
+    public var policyVersion: String?
+    public var client: Client
+    /// The reverse-path without brackets; empty for the null sender.
+    public var mailFrom: String?
+    public var recipients: [Recipient]
+    public var size: Int?
+    public var messageID: String?
+    public var decision: Decision
+    public var stage: Stage
+    public var rule: String?
+    public var reason: String?
+    public var reply: Reply?
+    public var upstream: Upstream?
+    public var timings: Timings
+
+    public init(
+        timestamp: Int64, id: String, session: String, policyVersion: String? = nil, client: Client,
+        mailFrom: String? = nil, recipients: [Recipient] = [], size: Int? = nil, messageID: String? = nil,
+        decision: Decision, stage: Stage, rule: String? = nil, reason: String? = nil, reply: Reply? = nil,
+        upstream: Upstream? = nil, timings: Timings
+    ) {
+        self.timestamp = timestamp
+        self.id = id
+        self.session = session
+        self.policyVersion = policyVersion
+        self.client = client
+        self.mailFrom = mailFrom
+        self.recipients = recipients
+        self.size = size
+        self.messageID = messageID
+        self.decision = decision
+        self.stage = stage
+        self.rule = rule
+        self.reason = reason
+        self.reply = reply
+        self.upstream = upstream
+        self.timings = timings
+    }
+
+    /// The record as one JSON line (with its newline), keys in the documented order.
+    public func jsonLine() -> String {
+        var json = JSONObjectWriter()
+        json.field("schema", Self.schemaVersion)
+        json.field("ts", Self.rfc3339(milliseconds: timestamp))
+        json.field("id", id)
+        json.field("session", session)
+        json.field("policy_version", policyVersion)
+        json.object("client") { object in
+            object.field("ip", client.ip)
+            object.field("port", client.port)
+            object.field("helo", client.helo)
+            object.field("tls", client.tls)
+            object.field("auth", client.auth)
+        }
+        json.field("mail_from", mailFrom)
+        json.array("rcpts", recipients) { object, recipient in
+            object.field("address", recipient.address)
+            object.field("reply", recipient.reply)
+        }
+        json.field("size", size)
+        json.field("message_id", messageID)
+        json.field("decision", decision.rawValue)
+        json.field("stage", stage.rawValue)
+        json.field("rule", rule)
+        json.field("reason", reason)
+        if let reply {
+            json.object("reply") { object in
+                object.field("code", reply.code)
+                object.field("enhanced", reply.enhanced)
+                object.field("text", reply.text)
+            }
+        } else {
+            json.null("reply")
+        }
+        if let upstream {
+            json.object("upstream") { object in
+                object.field("host", upstream.host)
+                object.field("reply", upstream.reply)
+                object.field("queue_id", upstream.queueID)
+            }
+        } else {
+            json.null("upstream")
+        }
+        json.array("shadow", [Int]()) { _, _ in }
+        json.object("timings") { object in
+            object.field("total_ms", timings.totalMilliseconds)
+            object.field("filters_ms", timings.filtersMilliseconds)
+            object.field("upstream_ms", timings.upstreamMilliseconds)
+        }
+        return json.finish() + "\n"
+    }
+
+    /// `2026-11-23T19:11:38.123Z` (RFC 3339, UTC, milliseconds).
+    public static func rfc3339(milliseconds: Int64) -> String {
+        let seconds = milliseconds >= 0 ? milliseconds / 1000 : (milliseconds - 999) / 1000
+        let millis = Int(milliseconds - seconds * 1000)
+        var days = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400
+        let secondOfDay = Int(seconds - days * 86400)
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        days += 719_468
+        let era = (days >= 0 ? days : days - 146_096) / 146_097
+        let dayOfEra = days - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let monthIndex = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * monthIndex + 2) / 5 + 1
+        let month = monthIndex < 10 ? monthIndex + 3 : monthIndex - 9
+        let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+        func pad(_ value: Int, _ width: Int) -> String {
+            let text = String(value)
+            return String(repeating: "0", count: max(0, width - text.count)) + text
+        }
+        return "\(pad(Int(year), 4))-\(pad(Int(month), 2))-\(pad(Int(day), 2))T\(pad(secondOfDay / 3600, 2)):\(pad(secondOfDay / 60 % 60, 2)):\(pad(secondOfDay % 60, 2)).\(pad(millis, 3))Z"
+    }
+
+    /// The queue id in an upstream's acceptance: Postfix's `queued as ABC123`, Exim's `id=1abcDE-…`.
+    public static func queueID(fromReply text: String) -> String? {
+        for marker in ["queued as ", "id="] {
+            guard let range = text.range(of: marker, options: .caseInsensitive) else { continue }
+            let token = text[range.upperBound...].prefix { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "." }
+            if !token.isEmpty { return String(token) }
+        }
+        return nil
+    }
+}
+
+/// Writes one JSON object with keys in call order; strings escaped per RFC 8259.
+struct JSONObjectWriter {
+    private var text = "{"
+    private var first = true
+
+    private mutating func key(_ name: String) {
+        if !first { text += "," }
+        first = false
+        text += "\"\(name)\":"
+    }
+
+    mutating func field(_ name: String, _ value: String?) {
+        key(name)
+        if let value { Self.escape(value, into: &text) } else { text += "null" }
+    }
+
+    mutating func field(_ name: String, _ value: Int?) {
+        key(name)
+        text += value.map(String.init) ?? "null"
+    }
+
+    mutating func null(_ name: String) {
+        key(name)
+        text += "null"
+    }
+
+    mutating func object(_ name: String, _ body: (inout JSONObjectWriter) -> Void) {
+        key(name)
+        var nested = JSONObjectWriter()
+        body(&nested)
+        text += nested.finish()
+    }
+
+    mutating func array<Element>(_ name: String, _ elements: [Element], _ body: (inout JSONObjectWriter, Element) -> Void) {
+        key(name)
+        text += "["
+        for (index, element) in elements.enumerated() {
+            if index > 0 { text += "," }
+            var nested = JSONObjectWriter()
+            body(&nested, element)
+            text += nested.finish()
+        }
+        text += "]"
+    }
+
+    func finish() -> String { text + "}" }
+
+    static func escape(_ value: String, into text: inout String) {
+        text += "\""
+        for scalar in value.unicodeScalars {
+            switch scalar {
+            case "\"": text += "\\\""
+            case "\\": text += "\\\\"
+            case "\n": text += "\\n"
+            case "\r": text += "\\r"
+            case "\t": text += "\\t"
+            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
+                let hex = String(scalar.value, radix: 16)
+                text += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default:
+                text.unicodeScalars.append(scalar)
+            }
+        }
+        text += "\""
+    }
+}
