@@ -82,9 +82,10 @@ public struct IPNetwork: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// True when `candidate` lies in this block; IPv4-mapped IPv6 addresses match IPv4 blocks.
+    /// True when `candidate` lies in this block; IPv4-mapped IPv6 addresses match IPv4 blocks
+    /// (and, as IPv6 addresses, IPv6 blocks).
     public func contains(_ candidate: IPAddress) -> Bool {
-        switch (address, candidate.unmapped) {
+        switch (address, address.isIPv6 ? candidate : candidate.unmapped) {
         case (.v4(let network), .v4(let value)):
             return prefixLength == 0 || network == value & (UInt32.max << (32 - prefixLength))
         case (.v6(let network), .v6(let value)):

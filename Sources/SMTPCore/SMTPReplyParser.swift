@@ -24,6 +24,17 @@ public struct SMTPReplyParser: Sendable {
     /// Consumes bytes from `buffer` and returns the next complete reply, nil if more bytes
     /// are needed.
     public mutating func parse(_ buffer: inout ByteBuffer) throws(Error) -> SMTPReply? {
+        do {
+            return try parseReply(&buffer)
+        } catch {
+            // A broken reply leaves nothing half-read behind.
+            pendingLines = []
+            pendingCode = nil
+            throw error
+        }
+    }
+
+    private mutating func parseReply(_ buffer: inout ByteBuffer) throws(Error) -> SMTPReply? {
         while true {
             guard let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
                 if buffer.readableBytes > maximumLineLength {
@@ -32,6 +43,9 @@ public struct SMTPReplyParser: Sendable {
                 return nil
             }
             let length = newline - buffer.readerIndex
+            guard length <= maximumLineLength else {
+                throw Error(reason: "reply line longer than \(maximumLineLength) octets")
+            }
             var line = buffer.readString(length: length)!
             buffer.moveReaderIndex(forwardBy: 1)
             if line.hasSuffix("\r") { line.removeLast() }

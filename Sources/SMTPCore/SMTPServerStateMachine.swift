@@ -343,7 +343,7 @@ public struct SMTPServerStateMachine: Sendable {
         }
         guard !isTLSActive else { return error(SMTPReply(503, EnhancedStatusCode(5, 5, 1), "Error: TLS already active")) }
         guard phase == .ready, isExtended else {
-            return error(SMTPReply(503, EnhancedStatusCode(5, 5, 1), phase == .awaitingHello ? "Error: send EHLO first" : "Error: STARTTLS not allowed in a transaction"))
+            return error(SMTPReply(503, EnhancedStatusCode(5, 5, 1), phase == .ready || phase == .awaitingHello ? "Error: send EHLO first" : "Error: STARTTLS not allowed in a transaction"))
         }
         phase = .negotiatingTLS
         return .startTLS(prepare(SMTPReply(220, EnhancedStatusCode(2, 0, 0), "Ready to start TLS")))

@@ -14,7 +14,8 @@ enum PathGrammar {
         guard bytes.count >= 2, bytes.first == UInt8(ascii: "<"), bytes.last == UInt8(ascii: ">") else {
             throw Failure(reason: "path must be enclosed in <>")
         }
-        guard bytes.count <= maximumPathLength + 2 else { throw Failure(reason: "path longer than \(maximumPathLength) octets") }
+        // RFC 5321 §4.5.3.1.3: 256 octets including the punctuation.
+        guard bytes.count <= maximumPathLength else { throw Failure(reason: "path longer than \(maximumPathLength) octets") }
         var inner = bytes.dropFirst().dropLast()
         if inner.first == UInt8(ascii: "@") {
             // A-d-l = At-domain *( "," At-domain ); At-domain = "@" Domain
@@ -105,8 +106,10 @@ enum PathGrammar {
     static func isValidAddressLiteral(_ text: String) -> Bool {
         if text.lowercased().hasPrefix("ipv6:") { return IPAddress(String(text.dropFirst(5))).map { $0.isIPv6 } ?? false }
         if let address = IPAddress(text) { return !address.isIPv6 }
-        // General-address-literal = Standardized-tag ":" 1*dcontent
+        // General-address-literal = Standardized-tag ":" 1*dcontent; Standardized-tag = Ldh-str
         guard let colon = text.firstIndex(of: ":"), colon != text.startIndex else { return false }
+        let tag = text[..<colon].utf8
+        guard tag.allSatisfy({ isLetDig($0) || $0 == UInt8(ascii: "-") }), tag.last != UInt8(ascii: "-") else { return false }
         let tail = text[text.index(after: colon)...]
         return !tail.isEmpty && tail.utf8.allSatisfy { (33...90).contains($0) || (94...126).contains($0) }
     }
