@@ -1,11 +1,26 @@
 import ArgumentParser
 import Foundation
 import Logging
+import NIOCore
+import NIOPosix
 import PosternServer
 import PosternUpstream
 import ServiceLifecycle
 
+/// The entry point. Swift concurrency runs on NIO's event loops, so a session awaiting a
+/// channel future resumes on the loop that completed it, with no thread hop between them.
 @main
+enum PosternMain {
+    static func main() {
+        NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        Task {
+            await Postern.main()
+            exit(0)
+        }
+        dispatchMain()
+    }
+}
+
 struct Postern: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "postern",

@@ -93,10 +93,16 @@ final class SMTPSession {
             return
         }
         let (key, alreadyDraining) = environment.registry.register(channel)
-        defer {
+        var slotHeld = true
+        // The slot is freed as soon as the client side is done, before the upstream is
+        // closed: a client that got its 221 may connect again at once.
+        func releaseSlot() {
+            guard slotHeld else { return }
+            slotHeld = false
             environment.registry.unregister(key)
             environment.limiter.release(client.address)
         }
+        defer { releaseSlot() }
         logger.debug("session started")
         if alreadyDraining {
             queue(ReplyMapping.shuttingDown)
@@ -108,6 +114,7 @@ final class SMTPSession {
         await flush()
         await commandLoop()
         recordAbandonedTransaction()
+        releaseSlot()
         await relay?.close()
         relay = nil
         logger.debug("session ended")
