@@ -3,7 +3,6 @@ import PackageDescription
 
 let package = Package(
     name: "Postern",
-    platforms: [.macOS(.v14)],
     products: [
         .executable(name: "postern", targets: ["postern"]),
     ],
@@ -74,11 +73,21 @@ let package = Package(
         .testTarget(
             name: "SMTPNIOTests",
             dependencies: [
-                "SMTPNIO",
+                "SMTPNIO", "SMTPCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "PosternUpstreamTests", dependencies: ["PosternUpstream"]),
+        .testTarget(
+            name: "PosternUpstreamTests",
+            dependencies: [
+                "PosternUpstream", "SMTPCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(name: "PosternServerTests", dependencies: ["PosternServer"]),
         .testTarget(name: "PosternLogTests", dependencies: ["PosternLog"]),
         .testTarget(

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import NIOCore
 
 /// A message being received: held in memory up to a threshold, then in an unlinked file in
@@ -30,10 +26,11 @@ public final class MessageSpool {
     public var isOnDisk: Bool { fileDescriptor >= 0 }
 
     public func append(_ bytes: ByteBuffer) throws(Error) {
-        size += bytes.readableBytes
-        if fileDescriptor < 0 && memory.readableBytes + bytes.readableBytes <= memoryThreshold {
+        let count = bytes.readableBytes
+        if fileDescriptor < 0 && memory.readableBytes + count <= memoryThreshold {
             var bytes = bytes
             memory.writeBuffer(&bytes)
+            size += count
             return
         }
         if fileDescriptor < 0 {
@@ -42,6 +39,7 @@ public final class MessageSpool {
             memory = ByteBuffer()
         }
         try writeAll(bytes)
+        size += count
     }
 
     /// Calls `body` with the content in order, in pieces of at most `chunkSize` bytes.
@@ -55,13 +53,19 @@ public final class MessageSpool {
         }
         var offset: off_t = 0
         var chunk = ByteBuffer()
-        while true {
+        while offset < size {
             chunk.clear(minimumCapacity: chunkSize)
+            var readError: Int32 = 0
             let count = chunk.writeWithUnsafeMutableBytes(minimumWritableBytes: chunkSize) { pointer in
                 let result = pread(fileDescriptor, pointer.baseAddress, chunkSize, offset)
-                return result > 0 ? result : 0
+                if result < 0 { readError = errno }
+                return max(result, 0)
             }
-            if count == 0 { break }
+            if readError == EINTR { continue }
+            // A read error or a short file must never pass for the end of the message.
+            guard readError == 0, count > 0 else {
+                throw Error(description: "cannot read the spool file: \(readError == 0 ? "unexpected end" : String(cString: strerror(readError)))")
+            }
             offset += off_t(count)
             try await body(chunk)
         }

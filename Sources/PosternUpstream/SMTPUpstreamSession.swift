@@ -53,7 +53,8 @@ public final class SMTPUpstreamSession: RelaySession {
             try await session.handshake(host: host, heloName: heloName)
         } catch {
             await session.close()
-            throw error
+            // Whatever went wrong before the session was ready, this upstream cannot take mail now.
+            throw UpstreamError(.unavailable, error.detail)
         }
         return session
     }
@@ -209,9 +210,14 @@ public final class SMTPUpstreamSession: RelaySession {
     }
 
     private func request(_ bytes: ByteBuffer?, replies: Int, timeout: TimeAmount, stage: String) async throws(UpstreamError) -> [SMTPReply] {
+        guard !broken, channel.isActive else {
+            throw UpstreamError(.connectionLost, "\(upstreamName) \(stage): connection already closed")
+        }
         let promise = channel.eventLoop.makePromise(of: [SMTPReply].self)
         let request = SMTPClientRequest(bytes: bytes, expectedReplies: replies, timeout: timeout, stage: stage, promise: promise)
-        channel.writeAndFlush(request, promise: nil)
+        // A write that cannot reach the handler (the channel closed meanwhile) must still
+        // complete the reply promise, or the caller waits forever.
+        channel.writeAndFlush(request).whenFailure { error in promise.fail(error) }
         do {
             return try await promise.futureResult.get()
         } catch let error as SMTPClientError {

@@ -18,24 +18,33 @@ public enum UpstreamTarget: Hashable, Sendable, CustomStringConvertible {
         guard url.lowercased().hasPrefix("smtp://") else { return nil }
         var rest = Substring(url.dropFirst("smtp://".count))
         if rest.hasSuffix("/") { rest = rest.dropLast() }
-        var host: Substring
-        var port = 25
+        let host: Substring
+        var portText: Substring?
         if rest.hasPrefix("[") {
+            // [IPv6]:port — the brackets must hold an IPv6 address.
             guard let close = rest.firstIndex(of: "]") else { return nil }
             host = rest[rest.index(after: rest.startIndex)..<close]
+            guard let address = IPAddress(String(host)), address.isIPv6 else { return nil }
             let tail = rest[rest.index(after: close)...]
             if !tail.isEmpty {
-                guard tail.hasPrefix(":"), let parsed = Int(tail.dropFirst()), (1...65535).contains(parsed) else { return nil }
-                port = parsed
+                guard tail.hasPrefix(":") else { return nil }
+                portText = tail.dropFirst()
             }
-        } else if let colon = rest.lastIndex(of: ":") {
-            host = rest[..<colon]
-            guard let parsed = Int(rest[rest.index(after: colon)...]), (1...65535).contains(parsed) else { return nil }
-            port = parsed
         } else {
-            host = rest
+            let parts = rest.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count <= 2 else { return nil } // a bare IPv6 address needs brackets
+            host = parts[0]
+            portText = parts.count == 2 ? parts[1] : nil
+            // A host name (letters, digits, '-', '.') or an IPv4 address.
+            guard !host.isEmpty, host.utf8.allSatisfy({ PathGrammar.isLetDig($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: ".") }),
+                  !host.hasPrefix("-"), !host.hasPrefix(".") else { return nil }
         }
-        guard !host.isEmpty, !host.contains("/"), !host.contains("@") else { return nil }
+        var port = 25
+        if let portText {
+            guard !portText.isEmpty, portText.count <= 5, portText.allSatisfy({ $0 >= "0" && $0 <= "9" }),
+                  let parsed = Int(portText), (1...65535).contains(parsed) else { return nil }
+            port = parsed
+        }
         self = .smtp(host: String(host), port: port)
     }
 

@@ -202,6 +202,11 @@ final class SMTPSession {
             do {
                 let session = try await openRelay()
                 let reply = try await session.mail(path, parameters)
+                if reused && attempt == 0 && reply.code == 421 {
+                    // The upstream is closing the idle connection we kept: start afresh.
+                    await dropRelay()
+                    continue
+                }
                 upstreamTransactionOpen = reply.isPositive
                 return reply
             } catch {

@@ -1,6 +1,6 @@
 /// Parsing of paths and mailboxes. Works on UTF-8 bytes; non-ASCII is accepted where
 /// RFC 6531 allows it (atext, sub-domains, quoted strings) and must be valid UTF-8.
-enum PathGrammar {
+public enum PathGrammar {
     /// RFC 5321 §4.5.3.1: local-part 64, domain 255, path 256 octets.
     static let maximumLocalPartLength = 64
     static let maximumDomainLength = 255
@@ -114,7 +114,8 @@ enum PathGrammar {
         return !tail.isEmpty && tail.utf8.allSatisfy { (33...90).contains($0) || (94...126).contains($0) }
     }
 
-    static func isLetDig(_ byte: UInt8) -> Bool {
+    /// Let-dig (RFC 5321 §4.1.2): an ASCII letter or digit.
+    public static func isLetDig(_ byte: UInt8) -> Bool {
         (48...57).contains(byte) || (65...90).contains(byte) || (97...122).contains(byte)
     }
 
