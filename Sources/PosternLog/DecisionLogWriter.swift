@@ -33,6 +33,12 @@ public final class DecisionLogWriter: @unchecked Sendable {
         if path == "-" {
             descriptor = STDOUT_FILENO
         } else {
+            // The bundled default logs to var/decisions.log: create the directory when missing.
+            let parent = (path as NSString).deletingLastPathComponent
+            if !parent.isEmpty && !FileManager.default.fileExists(atPath: parent) {
+                try? FileManager.default.createDirectory(
+                    atPath: parent, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
+            }
             descriptor = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
             guard descriptor >= 0 else {
                 throw Error(description: "cannot open decision log \(path): \(String(cString: strerror(errno)))")

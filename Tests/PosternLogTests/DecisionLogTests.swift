@@ -103,9 +103,19 @@ final class DecisionLogWriterTests: XCTestCase {
         XCTAssertTrue(text.hasPrefix("earlier line\n{\"schema\":1,"))
     }
 
-    func testUnopenablePathIsAClearError() {
-        XCTAssertThrowsError(try DecisionLogWriter(path: directory + "/missing/dir/decisions.log", logger: Logger(label: "test"))) { error in
-            XCTAssertTrue("\(error)".contains("cannot open decision log \(directory!)/missing/dir/decisions.log"), "\(error)")
+    func testMissingDirectoriesAreCreated() throws {
+        let path = directory + "/var/log/postern/decisions.log"
+        let writer = try DecisionLogWriter(path: path, logger: Logger(label: "test"))
+        writer.record(Self.record(1))
+        writer.close()
+        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").count, 1)
+    }
+
+    func testUnopenablePathIsAClearError() throws {
+        let blocker = directory + "/not-a-directory"
+        try "x".write(toFile: blocker, atomically: false, encoding: .utf8)
+        XCTAssertThrowsError(try DecisionLogWriter(path: blocker + "/decisions.log", logger: Logger(label: "test"))) { error in
+            XCTAssertTrue("\(error)".contains("cannot open decision log \(blocker)/decisions.log"), "\(error)")
         }
     }
 
