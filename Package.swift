@@ -13,6 +13,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // The SMTP protocol with no I/O: grammar, replies, state machines, codecs.
@@ -55,10 +56,25 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
+        // C libraries, reached only through PosternNative.
+        .systemLibrary(
+            name: "CPCRE2",
+            pkgConfig: "libpcre2-8",
+            providers: [.apt(["libpcre2-dev"])]
+        ),
+        .systemLibrary(
+            name: "CMaxMindDB",
+            pkgConfig: "libmaxminddb",
+            providers: [.apt(["libmaxminddb-dev"])]
+        ),
+        // Safe Swift types over PCRE2 (regex, JIT) and libmaxminddb (GeoIP).
+        .target(name: "PosternNative", dependencies: ["CPCRE2", "CMaxMindDB"]),
         .executableTarget(
             name: "postern",
             dependencies: [
@@ -90,6 +106,11 @@ let package = Package(
         ),
         .testTarget(name: "PosternServerTests", dependencies: ["PosternServer"]),
         .testTarget(name: "PosternLogTests", dependencies: ["PosternLog"]),
+        .testTarget(
+            name: "PosternNativeTests",
+            dependencies: ["PosternNative"],
+            resources: [.copy("Fixtures")]
+        ),
         .testTarget(
             name: "PosternIntegrationTests",
             dependencies: ["postern"],

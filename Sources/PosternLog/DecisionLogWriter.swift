@@ -18,6 +18,7 @@ public final class DecisionLogWriter: @unchecked Sendable {
 
     public let path: String
     private let logger: Logger
+    private let onWriteError: (@Sendable () -> Void)?
     private let condition = NSCondition()
     private var pending: [String] = []
     private var closed = false
@@ -27,9 +28,11 @@ public final class DecisionLogWriter: @unchecked Sendable {
     private var droppedCount = 0
 
     /// Opens (creating) `path` for appending; `-` means standard output.
-    public init(path: String, logger: Logger) throws(Error) {
+    /// `onWriteError` is called (on the writer's thread) for every line that fails.
+    public init(path: String, logger: Logger, onWriteError: (@Sendable () -> Void)? = nil) throws(Error) {
         self.path = path
         self.logger = logger
+        self.onWriteError = onWriteError
         if path == "-" {
             descriptor = STDOUT_FILENO
         } else {
@@ -118,6 +121,7 @@ public final class DecisionLogWriter: @unchecked Sendable {
             writeErrorCount += 1
             let count = writeErrorCount
             condition.unlock()
+            onWriteError?()
             if count == 1 || count % 1000 == 0 {
                 logger.error("decision log write failed; mail goes on", metadata: [
                     "path": "\(path)", "error": "\(String(cString: strerror(Int32(-result))))", "failures": "\(count)",

@@ -21,6 +21,9 @@ public final class PosternServer: Service, Sendable {
     private let limiter: ConnectionLimiter
     private let tlsContext: NIOSSLContext?
     private let decisionLog: DecisionLogWriter?
+    /// The server's Prometheus metrics (rendered at `/metrics` when `metrics` is configured).
+    public let metrics: PosternMetrics
+    private let statusAddress = Mutex<SocketAddress?>(nil)
     private let bound = Mutex<[SocketAddress]>([])
     private let onListening: (@Sendable ([SocketAddress]) -> Void)?
 
@@ -32,9 +35,12 @@ public final class PosternServer: Service, Sendable {
     public init(
         configuration: PosternConfiguration, logger: Logger,
         group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        version: String = "dev",
         onListening: (@Sendable ([SocketAddress]) -> Void)? = nil
     ) throws {
         self.configuration = configuration
+        let metrics = PosternMetrics(version: version)
+        self.metrics = metrics
         self.group = group
         self.logger = logger
         self.onListening = onListening
@@ -61,7 +67,11 @@ public final class PosternServer: Service, Sendable {
             }
         }
         if let path = configuration.decisionLog {
-            do { decisionLog = try DecisionLogWriter(path: path, logger: logger) } catch { throw StartupError(description: error.description) }
+            do {
+                decisionLog = try DecisionLogWriter(path: path, logger: logger, onWriteError: { metrics.decisionLogWriteError() })
+            } catch {
+                throw StartupError(description: error.description)
+            }
         } else {
             decisionLog = nil
         }
@@ -69,6 +79,9 @@ public final class PosternServer: Service, Sendable {
 
     /// The addresses actually bound (port 0 resolved), once listening.
     public var boundAddresses: [SocketAddress] { bound.withLock { $0 } }
+
+    /// Where `/metrics` is served, once listening.
+    public var statusServerAddress: SocketAddress? { statusAddress.withLock { $0 } }
 
     public func run() async throws {
         typealias Connection = NIOAsyncChannel<SMTPInboundEvent, ByteBuffer>
@@ -100,15 +113,30 @@ public final class PosternServer: Service, Sendable {
                 "proxy_protocol": "\(listener.proxyProtocol)", "starttls": "\(tlsContext != nil)",
             ])
         }
+        var statusServer: StatusServer?
+        if let address = configuration.metrics {
+            let server = StatusServer(host: address.host, port: address.port, metrics: metrics, pool: pool, group: group, logger: logger)
+            do {
+                let bound = try await server.bind()
+                statusAddress.withLock { $0 = bound }
+            } catch {
+                for (_, listener) in servers { try? await listener.channel.close() }
+                throw StartupError(description: "cannot serve metrics on \(address.description): \(error)")
+            }
+            statusServer = server
+        }
         onListening?(addresses)
 
         let serverChannels = servers.map { $0.1.channel }
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { tasks in
+                if let statusServer {
+                    tasks.addTask { try await statusServer.run() }
+                }
                 for (listener, server) in servers {
                     let environment = SessionEnvironment(
                         configuration: configuration, listener: listener, pool: pool, limiter: limiter,
-                        registry: registry, tlsContext: tlsContext, decisionLog: decisionLog, logger: logger)
+                        registry: registry, tlsContext: tlsContext, decisionLog: decisionLog, metrics: metrics, logger: logger)
                     tasks.addTask {
                         try await server.executeThenClose { connections in
                             try await withThrowingDiscardingTaskGroup { sessions in

@@ -33,7 +33,7 @@ public final class SMTPUpstreamSession: RelaySession {
         _ configuration: UpstreamConfiguration, host: String, port: Int, heloName: String,
         group: EventLoopGroup, logger: Logger
     ) async throws(UpstreamError) -> SMTPUpstreamSession {
-        let name = "\(host):\(port)"
+        let name = configuration.target.name
         let channel: Channel
         do {
             channel = try await ClientBootstrap(group: group)

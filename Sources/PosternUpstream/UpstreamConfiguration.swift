@@ -48,6 +48,14 @@ public enum UpstreamTarget: Hashable, Sendable, CustomStringConvertible {
         self = .smtp(host: String(host), port: port)
     }
 
+    /// How logs, metrics and decision records name it: `host:port` or `maildir:PATH`.
+    public var name: String {
+        switch self {
+        case .smtp(let host, let port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case .maildir(let path): return "maildir:\(path)"
+        }
+    }
+
     public var description: String {
         switch self {
         case .smtp(let host, let port): return host.contains(":") ? "smtp://[\(host)]:\(port)" : "smtp://\(host):\(port)"

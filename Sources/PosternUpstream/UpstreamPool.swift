@@ -23,9 +23,14 @@ public final class UpstreamPool: Sendable {
 
     /// Upstreams currently believed reachable (by name), for health reporting.
     public var liveUpstreams: [String] {
+        health.filter(\.alive).map(\.name)
+    }
+
+    /// Every configured upstream and whether it is believed reachable (not marked dead).
+    public var health: [(name: String, alive: Bool)] {
         let now = DispatchTime.now().uptimeNanoseconds
         let dead = deadUntil.withLock { $0 }
-        return upstreams.indices.filter { (dead[$0] ?? 0) <= now }.map { upstreams[$0].target.description }
+        return upstreams.indices.map { (upstreams[$0].target.name, (dead[$0] ?? 0) <= now) }
     }
 
     /// Opens a session to the first upstream that takes one. Dead upstreams are tried last.

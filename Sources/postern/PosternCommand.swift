@@ -51,6 +51,9 @@ struct ConfigurationOptions: ParsableArguments {
     @Option(name: .customLong("decision-log"), help: ArgumentHelp("Write decision records (JSON lines) to PATH; - for standard output.", valueName: "path"))
     var decisionLog: String?
 
+    @Option(name: .customLong("metrics"), help: ArgumentHelp("Serve /metrics, /healthz and /readyz on HOST:PORT.", valueName: "host:port"))
+    var metrics: String?
+
     /// The configuration file with the command-line overrides applied.
     func load() throws -> PosternConfiguration {
         var configuration: PosternConfiguration
@@ -81,6 +84,12 @@ struct ConfigurationOptions: ParsableArguments {
         }
         if let hostname { configuration.hostname = hostname }
         if let decisionLog { configuration.decisionLog = decisionLog }
+        if let metrics {
+            guard let address = PosternConfiguration.Listener(address: metrics) else {
+                throw InvalidConfiguration(message: "--metrics \(metrics): expected HOST:PORT")
+            }
+            configuration.metrics = address
+        }
         return configuration
     }
 }
@@ -115,7 +124,7 @@ extension Postern {
             let logger = Logger(label: "postern")
             let server: PosternServer
             do {
-                server = try PosternServer(configuration: configuration, logger: logger)
+                server = try PosternServer(configuration: configuration, logger: logger, version: PosternVersion.current)
             } catch {
                 logger.critical("cannot start: \(error)")
                 throw ExitCode(1)

@@ -25,6 +25,8 @@ final class ConfigurationLoaderTests: XCTestCase {
         XCTAssertEqual(configuration.listeners, [PosternConfiguration.Listener(host: "127.0.0.1", port: 2525)])
         XCTAssertEqual(configuration.upstreams.map(\.target), [.maildir(path: "var/maildir")])
         XCTAssertEqual(configuration.limits, PosternConfiguration.Limits())
+        XCTAssertEqual(configuration.decisionLog, "var/decisions.log")
+        XCTAssertEqual(configuration.metrics, PosternConfiguration.Listener(host: "127.0.0.1", port: 9125))
     }
 
     func testDeployExampleLoads() throws {
@@ -66,6 +68,8 @@ final class ConfigurationLoaderTests: XCTestCase {
             spool: { directory: /var/tmp, memory_threshold: 512KiB }
             shutdown_grace_period: 10s
             log_level: debug
+            decision_log: /var/log/postern/decisions.log
+            metrics: 127.0.0.1:9125
             """)
         XCTAssertEqual(configuration.hostname, "mx.example.org")
         XCTAssertEqual(configuration.listeners.count, 2)
@@ -97,6 +101,8 @@ final class ConfigurationLoaderTests: XCTestCase {
         XCTAssertEqual(configuration.spool.memoryThreshold, 512 * 1024)
         XCTAssertEqual(configuration.shutdownGracePeriod, .seconds(10))
         XCTAssertEqual(configuration.logLevel, .debug)
+        XCTAssertEqual(configuration.decisionLog, "/var/log/postern/decisions.log")
+        XCTAssertEqual(configuration.metrics, PosternConfiguration.Listener(host: "127.0.0.1", port: 9125))
     }
 
     func testUnknownKeyIsReportedWithItsPosition() {

@@ -425,6 +425,70 @@ final class SessionTests: XCTestCase {
         try? FileManager.default.removeItem(atPath: path)
     }
 
+    // MARK: Metrics and health
+
+    private func httpGet(_ port: Int, _ path: String) throws -> (status: Int, body: String) {
+        let client = try RawSMTPClient(port: port)
+        client.send("GET \(path) HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        let response = client.readToEnd()
+        let status = Int(response.split(separator: " ").dropFirst().first ?? "") ?? 0
+        let body = response.components(separatedBy: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n")
+        return (status, body)
+    }
+
+    func testMetricsCountWhatHappened() throws {
+        let closed = try closedPort()
+        let fixture = try start { configuration in
+            configuration.metrics = PosternConfiguration.Listener(host: "127.0.0.1", port: 0)
+            configuration.upstreams.append(UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: closed)))
+            configuration.limits.maxConnectionsPerIP = 2
+        }
+        let statusPort = try XCTUnwrap(fixture.statusPort)
+        let client = try connect(fixture)
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("DATA")?.code, 354)
+        XCTAssertEqual(client.command("Subject: m\r\n\r\nbody\r\n.")?.code, 250)
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("DATA")?.code, 354)
+        XCTAssertEqual(client.command("Subject: m\r\n\r\nbare\nLF\r\n.")?.code, 550)
+        let second = try connect(fixture)
+        let third = try RawSMTPClient(port: fixture.port)
+        XCTAssertEqual(third.readReply()?.code, 421)
+        let (status, metrics) = try httpGet(statusPort, "/metrics")
+        XCTAssertEqual(status, 200)
+        let lines = Set(metrics.split(separator: "\n").map(String.init))
+        XCTAssertTrue(lines.contains("postern_transactions_total{decision=\"accepted\"} 1"), metrics)
+        XCTAssertTrue(lines.contains("postern_transactions_total{decision=\"rejected\"} 1"), metrics)
+        XCTAssertTrue(lines.contains("postern_connections_refused_total{reason=\"max_connections_per_ip\"} 1"), metrics)
+        XCTAssertTrue(lines.contains("postern_sessions_current 2.0"), metrics)
+        XCTAssertTrue(lines.contains("postern_sessions_total 2"), metrics)
+        XCTAssertTrue(lines.contains("postern_upstream_up{upstream=\"maildir:\(fixture.maildir)\"} 1.0"), metrics)
+        XCTAssertTrue(lines.contains("postern_upstream_up{upstream=\"127.0.0.1:\(closed)\"} 1.0"), metrics)
+        XCTAssertTrue(lines.contains("postern_upstream_replies_total{upstream=\"maildir:\(fixture.maildir)\",class=\"2xx\"} 5"), metrics)
+        _ = second
+    }
+
+    func testHealthAndReadiness() throws {
+        let closed = try closedPort()
+        let fixture = try start { configuration in
+            configuration.metrics = PosternConfiguration.Listener(host: "127.0.0.1", port: 0)
+            configuration.upstreams = [UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: closed))]
+        }
+        let statusPort = try XCTUnwrap(fixture.statusPort)
+        XCTAssertEqual(try httpGet(statusPort, "/healthz").status, 200)
+        XCTAssertEqual(try httpGet(statusPort, "/readyz").status, 200, "not yet known to be dead")
+        let client = try connect(fixture)
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 451)
+        let ready = try httpGet(statusPort, "/readyz")
+        XCTAssertEqual(ready.status, 503)
+        XCTAssertTrue(ready.body.contains("every upstream is marked dead"), ready.body)
+        XCTAssertEqual(try httpGet(statusPort, "/nothing").status, 404)
+        let (_, metrics) = try httpGet(statusPort, "/metrics")
+        XCTAssertTrue(metrics.contains("postern_upstream_up{upstream=\"127.0.0.1:\(closed)\"} 0.0"), metrics)
+    }
+
     // MARK: Helpers
 
     private func proxyListener() -> PosternConfiguration.Listener {

@@ -36,6 +36,7 @@ public enum ConfigurationLoader {
         spool:
           directory: /tmp
         decision_log: var/decisions.log
+        metrics: 127.0.0.1:9125
         """
 
     public static func load(path: String) throws(ConfigurationErrors) -> PosternConfiguration {
@@ -199,7 +200,7 @@ struct NodeReader {
         }
         let top = mapping(root, "the configuration", keys: [
             "hostname", "listen", "proxy_trusted_networks", "tls", "upstreams", "upstream_retry_after", "limits",
-            "timeouts", "bare_line_endings", "spool", "shutdown_grace_period", "log_level", "decision_log",
+            "timeouts", "bare_line_endings", "spool", "shutdown_grace_period", "log_level", "decision_log", "metrics",
         ])
         if let node = top["hostname"], let value = string(node, "hostname") {
             if value.isEmpty || value.contains(" ") { fail(node, "hostname must be a domain name") } else { configuration.hostname = value }
@@ -262,6 +263,11 @@ struct NodeReader {
         if let node = top["shutdown_grace_period"], let value = duration(node, "shutdown_grace_period") { configuration.shutdownGracePeriod = value }
         if let node = top["decision_log"], let path = string(node, "decision_log") {
             if path.isEmpty { fail(node, "decision_log must be a file path or -") } else { configuration.decisionLog = path }
+        }
+        if let node = top["metrics"], let text = string(node, "metrics") {
+            if let address = PosternConfiguration.Listener(address: text) { configuration.metrics = address } else {
+                fail(node, "metrics must be HOST:PORT, [IPv6]:PORT or :PORT")
+            }
         }
         if let node = top["log_level"], let text = string(node, "log_level") {
             if let level = Logger.Level(rawValue: text) { configuration.logLevel = level } else {

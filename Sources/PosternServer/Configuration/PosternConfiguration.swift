@@ -99,6 +99,8 @@ public struct PosternConfiguration: Sendable {
     public var shutdownGracePeriod: TimeAmount = .seconds(30)
     /// Where decision records go, one JSON line each: a file path, or `-` for standard output.
     public var decisionLog: String?
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; off when nil.
+    public var metrics: Listener?
     public var logLevel: Logger.Level = .info
 
     public init(hostname: String, listeners: [Listener], upstreams: [UpstreamConfiguration]) {

@@ -22,6 +22,7 @@ struct SessionEnvironment: Sendable {
     var registry: SessionRegistry
     var tlsContext: NIOSSLContext?
     var decisionLog: DecisionLogWriter?
+    var metrics: PosternMetrics
     var logger: Logger
 }
 
@@ -88,17 +89,21 @@ final class SMTPSession {
             let reply = refusal == .total(configuration.limits.maxConnections)
                 ? ReplyMapping.tooManyConnections : ReplyMapping.tooManyConnectionsFromAddress
             queue(reply)
+            environment.metrics.connectionRefused(reason: refusal == .total(configuration.limits.maxConnections) ? "max_connections" : "max_connections_per_ip")
             recordRefusedConnection(reply, reason: "\(refusal)")
             await flush()
             return
         }
         let (key, alreadyDraining) = environment.registry.register(channel)
         var slotHeld = true
+        environment.metrics.sessionsTotal.increment()
+        environment.metrics.sessionsCurrent.increment()
         // The slot is freed as soon as the client side is done, before the upstream is
         // closed: a client that got its 221 may connect again at once.
         func releaseSlot() {
             guard slotHeld else { return }
             slotHeld = false
+            environment.metrics.sessionsCurrent.decrement()
             environment.registry.unregister(key)
             environment.limiter.release(client.address)
         }
@@ -106,6 +111,7 @@ final class SMTPSession {
         logger.debug("session started")
         if alreadyDraining {
             queue(ReplyMapping.shuttingDown)
+            environment.metrics.connectionRefused(reason: "shutting_down")
             recordRefusedConnection(ReplyMapping.shuttingDown, reason: "shutting down")
             await flush()
             return
@@ -272,6 +278,8 @@ final class SMTPSession {
         do {
             let reply = try await relay.message(header: header.encoded(), content: spool, chunked: chunked)
             upstreamTransactionOpen = false
+            environment.metrics.upstreamReply(upstream: relay.upstreamName, code: reply.code,
+                                              nanoseconds: DispatchTime.now().uptimeNanoseconds - started)
             logger.info("message relayed", metadata: [
                 "from": "\(transaction.reversePath)", "rcpts": "\(transaction.recipients.count)", "size": "\(spool.size)",
                 "upstream": "\(relay.upstreamName)", "upstream.reply": "\(reply)",
@@ -280,6 +288,7 @@ final class SMTPSession {
             return MessageOutcome(reply: reply, relayed: true, reason: nil)
         } catch {
             logger.warning("upstream failed during message transfer", metadata: ["error": "\(error)"])
+            environment.metrics.upstreamFailure(upstream: relay.upstreamName, kind: "\(error.kind)")
             await dropRelay()
             return MessageOutcome(reply: ReplyMapping.reply(for: error), relayed: false, reason: "upstream \(error.kind)")
         }
@@ -423,8 +432,10 @@ final class SMTPSession {
     private func timedUpstream(_ body: () async -> SMTPReply) async -> SMTPReply {
         let started = DispatchTime.now().uptimeNanoseconds
         let reply = await body()
-        trace?.upstreamNanoseconds += DispatchTime.now().uptimeNanoseconds - started
+        let elapsed = DispatchTime.now().uptimeNanoseconds - started
+        trace?.upstreamNanoseconds += elapsed
         if trace?.upstreamHost == nil { trace?.upstreamHost = relay?.upstreamName }
+        if let relay { environment.metrics.upstreamReply(upstream: relay.upstreamName, code: reply.code, nanoseconds: elapsed) }
         return reply
     }
 
@@ -460,6 +471,7 @@ final class SMTPSession {
 
     /// A connection refused before any transaction.
     private func recordRefusedConnection(_ reply: SMTPReply, reason: String) {
+        environment.metrics.transaction(decision: reply.isTransientFailure ? "tempfailed" : "rejected")
         guard let log = environment.decisionLog else { return }
         log.record(DecisionRecord(
             timestamp: Self.nowMilliseconds(), id: transactionID, session: sessionID, client: recordClient,
@@ -471,6 +483,7 @@ final class SMTPSession {
         trace: TransactionTrace, decision: DecisionRecord.Decision, stage: DecisionRecord.Stage,
         reply: SMTPReply?, size: Int?, reason: String?, upstream: DecisionRecord.Upstream?
     ) {
+        environment.metrics.transaction(decision: decision.rawValue)
         guard let log = environment.decisionLog else { return }
         let total = Int((DispatchTime.now().uptimeNanoseconds - trace.started) / 1_000_000)
         log.record(DecisionRecord(
@@ -526,7 +539,10 @@ final class SMTPSession {
                 if discarded > 0 {
                     logger.notice("discarded plaintext pipelined after STARTTLS", metadata: ["bytes": "\(discarded)"])
                 }
-                if let version = try? await channel.nioSSL_tlsVersion().get() { tlsVersion = Self.name(of: version) }
+                if let version = try? await channel.nioSSL_tlsVersion().get() {
+                    tlsVersion = Self.name(of: version)
+                    environment.metrics.tlsSession(version: Self.name(of: version))
+                }
                 machine.tlsEstablished()
                 return
             case .drain:

@@ -16,6 +16,7 @@ final class ServerFixture: @unchecked Sendable {
     let directory: String
     let maildir: String
     private(set) var ports: [Int] = []
+    private(set) var statusPort: Int?
     private(set) var decisionLogPath: String?
     private let group: ServiceGroup
     private let task: Task<Void, Error>
@@ -49,6 +50,7 @@ final class ServerFixture: @unchecked Sendable {
         task = Task.detached { try await group.run() }
         guard ready.wait(timeout: .now() + 10) == .success else { throw FixtureError("server did not start") }
         ports = bound.value
+        statusPort = server.statusServerAddress?.port
     }
 
     /// Graceful shutdown, waiting for the server to stop.
@@ -144,6 +146,19 @@ final class RawSMTPClient {
         }
     }
 
+    /// Everything the peer sends until it closes the connection.
+    func readToEnd() -> String {
+        var all = buffer
+        buffer = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = recv(descriptor, &chunk, chunk.count, 0)
+            if count <= 0 { break }
+            all.append(contentsOf: chunk[..<count])
+        }
+        return String(decoding: all, as: UTF8.self)
+    }
+
     /// Reads one reply; nil on timeout or when the server closed the connection.
     func readReply() -> Reply? {
         var lines: [String] = []
@@ -170,7 +185,8 @@ final class RawSMTPClient {
             var chunk = [UInt8](repeating: 0, count: 4096)
             let count = recv(descriptor, &chunk, chunk.count, 0)
             if count == 0 { return true }
-            if count < 0 { return false }
+            // A close with unread input in the server's socket arrives as a reset.
+            if count < 0 { return errno == ECONNRESET }
         }
     }
 
