@@ -62,19 +62,7 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
-        // C libraries, reached only through PosternNative.
-        .systemLibrary(
-            name: "CPCRE2",
-            pkgConfig: "libpcre2-8",
-            providers: [.apt(["libpcre2-dev"])]
-        ),
-        .systemLibrary(
-            name: "CMaxMindDB",
-            pkgConfig: "libmaxminddb",
-            providers: [.apt(["libmaxminddb-dev"])]
-        ),
-        // Safe Swift types over PCRE2 (regex, JIT) and libmaxminddb (GeoIP).
-        .target(name: "PosternNative", dependencies: ["CPCRE2", "CMaxMindDB"]),
+
         .executableTarget(
             name: "postern",
             dependencies: [
@@ -106,11 +94,6 @@ let package = Package(
         ),
         .testTarget(name: "PosternServerTests", dependencies: ["PosternServer"]),
         .testTarget(name: "PosternLogTests", dependencies: ["PosternLog"]),
-        .testTarget(
-            name: "PosternNativeTests",
-            dependencies: ["PosternNative"],
-            resources: [.copy("Fixtures")]
-        ),
         .testTarget(
             name: "PosternIntegrationTests",
             dependencies: ["postern"],
