@@ -47,11 +47,25 @@ let package = Package(
             name: "PosternLog",
             dependencies: [.product(name: "Logging", package: "swift-log")]
         ),
+        // The policy model, its YAML compiler and the rule engine.
+        .target(
+            name: "PosternPolicy",
+            dependencies: [
+                "SMTPCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        // The built-in filters, one file each, registered by name.
+        .target(
+            name: "PosternFilters",
+            dependencies: ["PosternPolicy", "SMTPCore", .product(name: "Yams", package: "Yams")]
+        ),
         // Listener, session coordinator, configuration, lifecycle.
         .target(
             name: "PosternServer",
             dependencies: [
-                "SMTPCore", "SMTPNIO", "PosternUpstream", "PosternLog",
+                "SMTPCore", "SMTPNIO", "PosternUpstream", "PosternLog", "PosternPolicy", "PosternFilters",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -62,11 +76,10 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
-
         .executableTarget(
             name: "postern",
             dependencies: [
-                "PosternServer",
+                "PosternServer", "PosternFilters", "PosternPolicy",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -94,6 +107,7 @@ let package = Package(
         ),
         .testTarget(name: "PosternServerTests", dependencies: ["PosternServer"]),
         .testTarget(name: "PosternLogTests", dependencies: ["PosternLog"]),
+        .testTarget(name: "PosternFiltersTests", dependencies: ["PosternFilters", "PosternPolicy", "SMTPCore"]),
         .testTarget(
             name: "PosternIntegrationTests",
             dependencies: ["postern"],

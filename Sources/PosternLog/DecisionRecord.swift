@@ -92,14 +92,26 @@ public struct DecisionRecord: Sendable, Equatable {
     public var reason: String?
     public var reply: Reply?
     public var upstream: Upstream?
+    /// Shadow rules that matched: what they would have done.
+    public var shadow: [Shadow]
     public var timings: Timings
+
+    public struct Shadow: Sendable, Equatable {
+        public var rule: String
+        public var action: String
+        public init(rule: String, action: String) {
+            self.rule = rule
+            self.action = action
+        }
+    }
 
     public init(
         timestamp: Int64, id: String, session: String, policyVersion: String? = nil, client: Client,
         mailFrom: String? = nil, recipients: [Recipient] = [], size: Int? = nil, messageID: String? = nil,
         decision: Decision, stage: Stage, rule: String? = nil, reason: String? = nil, reply: Reply? = nil,
-        upstream: Upstream? = nil, timings: Timings
+        upstream: Upstream? = nil, shadow: [Shadow] = [], timings: Timings
     ) {
+        self.shadow = shadow
         self.timestamp = timestamp
         self.id = id
         self.session = session
@@ -162,7 +174,10 @@ public struct DecisionRecord: Sendable, Equatable {
         } else {
             json.null("upstream")
         }
-        json.array("shadow", [Int]()) { _, _ in }
+        json.array("shadow", shadow) { object, hit in
+            object.field("rule", hit.rule)
+            object.field("action", hit.action)
+        }
         json.object("timings") { object in
             object.field("total_ms", timings.totalMilliseconds)
             object.field("filters_ms", timings.filtersMilliseconds)

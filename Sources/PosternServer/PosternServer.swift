@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import PosternLog
+import PosternPolicy
 import PosternUpstream
 import SMTPCore
 import SMTPNIO
@@ -21,6 +22,8 @@ public final class PosternServer: Service, Sendable {
     private let limiter: ConnectionLimiter
     private let tlsContext: NIOSSLContext?
     private let decisionLog: DecisionLogWriter?
+    /// The policy in force; `reload()` it on SIGHUP.
+    public let policy: PolicyStore
     /// The server's Prometheus metrics (rendered at `/metrics` when `metrics` is configured).
     public let metrics: PosternMetrics
     private let statusAddress = Mutex<SocketAddress?>(nil)
@@ -65,6 +68,11 @@ public final class PosternServer: Service, Sendable {
             if case .maildir(let path) = upstream.target {
                 do { try MaildirRelaySession.prepare(path) } catch { throw StartupError(description: error.detail) }
             }
+        }
+        do {
+            policy = try PolicyStore(path: configuration.policy, logger: logger, metrics: metrics)
+        } catch {
+            throw StartupError(description: "the policy has errors:\n\(error.description)")
         }
         if let path = configuration.decisionLog {
             do {
@@ -127,6 +135,8 @@ public final class PosternServer: Service, Sendable {
         }
         onListening?(addresses)
 
+        let sighup = policy.watchSIGHUP()
+        defer { sighup.cancel() }
         let serverChannels = servers.map { $0.1.channel }
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { tasks in
@@ -136,7 +146,8 @@ public final class PosternServer: Service, Sendable {
                 for (listener, server) in servers {
                     let environment = SessionEnvironment(
                         configuration: configuration, listener: listener, pool: pool, limiter: limiter,
-                        registry: registry, tlsContext: tlsContext, decisionLog: decisionLog, metrics: metrics, logger: logger)
+                        registry: registry, tlsContext: tlsContext, decisionLog: decisionLog, metrics: metrics,
+                        policy: policy, logger: logger)
                     tasks.addTask {
                         try await server.executeThenClose { connections in
                             try await withThrowingDiscardingTaskGroup { sessions in

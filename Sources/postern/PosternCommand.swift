@@ -3,6 +3,8 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import PosternFilters
+import PosternPolicy
 import PosternServer
 import PosternUpstream
 import ServiceLifecycle
@@ -51,6 +53,9 @@ struct ConfigurationOptions: ParsableArguments {
     @Option(name: .customLong("decision-log"), help: ArgumentHelp("Write decision records (JSON lines) to PATH; - for standard output.", valueName: "path"))
     var decisionLog: String?
 
+    @Option(name: .customLong("policy"), help: ArgumentHelp("The policy file (YAML).", valueName: "path"))
+    var policy: String?
+
     @Option(name: .customLong("metrics"), help: ArgumentHelp("Serve /metrics, /healthz and /readyz on HOST:PORT.", valueName: "host:port"))
     var metrics: String?
 
@@ -84,6 +89,7 @@ struct ConfigurationOptions: ParsableArguments {
         }
         if let hostname { configuration.hostname = hostname }
         if let decisionLog { configuration.decisionLog = decisionLog }
+        if let policy { configuration.policy = policy }
         if let metrics {
             guard let address = PosternConfiguration.Listener(address: metrics) else {
                 throw InvalidConfiguration(message: "--metrics \(metrics): expected HOST:PORT")
@@ -153,6 +159,14 @@ extension Postern {
             do {
                 let configuration = try options.load()
                 print("configuration OK: \(configuration.listeners.count) listener(s), \(configuration.upstreams.count) upstream(s)")
+                if let path = configuration.policy {
+                    do {
+                        let policy = try BuiltinFilters.compiler.compile(path: path)
+                        print("policy OK: \(path), \(policy.rules.count) rule(s), version \(policy.version)")
+                    } catch {
+                        throw InvalidConfiguration(message: error.description)
+                    }
+                }
             } catch let error as InvalidConfiguration {
                 FileHandle.standardError.write(Data("\(error.message)\n".utf8))
                 throw ExitCode(2)

@@ -3,6 +3,8 @@ import PosternUpstream
 import SMTPCore
 import XCTest
 
+import PosternPolicy
+
 @testable import PosternServer
 
 final class ConfigurationLoaderTests: XCTestCase {
@@ -180,23 +182,23 @@ final class ConfigurationLoaderTests: XCTestCase {
     }
 
     func testDurations() {
-        XCTAssertEqual(NodeReader.parseDuration("30s"), .seconds(30))
-        XCTAssertEqual(NodeReader.parseDuration("30"), .seconds(30))
-        XCTAssertEqual(NodeReader.parseDuration("250ms"), .milliseconds(250))
-        XCTAssertEqual(NodeReader.parseDuration("5m"), .minutes(5))
-        XCTAssertEqual(NodeReader.parseDuration("2h"), .hours(2))
-        XCTAssertNil(NodeReader.parseDuration("5 minutes"))
-        XCTAssertNil(NodeReader.parseDuration("-5s"))
-        XCTAssertNil(NodeReader.parseDuration(""))
+        XCTAssertEqual(YAMLReader.parseDuration("30s"), .seconds(30))
+        XCTAssertEqual(YAMLReader.parseDuration("30"), .seconds(30))
+        XCTAssertEqual(YAMLReader.parseDuration("250ms"), .milliseconds(250))
+        XCTAssertEqual(YAMLReader.parseDuration("5m"), .minutes(5))
+        XCTAssertEqual(YAMLReader.parseDuration("2h"), .hours(2))
+        XCTAssertNil(YAMLReader.parseDuration("5 minutes"))
+        XCTAssertNil(YAMLReader.parseDuration("-5s"))
+        XCTAssertNil(YAMLReader.parseDuration(""))
     }
 
     func testSizes() {
-        XCTAssertEqual(NodeReader.parseSize("25MiB"), 25 * 1024 * 1024)
-        XCTAssertEqual(NodeReader.parseSize("100KB"), 100_000)
-        XCTAssertEqual(NodeReader.parseSize("1GB"), 1_000_000_000)
-        XCTAssertEqual(NodeReader.parseSize("4096"), 4096)
-        XCTAssertNil(NodeReader.parseSize("lots"))
-        XCTAssertNil(NodeReader.parseSize("10 TB"))
+        XCTAssertEqual(YAMLReader.parseSize("25MiB"), 25 * 1024 * 1024)
+        XCTAssertEqual(YAMLReader.parseSize("100KB"), 100_000)
+        XCTAssertEqual(YAMLReader.parseSize("1GB"), 1_000_000_000)
+        XCTAssertEqual(YAMLReader.parseSize("4096"), 4096)
+        XCTAssertNil(YAMLReader.parseSize("lots"))
+        XCTAssertNil(YAMLReader.parseSize("10 TB"))
     }
 
     func testListenerAddresses() {

@@ -425,6 +425,100 @@ final class SessionTests: XCTestCase {
         try? FileManager.default.removeItem(atPath: path)
     }
 
+    // MARK: Policy
+
+    private func writePolicy(_ text: String) throws -> String {
+        let path = NSTemporaryDirectory() + "postern-policy-\(UUID().uuidString).yaml"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
+        return path
+    }
+
+    private func proxied(_ fixture: ServerFixture, from address: String) throws -> RawSMTPClient {
+        let client = try RawSMTPClient(port: fixture.port)
+        client.send("PROXY TCP4 \(address) 198.51.100.1 40000 25\r\n")
+        return client
+    }
+
+    func testPolicyDecidesPerStageAndIsRecorded() throws {
+        let policy = try writePolicy("""
+            lists:
+              partners: { items: [192.0.2.0/24] }
+            rules:
+              - { id: partners, stage: connect, if: { client_ip: { in: partners } }, then: accept }
+              - { id: blocked, stage: mail, if: { sender: { domain: spam.example } }, then: reject, reply: "550 5.7.1 Go away (ref {id})" }
+              - { id: no-ceo, stage: rcpt, if: { recipient: ceo@example.org }, then: reject }
+              - { id: would, stage: rcpt, if: { recipient: { domain: example.org } }, then: tempfail, mode: shadow }
+              - { id: big, stage: data, if: { size: { over: 100 } }, then: discard }
+              - { id: note, stage: data, if: { tls: false }, then: add_header, header: "X-Postern-Policy: checked" }
+            """)
+        let fixture = try start(listeners: [proxyListener()]) { configuration in
+            configuration.policy = policy
+            configuration.decisionLog = NSTemporaryDirectory() + "postern-decisions-\(UUID().uuidString).log"
+        }
+        let client = try proxied(fixture, from: "203.0.113.9")
+        XCTAssertEqual(client.readReply()?.code, 220)
+        XCTAssertEqual(client.command("EHLO client.example")?.code, 250)
+        let refused = try XCTUnwrap(client.command("MAIL FROM:<x@spam.example>"))
+        XCTAssertEqual(refused.code, 550)
+        XCTAssertTrue(refused.text.hasPrefix("5.7.1 Go away (ref "), refused.text)
+        XCTAssertEqual(client.command("MAIL FROM:<alice@example.net>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<ceo@example.org>")?.code, 550, "refused by policy, for this recipient only")
+        XCTAssertEqual(client.command("RCPT TO:<bob@example.org>")?.code, 250, "the shadow rule changes nothing")
+        XCTAssertEqual(client.command("DATA")?.code, 354)
+        XCTAssertEqual(client.command("Subject: small\r\n\r\nhi\r\n.")?.code, 250)
+        XCTAssertEqual(client.command("MAIL FROM:<alice@example.net>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<bob@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("DATA")?.code, 354)
+        XCTAssertEqual(client.command("Subject: big\r\n\r\n" + String(repeating: "z", count: 200) + "\r\n.")?.code, 250, "discard says 250")
+        XCTAssertEqual(client.command("QUIT")?.code, 221)
+
+        // A partner is accepted at connect: later rules do not apply to it.
+        let partner = try proxied(fixture, from: "192.0.2.10")
+        XCTAssertEqual(partner.readReply()?.code, 220)
+        XCTAssertEqual(partner.command("EHLO partner.example")?.code, 250)
+        XCTAssertEqual(partner.command("MAIL FROM:<x@spam.example>")?.code, 250)
+        XCTAssertEqual(partner.command("QUIT")?.code, 221)
+        let logPath = try XCTUnwrap(fixture.decisionLogPath)
+        fixture.stop()
+        fixtures.removeAll()
+
+        let messages = fixture.deliveredMessages()
+        XCTAssertEqual(messages.count, 1, "the discarded message is not delivered")
+        XCTAssertTrue(messages.first?.contains("\nX-Postern-Policy: checked\n") ?? false)
+        let records = try String(contentsOfFile: logPath, encoding: .utf8).split(separator: "\n").map { line in
+            try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        }
+        XCTAssertEqual(records.map { $0["decision"] as? String }, ["rejected", "accepted", "discarded", "aborted"])
+        XCTAssertEqual(records.map { $0["rule"] as? String }, ["blocked", nil, "big", nil])
+        XCTAssertEqual(records[0]["reason"] as? String, "sender x@spam.example matches spam.example")
+        XCTAssertEqual((records[1]["shadow"] as? [[String: Any]])?.first?["rule"] as? String, "would")
+        XCTAssertEqual((records[1]["rcpts"] as? [[String: Any]])?.first?["reply"] as? String, "550 5.7.1 Message refused by policy (ref \(records[1]["id"] as? String ?? ""))")
+        XCTAssertNotNil(records[0]["policy_version"] as? String)
+        try? FileManager.default.removeItem(atPath: logPath)
+    }
+
+    func testConnectRefusalReplacesTheGreetingAndOnlyQUITIsServed() throws {
+        let policy = try writePolicy("rules:\n  - { id: nope, stage: connect, if: { client_ip: 203.0.113.0/24 }, then: reject }\n")
+        let fixture = try start(listeners: [proxyListener()]) { $0.policy = policy }
+        let client = try proxied(fixture, from: "203.0.113.9")
+        let greeting = try XCTUnwrap(client.readReply())
+        XCTAssertEqual(greeting.code, 554)
+        XCTAssertFalse(greeting.text.contains("nope"), "the default text does not name the rule")
+        XCTAssertEqual(client.command("EHLO client.example")?.code, 503)
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 503)
+        XCTAssertEqual(client.command("QUIT")?.code, 221)
+        XCTAssertTrue(client.isClosedByServer())
+        XCTAssertEqual(fixture.deliveredMessages().count, 0)
+    }
+
+    func testABrokenPolicyStopsTheServerFromStarting() throws {
+        let policy = try writePolicy("rules:\n  - { id: x, stage: mail, if: { frob: 1 }, then: reject }\n")
+        XCTAssertThrowsError(try ServerFixture { $0.policy = policy }) { error in
+            XCTAssertTrue("\(error)".contains("unknown condition 'frob'"), "\(error)")
+        }
+    }
+
     // MARK: Metrics and health
 
     private func httpGet(_ port: Int, _ path: String) throws -> (status: Int, body: String) {

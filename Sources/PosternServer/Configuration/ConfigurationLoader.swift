@@ -3,23 +3,8 @@ import Logging
 import NIOCore
 import PosternUpstream
 import SMTPCore
+import PosternPolicy
 import Yams
-
-/// One problem in a configuration file, located as `file:line:column`.
-public struct ConfigurationError: Error, Hashable, Sendable, CustomStringConvertible {
-    public var file: String
-    public var line: Int
-    public var column: Int
-    public var message: String
-
-    public var description: String { "\(file):\(line):\(column): \(message)" }
-}
-
-/// Every problem found in a configuration, reported together.
-public struct ConfigurationErrors: Error, Sendable, CustomStringConvertible {
-    public var errors: [ConfigurationError]
-    public var description: String { errors.map(\.description).joined(separator: "\n") }
-}
 
 /// Reads the YAML configuration. Unknown keys and wrong types are errors with their
 /// position, so a typo never silently falls back to a default.
@@ -50,143 +35,15 @@ public enum ConfigurationLoader {
     }
 
     public static func load(yaml: String, file: String) throws(ConfigurationErrors) -> PosternConfiguration {
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: yaml)
-        } catch let error as YamlError {
-            throw ConfigurationErrors(errors: [syntaxError(error, file: file)])
-        } catch {
-            throw ConfigurationErrors(errors: [ConfigurationError(file: file, line: 1, column: 1, message: "\(error)")])
-        }
-        var reader = NodeReader(file: file)
+        let root = try YAMLReader.compose(yaml, file: file)
+        var reader = YAMLReader(file: file)
         let configuration = reader.configuration(root)
         if !reader.errors.isEmpty { throw ConfigurationErrors(errors: reader.errors) }
         return configuration
     }
-
-    private static func syntaxError(_ error: YamlError, file: String) -> ConfigurationError {
-        switch error {
-        case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
-            return ConfigurationError(file: file, line: mark.line, column: mark.column, message: "YAML syntax: \(problem)")
-        default:
-            return ConfigurationError(file: file, line: 1, column: 1, message: "YAML: \(error)")
-        }
-    }
 }
 
-/// Walks the YAML node tree, collecting every error with its position.
-struct NodeReader {
-    let file: String
-    var errors: [ConfigurationError] = []
-
-    mutating func fail(_ node: Node?, _ message: String) {
-        let mark = node?.mark
-        errors.append(ConfigurationError(file: file, line: mark?.line ?? 1, column: mark?.column ?? 1, message: message))
-    }
-
-    /// A mapping's entries by key; unknown keys and duplicates are errors.
-    mutating func mapping(_ node: Node, _ what: String, keys: Set<String>) -> [String: Node] {
-        guard case .mapping(let mapping) = node else {
-            fail(node, "\(what) must be a mapping")
-            return [:]
-        }
-        var result: [String: Node] = [:]
-        for (key, value) in mapping {
-            guard let name = key.scalar?.string else {
-                fail(key, "\(what): keys must be strings")
-                continue
-            }
-            guard keys.contains(name) else {
-                fail(key, "unknown key '\(name)' in \(what) (expected one of: \(keys.sorted().joined(separator: ", ")))")
-                continue
-            }
-            if result[name] != nil { fail(key, "duplicate key '\(name)' in \(what)") }
-            result[name] = value
-        }
-        return result
-    }
-
-    mutating func sequence(_ node: Node, _ what: String) -> [Node] {
-        guard case .sequence(let sequence) = node else {
-            fail(node, "\(what) must be a list")
-            return []
-        }
-        return Array(sequence)
-    }
-
-    mutating func string(_ node: Node, _ what: String) -> String? {
-        guard let scalar = node.scalar, node.tag.rawValue != Tag.Name.null.rawValue || !scalar.string.isEmpty else {
-            fail(node, "\(what) must be a string")
-            return nil
-        }
-        return scalar.string
-    }
-
-    mutating func bool(_ node: Node, _ what: String) -> Bool? {
-        guard let value = node.bool else {
-            fail(node, "\(what) must be true or false")
-            return nil
-        }
-        return value
-    }
-
-    mutating func integer(_ node: Node, _ what: String, range: ClosedRange<Int>) -> Int? {
-        guard let value = node.int, range.contains(value) else {
-            fail(node, "\(what) must be an integer in \(range.lowerBound)...\(range.upperBound)")
-            return nil
-        }
-        return value
-    }
-
-    /// `30s`, `5m`, `1h`, `250ms`, or a plain number of seconds.
-    mutating func duration(_ node: Node, _ what: String) -> TimeAmount? {
-        guard let text = node.scalar?.string, let value = Self.parseDuration(text) else {
-            fail(node, "\(what) must be a duration such as 30s, 5m, 1h or 250ms")
-            return nil
-        }
-        return value
-    }
-
-    /// `25MiB`, `100KB`, `1GB`, or a plain number of bytes.
-    mutating func size(_ node: Node, _ what: String) -> Int? {
-        guard let text = node.scalar?.string, let value = Self.parseSize(text), value > 0 else {
-            fail(node, "\(what) must be a size such as 25MiB, 100KB or 1048576")
-            return nil
-        }
-        return value
-    }
-
-    static func parseDuration(_ text: String) -> TimeAmount? {
-        let trimmed = text.trimmingCharacters(in: .whitespaces)
-        let digits = trimmed.prefix { $0.isNumber }
-        guard !digits.isEmpty, digits.count <= 9, let value = Int64(digits) else { return nil }
-        switch trimmed.dropFirst(digits.count).lowercased() {
-        case "", "s": return .seconds(value)
-        case "ms": return .milliseconds(value)
-        case "m": return .minutes(value)
-        case "h": return .hours(value)
-        default: return nil
-        }
-    }
-
-    static func parseSize(_ text: String) -> Int? {
-        let trimmed = text.trimmingCharacters(in: .whitespaces)
-        let digits = trimmed.prefix { $0.isNumber }
-        guard !digits.isEmpty, digits.count <= 12, let value = Int(digits) else { return nil }
-        let multiplier: Int
-        switch trimmed.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased() {
-        case "", "b": multiplier = 1
-        case "kb": multiplier = 1000
-        case "kib", "k": multiplier = 1024
-        case "mb": multiplier = 1000 * 1000
-        case "mib", "m": multiplier = 1024 * 1024
-        case "gb": multiplier = 1000 * 1000 * 1000
-        case "gib", "g": multiplier = 1024 * 1024 * 1024
-        default: return nil
-        }
-        return value * multiplier
-    }
-
+extension YAMLReader {
     // MARK: The schema
 
     mutating func configuration(_ root: Node?) -> PosternConfiguration {
@@ -200,7 +57,7 @@ struct NodeReader {
         }
         let top = mapping(root, "the configuration", keys: [
             "hostname", "listen", "proxy_trusted_networks", "tls", "upstreams", "upstream_retry_after", "limits",
-            "timeouts", "bare_line_endings", "spool", "shutdown_grace_period", "log_level", "decision_log", "metrics",
+            "timeouts", "bare_line_endings", "spool", "shutdown_grace_period", "log_level", "decision_log", "metrics", "policy",
         ])
         if let node = top["hostname"], let value = string(node, "hostname") {
             if value.isEmpty || value.contains(" ") { fail(node, "hostname must be a domain name") } else { configuration.hostname = value }
@@ -263,6 +120,10 @@ struct NodeReader {
         if let node = top["shutdown_grace_period"], let value = duration(node, "shutdown_grace_period") { configuration.shutdownGracePeriod = value }
         if let node = top["decision_log"], let path = string(node, "decision_log") {
             if path.isEmpty { fail(node, "decision_log must be a file path or -") } else { configuration.decisionLog = path }
+        }
+        if let node = top["policy"], let path = string(node, "policy") {
+            configuration.policy = path.hasPrefix("/") || file.hasPrefix("<")
+                ? path : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(path).path
         }
         if let node = top["metrics"], let text = string(node, "metrics") {
             if let address = PosternConfiguration.Listener(address: text) { configuration.metrics = address } else {

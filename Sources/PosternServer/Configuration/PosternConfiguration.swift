@@ -99,6 +99,8 @@ public struct PosternConfiguration: Sendable {
     public var shutdownGracePeriod: TimeAmount = .seconds(30)
     /// Where decision records go, one JSON line each: a file path, or `-` for standard output.
     public var decisionLog: String?
+    /// The policy file (YAML); no policy when nil: every transaction the protocol allows is relayed.
+    public var policy: String?
     /// Where `/metrics`, `/healthz` and `/readyz` are served; off when nil.
     public var metrics: Listener?
     public var logLevel: Logger.Level = .info

@@ -9,6 +9,7 @@ public final class PosternMetrics: Sendable {
     let sessionsTotal: Counter
     private let upstreamLatency: DurationHistogram
     private let decisionLogWriteErrors: Counter
+    private let policyVersion = Mutex<String?>(nil)
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), version: String) {
         self.registry = registry
@@ -45,6 +46,23 @@ public final class PosternMetrics: Sendable {
     /// A completed STARTTLS, by TLS version.
     func tlsSession(version: String) {
         registry.makeCounter(descriptor: Self.name("tls_sessions_total", "STARTTLS handshakes completed, by TLS version."), labels: [("version", version)]).increment()
+    }
+
+    /// A policy load or reload, by result; the loaded version as an info metric.
+    func policyLoaded(version: String?, result: String) {
+        registry.makeCounter(descriptor: Self.name("policy_reloads_total", "Policy loads and reloads by result."), labels: [("result", result)]).increment()
+        guard let version else { return }
+        policyVersion.withLock { previous in
+            if let previous { registry.makeGauge(descriptor: Self.name("policy_info", "The policy in force."), labels: [("version", previous)]).set(Int64(0)) }
+            registry.makeGauge(descriptor: Self.name("policy_info", "The policy in force."), labels: [("version", version)]).set(Int64(1))
+            previous = version
+        }
+    }
+
+    /// A rule that matched, by rule and mode (enforce or shadow).
+    func ruleHit(rule: String, mode: String) {
+        registry.makeCounter(descriptor: Self.name("rule_hits_total", "Rules that matched, by rule id and mode."),
+                             labels: [("rule", rule), ("mode", mode)]).increment()
     }
 
     func decisionLogWriteError() {

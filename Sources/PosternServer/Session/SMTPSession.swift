@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOSSL
 import PosternLog
+import PosternPolicy
 import PosternUpstream
 import SMTPCore
 import SMTPNIO
@@ -23,6 +24,7 @@ struct SessionEnvironment: Sendable {
     var tlsContext: NIOSSLContext?
     var decisionLog: DecisionLogWriter?
     var metrics: PosternMetrics
+    var policy: PolicyStore
     var logger: Logger
 }
 
@@ -52,6 +54,16 @@ final class SMTPSession {
     private var chunkSpool: MessageSpool?
     private var chunkInspector: LineEndingInspector
     private let sessionID = Identifier.make()
+    /// The policy this session started with; a reload does not change it mid-session.
+    private let policy: Policy
+    /// An `accept` at connect or helo: no more policy for this session.
+    private var sessionAcceptedByPolicy = false
+    /// An `accept` at mail or rcpt: no more policy for this transaction.
+    private var transactionAcceptedByPolicy = false
+    /// The HELO name whose helo-stage rules have run.
+    private var heloCheckedFor: String?
+    /// Shadow hits from connect and helo, carried into each transaction's record.
+    private var sessionShadow: [ShadowHit] = []
     /// What the decision record of the transaction in progress needs.
     private var trace: TransactionTrace?
 
@@ -62,6 +74,9 @@ final class SMTPSession {
         var upstreamNanoseconds: UInt64 = 0
         var upstreamHost: String?
         var headers = MessageHeaderCollector()
+        var rule: String?
+        var reason: String?
+        var shadow: [ShadowHit] = []
     }
 
     init(channel: Channel, inbound: Inbound, client: ClientEndpoint, environment: SessionEnvironment) {
@@ -71,6 +86,7 @@ final class SMTPSession {
         self.environment = environment
         self.machine = SMTPServerStateMachine(configuration: environment.configuration.serverConfiguration(for: environment.listener))
         self.parser = machine.parser
+        self.policy = environment.policy.policy
         self.chunkInspector = LineEndingInspector(maximumLineLength: environment.configuration.limits.textLineLength)
         var logger = environment.logger
         logger[metadataKey: "smtp.session.id"] = "\(sessionID)"
@@ -114,6 +130,13 @@ final class SMTPSession {
             environment.metrics.connectionRefused(reason: "shutting_down")
             recordRefusedConnection(ReplyMapping.shuttingDown, reason: "shutting down")
             await flush()
+            return
+        }
+        // RFC 5321 §3.1: a connect-stage refusal replaces the greeting.
+        if let refusal = await connectRefusal() {
+            queue(refusal)
+            await flush()
+            await refusedSessionLoop()
             return
         }
         queue(machine.greeting)
@@ -177,13 +200,19 @@ final class SMTPSession {
         case .mail(let path, let parameters):
             transactionID = Identifier.make()
             logger[metadataKey: "smtp.transaction.id"] = "\(transactionID)"
-            trace = TransactionTrace(mailFrom: path.mailbox?.description ?? "")
-            let reply = machine.mailReplied(await timedUpstream { await relayMail(path, parameters) }, path: path, parameters: parameters)
+            trace = TransactionTrace(mailFrom: path.mailbox?.description ?? "", shadow: sessionShadow)
+            transactionAcceptedByPolicy = false
+            let refusal = await policyRefusal(at: .mail, sender: path, size: parameters.size)
+            let answer: SMTPReply
+            if let refusal { answer = refusal } else { answer = await timedUpstream { await relayMail(path, parameters) } }
+            let reply = machine.mailReplied(answer, path: path, parameters: parameters)
             queue(reply)
-            if !reply.isPositive { recordDecision(reply: reply, stage: .mail) }
+            if !reply.isPositive { recordDecision(reply: reply, stage: .mail, reason: trace?.reason) }
         case .recipient(let path, let parameters):
-            let reply = machine.recipientReplied(
-                await timedUpstream { await relayRecipient(path, parameters) }, path: path, parameters: parameters)
+            let refusal = await policyRefusal(at: .rcpt, sender: machine.transaction?.reversePath, recipient: path)
+            let answer: SMTPReply
+            if let refusal { answer = refusal } else { answer = await timedUpstream { await relayRecipient(path, parameters) } }
+            let reply = machine.recipientReplied(answer, path: path, parameters: parameters)
             trace?.recipients.append(.init(address: path.mailbox?.description ?? "postmaster", reply: reply.description))
             queue(reply)
         case .receiveData(let reply):
@@ -263,7 +292,7 @@ final class SMTPSession {
     }
 
     /// Relays the message; the reply the client gets is the upstream's own.
-    private func relayMessage(_ spool: MessageSpool, chunked: Bool) async -> MessageOutcome {
+    private func relayMessage(_ spool: MessageSpool, chunked: Bool, extraHeaders: ByteBuffer = ByteBuffer()) async -> MessageOutcome {
         guard let relay, upstreamTransactionOpen, let transaction = machine.transaction else {
             return MessageOutcome(reply: ReplyMapping.reply(for: UpstreamError(.connectionLost, "no upstream transaction")),
                                   relayed: false, reason: "upstream connection lost")
@@ -276,7 +305,10 @@ final class SMTPSession {
         trace?.upstreamHost = relay.upstreamName
         defer { trace?.upstreamNanoseconds += DispatchTime.now().uptimeNanoseconds - started }
         do {
-            let reply = try await relay.message(header: header.encoded(), content: spool, chunked: chunked)
+            var headers = header.encoded()
+            var extra = extraHeaders
+            headers.writeBuffer(&extra)
+            let reply = try await relay.message(header: headers, content: spool, chunked: chunked)
             upstreamTransactionOpen = false
             environment.metrics.upstreamReply(upstream: relay.upstreamName, code: reply.code,
                                               nanoseconds: DispatchTime.now().uptimeNanoseconds - started)
@@ -318,7 +350,8 @@ final class SMTPSession {
                     let outcome = await finishMessage(spool, size: size, findings: findings, spoolError: spoolError, chunked: false)
                     let reply = machine.prepare(outcome.reply)
                     queue(reply)
-                    recordDecision(reply: reply, stage: .data, size: size, relayed: outcome.relayed, reason: outcome.reason)
+                    recordDecision(reply: reply, stage: .data, size: size, relayed: outcome.relayed, reason: outcome.reason,
+                                   discarded: outcome.discarded)
                     machine.messageFinished()
                     return
                 }
@@ -368,7 +401,8 @@ final class SMTPSession {
         let outcome = await finishMessage(spool, size: spool.size, findings: chunkInspector.finish(), spoolError: nil, chunked: true)
         let reply = machine.prepare(outcome.reply)
         queue(reply)
-        recordDecision(reply: reply, stage: .data, size: spool.size, relayed: outcome.relayed, reason: outcome.reason)
+        recordDecision(reply: reply, stage: .data, size: spool.size, relayed: outcome.relayed, reason: outcome.reason,
+                       discarded: outcome.discarded)
         machine.messageFinished()
     }
 
@@ -399,6 +433,8 @@ final class SMTPSession {
         var reply: SMTPReply
         var relayed: Bool
         var reason: String?
+        /// A policy `discard`: 250 to the client, nothing relayed.
+        var discarded = false
     }
 
     private func finishMessage(
@@ -423,7 +459,109 @@ final class SMTPSession {
             await relay?.reset()
             return MessageOutcome(reply: reply, relayed: false, reason: reason)
         }
-        return await relayMessage(spool, chunked: chunked)
+        var extraHeaders = ByteBuffer()
+        if let verdict = await evaluatePolicy(.data, sender: machine.transaction?.reversePath, size: size) {
+            switch verdict.outcome {
+            case .decided(let action, let reply):
+                upstreamTransactionOpen = false
+                await relay?.reset()
+                logger.notice("message refused by policy", metadata: ["rule": "\(verdict.rule ?? "")", "action": "\(action.name)"])
+                return MessageOutcome(reply: reply, relayed: false, reason: verdict.reason, discarded: action == .discard)
+            case .accept, .pass:
+                for case .addHeader(let name, let value) in verdict.headerActions {
+                    extraHeaders.writeString("\(name): \(value)\r\n")
+                }
+            }
+        }
+        return await relayMessage(spool, chunked: chunked, extraHeaders: extraHeaders)
+    }
+
+    // MARK: Policy
+
+    private func facts(recipient: ForwardPath? = nil, sender: ReversePath? = nil, size: Int? = nil) -> TransactionFacts {
+        TransactionFacts(
+            transactionID: transactionID, clientAddress: client.address, clientPort: client.port, helo: machine.helloName,
+            tls: machine.isTLSActive, authUser: nil, sender: sender, recipient: recipient,
+            recipients: machine.transaction?.recipients.map(\.path) ?? [], size: size)
+    }
+
+    /// Runs one stage's rules, unless an `accept` already ended policy for the session or the
+    /// transaction. Records what matched.
+    private func evaluatePolicy(_ stage: PolicyStage, recipient: ForwardPath? = nil, sender: ReversePath? = nil, size: Int? = nil) async -> PolicyVerdict? {
+        guard !policy.rules.isEmpty, !sessionAcceptedByPolicy, !(transactionAcceptedByPolicy && stage >= .mail) else { return nil }
+        let verdict = await PolicyEngine.evaluate(policy, stage: stage, facts: facts(recipient: recipient, sender: sender, size: size))
+        for hit in verdict.shadowHits {
+            environment.metrics.ruleHit(rule: hit.rule, mode: "shadow")
+            logger.info("shadow rule matched", metadata: ["rule": "\(hit.rule)", "would": "\(hit.action)", "reason": "\(hit.reason)"])
+        }
+        if stage <= .helo { sessionShadow += verdict.shadowHits } else { trace?.shadow += verdict.shadowHits }
+        if let rule = verdict.rule {
+            environment.metrics.ruleHit(rule: rule, mode: "enforce")
+            trace?.rule = rule
+            trace?.reason = verdict.reason
+        }
+        if verdict.outcome == .accept {
+            if stage <= .helo { sessionAcceptedByPolicy = true } else { transactionAcceptedByPolicy = true }
+        }
+        return verdict
+    }
+
+    /// The refusal for MAIL (helo-stage rules first, once per HELO name) or RCPT, if any.
+    private func policyRefusal(at stage: PolicyStage, sender: ReversePath?, recipient: ForwardPath? = nil, size: Int? = nil) async -> SMTPReply? {
+        var stages: [PolicyStage] = [stage]
+        if stage == .mail && heloCheckedFor != machine.helloName {
+            heloCheckedFor = machine.helloName
+            stages.insert(.helo, at: 0)
+        }
+        for current in stages {
+            guard let verdict = await evaluatePolicy(current, recipient: recipient, sender: sender, size: size),
+                  case .decided(_, let reply) = verdict.outcome else { continue }
+            if stage == .rcpt {
+                // A refused recipient is not the transaction's decision: the others go on.
+                trace?.rule = nil
+                trace?.reason = nil
+            }
+            logger.notice("refused by policy", metadata: ["rule": "\(verdict.rule ?? "")", "stage": "\(current.rawValue)"])
+            return reply
+        }
+        return nil
+    }
+
+    /// Connect-stage rules; a refusal replaces the greeting.
+    private func connectRefusal() async -> SMTPReply? {
+        guard let verdict = await evaluatePolicy(.connect), case .decided(_, let reply) = verdict.outcome else { return nil }
+        environment.metrics.transaction(decision: reply.isTransientFailure ? "tempfailed" : "rejected")
+        if let log = environment.decisionLog {
+            log.record(DecisionRecord(
+                timestamp: Self.nowMilliseconds(), id: transactionID, session: sessionID, policyVersion: policy.version,
+                client: recordClient, decision: reply.isTransientFailure ? .tempfailed : .rejected, stage: .connect,
+                rule: verdict.rule, reason: verdict.reason, reply: Self.recordReply(reply),
+                shadow: sessionShadow.map { DecisionRecord.Shadow(rule: $0.rule, action: $0.action) },
+                timings: .init(total: 0, filters: 0, upstream: 0)))
+        }
+        logger.notice("connection refused by policy", metadata: ["rule": "\(verdict.rule ?? "")"])
+        return reply
+    }
+
+    /// After a connect-stage refusal only QUIT is served (RFC 5321 §3.1); everything else is 503.
+    private func refusedSessionLoop() async {
+        while !closing {
+            while !closing, let event = framer.nextCommandLine(maximumLength: configuration.limits.commandLineLength) {
+                if case .line(let line) = event, case .quit = try? parser.parse(line.readableBytesView) {
+                    queue(SMTPReply(221, EnhancedStatusCode(2, 0, 0), "Bye"))
+                    closing = true
+                } else {
+                    queue(SMTPReply(503, EnhancedStatusCode(5, 5, 1), "Error: session refused, send QUIT"))
+                }
+            }
+            await flush()
+            if closing { break }
+            switch await readMore() {
+            case .bytes, .tlsEstablished: continue
+            case .timedOut, .drain, .closed: closing = true
+            }
+        }
+        try? await channel.close().get()
     }
 
     // MARK: Decision records
@@ -441,10 +579,12 @@ final class SMTPSession {
 
     /// The transaction ended with `reply` (refused MAIL, or the message's final reply).
     /// `relayed`: the reply is the upstream's answer to the message.
-    private func recordDecision(reply: SMTPReply, stage: DecisionRecord.Stage, size: Int? = nil, relayed: Bool = false, reason: String? = nil) {
+    private func recordDecision(
+        reply: SMTPReply, stage: DecisionRecord.Stage, size: Int? = nil, relayed: Bool = false, reason: String? = nil, discarded: Bool = false
+    ) {
         guard let trace else { return }
         self.trace = nil
-        let decision: DecisionRecord.Decision = reply.isPositive ? .accepted : reply.isTransientFailure ? .tempfailed : .rejected
+        let decision: DecisionRecord.Decision = discarded ? .discarded : reply.isPositive ? .accepted : reply.isTransientFailure ? .tempfailed : .rejected
         write(trace: trace, decision: decision, stage: stage, reply: reply, size: size, reason: reason,
               upstream: trace.upstreamHost.map { host in
                   DecisionRecord.Upstream(host: host, reply: relayed ? reply.description : nil,
@@ -487,10 +627,13 @@ final class SMTPSession {
         guard let log = environment.decisionLog else { return }
         let total = Int((DispatchTime.now().uptimeNanoseconds - trace.started) / 1_000_000)
         log.record(DecisionRecord(
-            timestamp: Self.nowMilliseconds(), id: transactionID, session: sessionID, client: recordClient,
+            timestamp: Self.nowMilliseconds(), id: transactionID, session: sessionID,
+            policyVersion: policy.rules.isEmpty ? nil : policy.version, client: recordClient,
             mailFrom: trace.mailFrom, recipients: trace.recipients, size: size,
-            messageID: trace.headers.value(of: "Message-ID"), decision: decision, stage: stage, reason: reason,
+            messageID: trace.headers.value(of: "Message-ID"), decision: decision, stage: stage, rule: trace.rule,
+            reason: trace.reason ?? reason,
             reply: reply.map(Self.recordReply), upstream: upstream,
+            shadow: trace.shadow.map { DecisionRecord.Shadow(rule: $0.rule, action: $0.action) },
             timings: .init(total: total, filters: 0, upstream: Int(trace.upstreamNanoseconds / 1_000_000))))
     }
 

@@ -1,0 +1,20 @@
+import PosternPolicy
+
+/// The built-in filters, registered by name. Each is an ordinary `PolicyCondition`; a new
+/// filter is one more `register` call.
+public enum BuiltinFilters {
+    public static var registry: ConditionRegistry {
+        var registry = ConditionRegistry()
+        registry.register("client_ip", ClientAddressCondition.make)
+        registry.register("helo", HeloCondition.make)
+        registry.register("sender", AddressCondition.makeSender)
+        registry.register("recipient", AddressCondition.makeRecipient)
+        registry.register("auth_user", AuthUserCondition.make)
+        registry.register("tls", TLSCondition.make)
+        registry.register("size", SizeCondition.make)
+        return registry
+    }
+
+    /// A compiler with every built-in filter.
+    public static var compiler: PolicyCompiler { PolicyCompiler(registry: registry) }
+}

@@ -1,0 +1,156 @@
+import Foundation
+import PosternPolicy
+import SMTPCore
+import Yams
+
+/// `sender` and `recipient`: exact addresses, domains (with subdomains by `*.`), wildcards,
+/// lists, and the null sender. Domains compare case-insensitively, as DNS does; local parts
+/// compare case-insensitively too, as mail administrators expect from access maps.
+///     sender: "<>"                               # the null sender (bounces)
+///     sender: alice@example.org
+///     sender: "*@*.example"                      # wildcard: * matches any run of characters
+///     sender: { domain: example.org }            # exactly that domain
+///     sender: { domain: "*.example.org" }        # any subdomain
+///     sender: { in: blocked_senders }            # a list of any of the above forms
+///     recipient: { equals: postmaster@example.org, strip_tag: true }   # bob+news@ → bob@
+struct AddressCondition: PolicyCondition {
+    enum Role: String, Sendable { case sender, recipient }
+
+    /// One way an address can match.
+    enum Pattern: Sendable {
+        case nullSender
+        case exact(String)
+        case domain(String)
+        case subdomainsOf(String)
+        case wildcard([Substring])
+
+        init?(_ text: String) {
+            let lowered = text.lowercased()
+            if lowered == "<>" { self = .nullSender; return }
+            if lowered.hasPrefix("@") { self.init(domain: String(lowered.dropFirst())); return }
+            if lowered.contains("*") { self = .wildcard(lowered.split(separator: "*", omittingEmptySubsequences: false)); return }
+            guard lowered.contains("@"), !lowered.hasPrefix("<") else { return nil }
+            self = .exact(lowered)
+        }
+
+        init?(domain text: String) {
+            let lowered = text.lowercased().trimmingTrailingDot()
+            guard !lowered.isEmpty, !lowered.contains("@") else { return nil }
+            if lowered.hasPrefix("*.") { self = .subdomainsOf(String(lowered.dropFirst(2))) } else { self = .domain(lowered) }
+        }
+
+        func matches(_ address: String?, domain: String?) -> Bool {
+            switch self {
+            case .nullSender: return address == nil
+            case .exact(let wanted): return address == wanted
+            case .domain(let wanted): return domain == wanted
+            case .subdomainsOf(let parent): return domain.map { $0.hasSuffix("." + parent) } ?? false
+            case .wildcard(let pieces): return address.map { Self.glob(pieces, $0) } ?? false
+            }
+        }
+
+        /// `*` matches any run of characters.
+        static func glob(_ pieces: [Substring], _ text: String) -> Bool {
+            var rest = Substring(text)
+            for (index, piece) in pieces.enumerated() {
+                if index == 0 {
+                    guard rest.hasPrefix(piece) else { return false }
+                    rest = rest.dropFirst(piece.count)
+                } else if index == pieces.count - 1 {
+                    return piece.isEmpty || rest.hasSuffix(piece)
+                } else if !piece.isEmpty {
+                    guard let range = rest.range(of: piece) else { return false }
+                    rest = rest[range.upperBound...]
+                }
+            }
+            return rest.isEmpty
+        }
+    }
+
+    let role: Role
+    let patterns: [(pattern: Pattern, text: String)]
+    let stripTag: Bool
+    let source: String?
+
+    var earliestStage: PolicyStage { role == .sender ? .mail : .rcpt }
+
+    func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
+        let mailbox: Mailbox?
+        switch role {
+        case .sender:
+            guard let sender = facts.sender else { return nil }
+            mailbox = sender.mailbox
+        case .recipient:
+            guard let recipient = facts.recipient else { return nil }
+            mailbox = recipient.mailbox ?? Mailbox(localPart: "postmaster", domain: "")
+        }
+        let (address, domain) = Self.normalise(mailbox, stripTag: stripTag)
+        guard let hit = patterns.first(where: { $0.pattern.matches(address, domain: domain) }) else { return nil }
+        return ConditionMatch("\(role.rawValue) \(address ?? "<>") matches \(hit.text)" + (source.map { " (list \($0))" } ?? ""))
+    }
+
+    /// Lower-cased `local@domain` without a trailing dot, and the domain; `+tag` removed when asked.
+    static func normalise(_ mailbox: Mailbox?, stripTag: Bool) -> (String?, String?) {
+        guard let mailbox else { return (nil, nil) }
+        var local = mailbox.localPart.lowercased()
+        if stripTag, !local.hasPrefix("\""), let plus = local.firstIndex(of: "+"), plus != local.startIndex {
+            local = String(local[..<plus])
+        }
+        let domain = mailbox.domain.lowercased().trimmingTrailingDot()
+        return (domain.isEmpty ? local : "\(local)@\(domain)", domain)
+    }
+
+    static let makeSender: ConditionFactory = { value, context in make(.sender, value, &context) }
+    static let makeRecipient: ConditionFactory = { value, context in make(.recipient, value, &context) }
+
+    private static func make(_ role: Role, _ value: Node, _ context: inout ConditionCompileContext) -> (any PolicyCondition)? {
+        let what = role.rawValue
+        var patterns: [(Pattern, String)] = []
+        var stripTag = false
+        var source: String?
+        func add(_ text: String, at node: Node, domainOnly: Bool = false) {
+            guard let pattern = domainOnly ? Pattern(domain: text) : Pattern(text) else {
+                context.reader.fail(node, "'\(text)' is not an address, @domain, wildcard or \"<>\"" + (source.map { " (in list \($0))" } ?? ""))
+                return
+            }
+            if case .nullSender = pattern, role == .recipient {
+                context.reader.fail(node, "\"<>\" is the null sender; a recipient cannot be null")
+                return
+            }
+            patterns.append((pattern, text))
+        }
+        switch value {
+        case .scalar:
+            if let text = context.reader.string(value, what) { add(text, at: value) }
+        case .sequence(let sequence):
+            for node in sequence { if let text = context.reader.string(node, "an address") { add(text, at: node) } }
+        case .mapping:
+            let entries = context.reader.mapping(value, what, keys: ["equals", "domain", "wildcard", "in", "strip_tag"])
+            if let node = entries["strip_tag"], let flag = context.reader.bool(node, "strip_tag") { stripTag = flag }
+            if let node = entries["equals"], let text = context.reader.string(node, "equals") { add(text, at: node) }
+            if let node = entries["wildcard"], let text = context.reader.string(node, "wildcard") { add(text, at: node) }
+            if let node = entries["domain"] {
+                let nodes: [Node] = { if case .sequence(let list) = node { return Array(list) } else { return [node] } }()
+                for entry in nodes { if let text = context.reader.string(entry, "domain") { add(text, at: entry, domainOnly: true) } }
+            }
+            if let node = entries["in"], let list = context.list(node) {
+                source = list.name
+                for entry in list.entries { add(entry, at: node) }
+            }
+            if entries["equals"] == nil && entries["wildcard"] == nil && entries["domain"] == nil && entries["in"] == nil {
+                context.reader.fail(value, "\(what) needs equals:, domain:, wildcard: or in:")
+                return nil
+            }
+        default:
+            context.reader.fail(value, "\(what) takes an address, a list of addresses, or a mapping")
+            return nil
+        }
+        return AddressCondition(role: role, patterns: patterns, stripTag: stripTag, source: source)
+    }
+}
+
+extension String {
+    func trimmingTrailingDot() -> String {
+        hasSuffix(".") ? String(dropLast()) : self
+    }
+}

@@ -1,0 +1,254 @@
+import Foundation
+import SMTPCore
+
+/// Where in the transaction a rule runs (DESIGN.md "The filter pipeline").
+public enum PolicyStage: String, CaseIterable, Comparable, Sendable {
+    case connect, helo, mail, rcpt, data
+
+    public static func < (lhs: PolicyStage, rhs: PolicyStage) -> Bool {
+        allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
+    }
+}
+
+/// What the policy knows about a transaction when a stage's rules run.
+public struct TransactionFacts: Sendable {
+    public var transactionID: String
+    public var clientAddress: IPAddress
+    public var clientPort: Int
+    public var helo: String?
+    public var tls: Bool
+    public var authUser: String?
+    /// From MAIL on.
+    public var sender: ReversePath?
+    /// At `rcpt`: the recipient being decided.
+    public var recipient: ForwardPath?
+    /// At `data`: every accepted recipient.
+    public var recipients: [ForwardPath]
+    /// `SIZE=` at `mail`; the octets received at `data`.
+    public var size: Int?
+
+    public init(transactionID: String, clientAddress: IPAddress, clientPort: Int, helo: String? = nil, tls: Bool = false,
+                authUser: String? = nil, sender: ReversePath? = nil, recipient: ForwardPath? = nil,
+                recipients: [ForwardPath] = [], size: Int? = nil) {
+        self.transactionID = transactionID
+        self.clientAddress = clientAddress
+        self.clientPort = clientPort
+        self.helo = helo
+        self.tls = tls
+        self.authUser = authUser
+        self.sender = sender
+        self.recipient = recipient
+        self.recipients = recipients
+        self.size = size
+    }
+}
+
+/// Why a condition matched, for the decision log's `reason`: the list entry, the network,
+/// the pattern's id — never the message itself.
+public struct ConditionMatch: Hashable, Sendable {
+    public var reason: String
+    public init(_ reason: String) { self.reason = reason }
+}
+
+/// A detector. It reports whether it matches; the rule decides what a match means.
+public protocol PolicyCondition: Sendable {
+    /// The first stage at which the condition has what it needs (`sender` needs `mail`).
+    var earliestStage: PolicyStage { get }
+    /// Nil when it does not match.
+    func evaluate(_ facts: TransactionFacts) async -> ConditionMatch?
+}
+
+/// `any`, `all`, `not` (DESIGN.md).
+public struct AnyOfCondition: PolicyCondition {
+    public let conditions: [any PolicyCondition]
+    public init(_ conditions: [any PolicyCondition]) { self.conditions = conditions }
+    public var earliestStage: PolicyStage { conditions.map(\.earliestStage).max() ?? .connect }
+    public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
+        for condition in conditions {
+            if let match = await condition.evaluate(facts) { return match }
+        }
+        return nil
+    }
+}
+
+public struct AllOfCondition: PolicyCondition {
+    public let conditions: [any PolicyCondition]
+    public init(_ conditions: [any PolicyCondition]) { self.conditions = conditions }
+    public var earliestStage: PolicyStage { conditions.map(\.earliestStage).max() ?? .connect }
+    public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
+        var reasons: [String] = []
+        for condition in conditions {
+            guard let match = await condition.evaluate(facts) else { return nil }
+            reasons.append(match.reason)
+        }
+        return ConditionMatch(reasons.joined(separator: " and "))
+    }
+}
+
+public struct NotCondition: PolicyCondition {
+    public let condition: any PolicyCondition
+    public let description: String
+    public init(_ condition: any PolicyCondition, description: String) {
+        self.condition = condition
+        self.description = description
+    }
+    public var earliestStage: PolicyStage { condition.earliestStage }
+    public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
+        await condition.evaluate(facts) == nil ? ConditionMatch("not \(description)") : nil
+    }
+}
+
+/// What a rule does when its condition matches.
+public enum RuleAction: Hashable, Sendable {
+    /// Stop evaluating; relay (the rest of this stage and later stages are skipped).
+    case accept
+    case reject
+    case tempfail
+    /// Say 250, relay nothing.
+    case discard
+    /// Keep a copy in the quarantine Maildir; the client gets the rule's reply.
+    case quarantine
+    case addHeader(name: String, value: String)
+    case tagSubject(String)
+    case `continue`
+
+    /// Decisive actions end evaluation; the others accumulate.
+    public var isDecisive: Bool {
+        switch self {
+        case .accept, .reject, .tempfail, .discard, .quarantine: return true
+        case .addHeader, .tagSubject, .continue: return false
+        }
+    }
+
+    public var name: String {
+        switch self {
+        case .accept: return "accept"
+        case .reject: return "reject"
+        case .tempfail: return "tempfail"
+        case .discard: return "discard"
+        case .quarantine: return "quarantine"
+        case .addHeader: return "add_header"
+        case .tagSubject: return "tag_subject"
+        case .continue: return "continue"
+        }
+    }
+}
+
+/// `enforce` (default), `shadow` (recorded and counted, never changes the outcome), `off`.
+public enum RuleMode: String, Hashable, Sendable {
+    case enforce, shadow, off
+}
+
+/// A reply with placeholders: `{id}`, `{rule}`, `{client_ip}`, `{sender}`, `{recipient}`.
+public struct ReplyTemplate: Hashable, Sendable {
+    public var code: Int
+    public var enhanced: EnhancedStatusCode?
+    public var text: String
+
+    public init(code: Int, enhanced: EnhancedStatusCode?, text: String) {
+        self.code = code
+        self.enhanced = enhanced
+        self.text = text
+    }
+
+    /// The placeholders a template may use.
+    public static let placeholders: Set<String> = ["id", "rule", "client_ip", "sender", "recipient"]
+
+    /// Parses `550 5.7.1 text…`; the enhanced code is optional.
+    public static func parse(_ text: String) -> ReplyTemplate? {
+        let words = text.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
+        guard let first = words.first, first.count == 3, let code = Int(first), (200...599).contains(code) else { return nil }
+        if words.count >= 2, let enhanced = EnhancedStatusCode(parsing: words[1]) {
+            guard enhanced.codeClass == code / 100 else { return nil }
+            return ReplyTemplate(code: code, enhanced: enhanced, text: words.count == 3 ? String(words[2]) : "")
+        }
+        return ReplyTemplate(code: code, enhanced: nil, text: words.dropFirst().joined(separator: " "))
+    }
+
+    /// Placeholder names used in the text that are not known.
+    public var unknownPlaceholders: [String] {
+        var unknown: [String] = []
+        var rest = Substring(text)
+        while let open = rest.firstIndex(of: "{"), let close = rest[open...].firstIndex(of: "}") {
+            let name = String(rest[rest.index(after: open)..<close])
+            if !Self.placeholders.contains(name) { unknown.append(name) }
+            rest = rest[rest.index(after: close)...]
+        }
+        return unknown
+    }
+
+    /// The reply with placeholders filled in (client-supplied values are made printable).
+    public func render(rule: String, facts: TransactionFacts) -> SMTPReply {
+        let values = [
+            "id": facts.transactionID, "rule": rule, "client_ip": "\(facts.clientAddress)",
+            "sender": facts.sender.map { $0.mailbox?.description ?? "<>" } ?? "",
+            "recipient": facts.recipient?.mailbox?.description ?? "",
+        ]
+        var rendered = text
+        for (name, value) in values {
+            rendered = rendered.replacingOccurrences(of: "{\(name)}", with: Self.printable(value))
+        }
+        return SMTPReply(code, enhanced, rendered)
+    }
+
+    private static func printable(_ value: String) -> String {
+        String(value.unicodeScalars.prefix(256).map { $0.value < 32 || $0.value == 127 ? "?" : Character($0) })
+    }
+
+    /// The default replies; they never reveal which rule matched (the id joins them to the log).
+    public static func `default`(for action: RuleAction, stage: PolicyStage, isLimit: Bool) -> ReplyTemplate? {
+        switch action {
+        case .reject where stage == .connect:
+            return ReplyTemplate(code: 554, enhanced: EnhancedStatusCode(5, 7, 1), text: "Service refused (ref {id})")
+        case .reject:
+            return ReplyTemplate(code: 550, enhanced: EnhancedStatusCode(5, 7, 1), text: "Message refused by policy (ref {id})")
+        case .tempfail where isLimit:
+            return ReplyTemplate(code: 450, enhanced: EnhancedStatusCode(4, 7, 1), text: "Rate limit reached, try again later (ref {id})")
+        case .tempfail:
+            return ReplyTemplate(code: 451, enhanced: EnhancedStatusCode(4, 7, 1), text: "Try again later (ref {id})")
+        case .discard, .quarantine:
+            return ReplyTemplate(code: 250, enhanced: EnhancedStatusCode(2, 0, 0), text: "Ok (ref {id})")
+        default:
+            return nil
+        }
+    }
+}
+
+/// One rule of the policy.
+public struct PolicyRule: Sendable {
+    public var id: String
+    public var stage: PolicyStage
+    public var condition: any PolicyCondition
+    public var action: RuleAction
+    public var mode: RuleMode
+    /// The reply for decisive actions other than accept.
+    public var reply: ReplyTemplate?
+
+    public init(id: String, stage: PolicyStage, condition: any PolicyCondition, action: RuleAction, mode: RuleMode, reply: ReplyTemplate?) {
+        self.id = id
+        self.stage = stage
+        self.condition = condition
+        self.action = action
+        self.mode = mode
+        self.reply = reply
+    }
+}
+
+/// A compiled, validated policy: rules by stage, and the version that decision records name.
+public struct Policy: Sendable {
+    /// A content hash of the policy's files: the same files give the same version.
+    public var version: String
+    public var rules: [PolicyRule]
+
+    public init(version: String, rules: [PolicyRule]) {
+        self.version = version
+        self.rules = rules
+    }
+
+    /// A policy with no rules: everything passes.
+    public static let empty = Policy(version: "none", rules: [])
+
+    public func rules(for stage: PolicyStage) -> [PolicyRule] {
+        rules.filter { $0.stage == stage && $0.mode != .off }
+    }
+}

@@ -1,0 +1,64 @@
+import Dispatch
+import Glibc
+import Logging
+import PosternFilters
+import PosternPolicy
+import Synchronization
+
+/// The policy in force. Sessions take a snapshot when they start and keep it; a reload
+/// compiles the files off the hot path and swaps atomically, or keeps the old policy and
+/// logs every error.
+public final class PolicyStore: Sendable {
+    public let path: String?
+    private let current: Mutex<Policy>
+    private let logger: Logger
+    private let metrics: PosternMetrics
+
+    /// Compiles the policy at `path` (no policy when nil); throws every error found.
+    init(path: String?, logger: Logger, metrics: PosternMetrics) throws(ConfigurationErrors) {
+        self.path = path
+        self.logger = logger
+        self.metrics = metrics
+        let policy = try path.map { path throws(ConfigurationErrors) in try BuiltinFilters.compiler.compile(path: path) } ?? .empty
+        current = Mutex(policy)
+        metrics.policyLoaded(version: policy.version, result: "success")
+    }
+
+    public var policy: Policy { current.withLock { $0 } }
+
+    /// Recompiles the policy file. On success the new policy serves new sessions; on failure
+    /// the old one stays.
+    @discardableResult
+    public func reload() -> Bool {
+        guard let path else { return true }
+        do {
+            let policy = try BuiltinFilters.compiler.compile(path: path)
+            let old = current.withLock { current in
+                defer { current = policy }
+                return current.version
+            }
+            metrics.policyLoaded(version: policy.version, result: "success")
+            logger.notice("policy reloaded", metadata: ["policy": "\(path)", "version": "\(policy.version)", "previous": "\(old)", "rules": "\(policy.rules.count)"])
+            return true
+        } catch {
+            metrics.policyLoaded(version: nil, result: "failure")
+            logger.error("policy reload failed; the previous policy stays in force", metadata: [
+                "policy": "\(path)", "errors": "\(error.errors.count)",
+            ])
+            for problem in error.errors { logger.error("\(problem.description)") }
+            return false
+        }
+    }
+
+    /// Reloads on SIGHUP until the returned source is cancelled.
+    func watchSIGHUP() -> DispatchSourceSignal {
+        signal(SIGHUP, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        source.setEventHandler { [self] in
+            logger.notice("SIGHUP: reloading the policy")
+            reload()
+        }
+        source.resume()
+        return source
+    }
+}

@@ -1,0 +1,90 @@
+import PosternPolicy
+import XCTest
+
+final class EnvelopeConditionTests: XCTestCase {
+    private let lists = """
+        lists:
+          senders: { file: senders.txt }
+          nets: { items: [192.0.2.0/24, "2001:db8::/32"] }
+          users: { items: [alice, bob] }
+        """
+
+    func testClientAddress() async throws {
+        let cases: [(String, String, Bool)] = [
+            ("192.0.2.0/24", "192.0.2.77", true),
+            ("192.0.2.0/24", "192.0.3.1", false),
+            ("203.0.113.9", "203.0.113.9", true),
+            ("[10.0.0.0/8, \"2001:db8::/32\"]", "2001:db8::5", true),
+            ("[10.0.0.0/8, \"2001:db8::/32\"]", "2001:db9::5", false),
+            ("{ in: nets }", "192.0.2.1", true),
+            ("{ in: nets }", "::ffff:192.0.2.1", true),
+            ("{ in: nets }", "198.51.100.1", false),
+        ]
+        for (condition, client, expected) in cases {
+            let result = try await matches("{ client_ip: \(condition) }", stage: .connect, facts(client: client), lists: lists)
+            XCTAssertEqual(result, expected, "\(condition) vs \(client)")
+        }
+    }
+
+    func testSender() async throws {
+        let cases: [(String, String, Bool)] = [
+            ("\"<>\"", "<>", true),
+            ("\"<>\"", "a@example.org", false),
+            ("alice@example.org", "Alice@EXAMPLE.org", true),
+            ("alice@example.org", "alice@example.org.", true),
+            ("alice@example.org", "bob@example.org", false),
+            ("\"*@*.example\"", "x@mail.corp.example", true),
+            ("\"*@*.example\"", "x@example", false),
+            ("{ domain: example.org }", "a@Example.ORG", true),
+            ("{ domain: example.org }", "a@sub.example.org", false),
+            ("{ domain: \"*.example.org\" }", "a@sub.example.org", true),
+            ("{ domain: \"*.example.org\" }", "a@example.org", false),
+            ("{ in: senders }", "spam@example.com", true),
+            ("{ in: senders }", "anyone@bad.example", true),
+            ("{ in: senders }", "x@a.spammy.example", true),
+            ("{ in: senders }", "ok@example.com", false),
+            ("{ equals: bob@example.org, strip_tag: true }", "bob+news@example.org", true),
+            ("{ equals: bob@example.org }", "bob+news@example.org", false),
+        ]
+        for (condition, sender, expected) in cases {
+            let result = try await matches("{ sender: \(condition) }", stage: .mail, facts(sender: sender), lists: lists)
+            XCTAssertEqual(result, expected, "\(condition) vs \(sender)")
+        }
+    }
+
+    func testRecipient() async throws {
+        try await expectMatch(true, "{ recipient: postmaster@example.org }", stage: .rcpt, facts(sender: "a@b.example", recipient: "PostMaster@example.org"))
+        try await expectMatch(false, "{ recipient: { domain: example.org } }", stage: .rcpt, facts(sender: "a@b.example", recipient: "x@example.net"))
+        try await expectMatch(true, "{ all: [ { sender: \"<>\" }, { recipient: ceo@example.org } ] }", stage: .rcpt,
+                                        facts(sender: "<>", recipient: "ceo@example.org"))
+        try await expectMatch(false, "{ all: [ { sender: \"<>\" }, { recipient: ceo@example.org } ] }", stage: .rcpt,
+                                         facts(sender: "a@b.example", recipient: "ceo@example.org"))
+    }
+
+    func testHelo() async throws {
+        try await expectMatch(true, "{ helo: Client.Example }", stage: .helo, facts(helo: "client.example"))
+        try await expectMatch(true, "{ helo: { is_ip_literal: true } }", stage: .helo, facts(helo: "[192.0.2.1]"))
+        try await expectMatch(false, "{ helo: { is_ip_literal: true } }", stage: .helo, facts(helo: "mail.example"))
+        try await expectMatch(true, "{ helo: { is_fqdn: false } }", stage: .helo, facts(helo: "localhost"))
+        try await expectMatch(true, "{ helo: { is_fqdn: false } }", stage: .helo, facts(helo: "192.0.2.1"))
+        try await expectMatch(false, "{ helo: { is_fqdn: false } }", stage: .helo, facts(helo: "mail.example.org"))
+    }
+
+    func testAuthUserTLSAndSize() async throws {
+        try await expectMatch(true, "{ auth_user: { in: users } }", stage: .mail, facts(authUser: "bob"), lists: lists)
+        try await expectMatch(false, "{ auth_user: { in: users } }", stage: .mail, facts(authUser: "eve"), lists: lists)
+        try await expectMatch(true, "{ auth_user: false }", stage: .mail, facts())
+        try await expectMatch(true, "{ tls: false }", stage: .helo, facts(tls: false))
+        try await expectMatch(false, "{ tls: false }", stage: .helo, facts(tls: true))
+        try await expectMatch(true, "{ size: { over: 10MB } }", stage: .mail, facts(size: 10_000_001))
+        try await expectMatch(false, "{ size: { over: 10MB } }", stage: .mail, facts(size: 10_000_000))
+        try await expectMatch(false, "{ size: { over: 10MB } }", stage: .mail, facts(), message: "no SIZE declared")
+    }
+
+    func testCombinators() async throws {
+        try await expectMatch(true, "{ any: [ { tls: true }, { client_ip: 203.0.113.0/24 } ] }", stage: .helo, facts())
+        try await expectMatch(false, "{ all: [ { tls: true }, { client_ip: 203.0.113.0/24 } ] }", stage: .helo, facts())
+        try await expectMatch(true, "{ not: { client_ip: 10.0.0.0/8 } }", stage: .connect, facts())
+        try await expectMatch(true, "{ tls: false, client_ip: 203.0.113.9 }", stage: .helo, facts(), message: "several keys mean all")
+    }
+}
