@@ -93,6 +93,13 @@ final class PolicyCompilerTests: XCTestCase {
                        "policy.yaml:1:1: unknown key 'geoip' in the policy (expected one of: include, lists, rules, version)")
     }
 
+    func testShippedPoliciesCompile() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let policy = try BuiltinFilters.compiler.compile(path: root.appendingPathComponent("Policies/default.yaml").path)
+        XCTAssertEqual(policy.rules.first?.id, "trusted-networks")
+        XCTAssertTrue(policy.rules.contains { $0.mode == .shadow }, "new rules start in shadow mode")
+    }
+
     func testReplyTemplates() throws {
         let template = try XCTUnwrap(ReplyTemplate.parse("550 5.7.1 Sender {sender} refused for {recipient} from {client_ip} (ref {id}, {rule})"))
         let rendered = template.render(rule: "r1", facts: facts(client: "192.0.2.7", sender: "a@example.org", recipient: "b@example.net"))
