@@ -47,6 +47,19 @@ let package = Package(
             name: "PosternLog",
             dependencies: [.product(name: "Logging", package: "swift-log")]
         ),
+        // C libraries, reached only through PosternNative.
+        .systemLibrary(
+            name: "CPCRE2",
+            pkgConfig: "libpcre2-8",
+            providers: [.apt(["libpcre2-dev"])]
+        ),
+        .systemLibrary(
+            name: "CMaxMindDB",
+            pkgConfig: "libmaxminddb",
+            providers: [.apt(["libmaxminddb-dev"])]
+        ),
+        // Safe Swift types over PCRE2 (regex, JIT) and libmaxminddb (GeoIP).
+        .target(name: "PosternNative", dependencies: ["CPCRE2", "CMaxMindDB"]),
         // The policy model, its YAML compiler and the rule engine.
         .target(
             name: "PosternPolicy",
@@ -104,6 +117,11 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+        .testTarget(
+            name: "PosternNativeTests",
+            dependencies: ["PosternNative"],
+            resources: [.copy("Fixtures")]
         ),
         .testTarget(name: "PosternServerTests", dependencies: ["PosternServer"]),
         .testTarget(name: "PosternLogTests", dependencies: ["PosternLog"]),
