@@ -64,7 +64,7 @@ let package = Package(
         .target(
             name: "PosternPolicy",
             dependencies: [
-                "SMTPCore",
+                "SMTPCore", "PosternNative",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
             ]
@@ -72,7 +72,7 @@ let package = Package(
         // The built-in filters, one file each, registered by name.
         .target(
             name: "PosternFilters",
-            dependencies: ["PosternPolicy", "SMTPCore", .product(name: "Yams", package: "Yams")]
+            dependencies: ["PosternPolicy", "PosternNative", "SMTPCore", .product(name: "Yams", package: "Yams")]
         ),
         // Listener, session coordinator, configuration, lifecycle.
         .target(

@@ -12,6 +12,9 @@ public enum BuiltinFilters {
         registry.register("auth_user", AuthUserCondition.make)
         registry.register("tls", TLSCondition.make)
         registry.register("size", SizeCondition.make)
+        registry.register("country", GeoIPCondition.factory(.country))
+        registry.register("continent", GeoIPCondition.factory(.continent))
+        registry.register("asn", GeoIPCondition.factory(.asn))
         return registry
     }
 

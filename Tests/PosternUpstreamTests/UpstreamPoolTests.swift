@@ -39,7 +39,8 @@ final class UpstreamPoolTests: XCTestCase {
         let maildir = "maildir:\(directory!)/Maildir"
         let pool = UpstreamPool(
             upstreams: [try configuration(dead), try configuration(maildir)], retryAfter: .seconds(60), heloName: "gw.example", group: group)
-        XCTAssertEqual(pool.liveUpstreams, [dead, maildir])
+        // Upstreams are named host:port (or maildir:PATH) in logs, records and metrics.
+        XCTAssertEqual(pool.liveUpstreams, [String(dead.dropFirst("smtp://".count)), maildir])
         let session = try await pool.openSession(logger: logger)
         XCTAssertTrue(session is MaildirRelaySession)
         XCTAssertEqual(session.upstreamName, "maildir:\(directory!)/Maildir")
@@ -97,7 +98,7 @@ final class UpstreamPoolTests: XCTestCase {
         _ = try await pool.openSession(logger: logger)
         XCTAssertEqual(pool.liveUpstreams, [maildir])
         try await Task.sleep(for: .milliseconds(200))
-        XCTAssertEqual(pool.liveUpstreams, [dead, maildir])
+        XCTAssertEqual(pool.liveUpstreams, [String(dead.dropFirst("smtp://".count)), maildir])
     }
 
     func testEmptyPoolThrowsUnavailable() async throws {

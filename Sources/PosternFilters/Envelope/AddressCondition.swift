@@ -1,4 +1,5 @@
 import Foundation
+import PosternNative
 import PosternPolicy
 import SMTPCore
 import Yams
@@ -23,6 +24,7 @@ struct AddressCondition: PolicyCondition {
         case domain(String)
         case subdomainsOf(String)
         case wildcard([Substring])
+        case regex(PCRERegex)
 
         init?(_ text: String) {
             let lowered = text.lowercased()
@@ -46,6 +48,7 @@ struct AddressCondition: PolicyCondition {
             case .domain(let wanted): return domain == wanted
             case .subdomainsOf(let parent): return domain.map { $0.hasSuffix("." + parent) } ?? false
             case .wildcard(let pieces): return address.map { Self.glob(pieces, $0) } ?? false
+            case .regex(let regex): return regex.matchesSafely(address ?? "<>")
             }
         }
 
@@ -125,7 +128,10 @@ struct AddressCondition: PolicyCondition {
         case .sequence(let sequence):
             for node in sequence { if let text = context.reader.string(node, "an address") { add(text, at: node) } }
         case .mapping:
-            let entries = context.reader.mapping(value, what, keys: ["equals", "domain", "wildcard", "in", "strip_tag"])
+            let entries = context.reader.mapping(value, what, keys: ["equals", "domain", "wildcard", "regex", "in", "strip_tag"])
+            if let node = entries["regex"], let regex = context.envelopePattern(node, "\(what).regex") {
+                patterns.append((.regex(regex), "regex \(node.scalar?.string ?? "")"))
+            }
             if let node = entries["strip_tag"], let flag = context.reader.bool(node, "strip_tag") { stripTag = flag }
             if let node = entries["equals"], let text = context.reader.string(node, "equals") { add(text, at: node) }
             if let node = entries["wildcard"], let text = context.reader.string(node, "wildcard") { add(text, at: node) }
@@ -137,8 +143,8 @@ struct AddressCondition: PolicyCondition {
                 source = list.name
                 for entry in list.entries { add(entry, at: node) }
             }
-            if entries["equals"] == nil && entries["wildcard"] == nil && entries["domain"] == nil && entries["in"] == nil {
-                context.reader.fail(value, "\(what) needs equals:, domain:, wildcard: or in:")
+            if entries["equals"] == nil && entries["wildcard"] == nil && entries["domain"] == nil && entries["in"] == nil && entries["regex"] == nil {
+                context.reader.fail(value, "\(what) needs equals:, domain:, wildcard:, regex: or in:")
                 return nil
             }
         default:

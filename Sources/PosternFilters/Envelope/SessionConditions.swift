@@ -1,4 +1,5 @@
 import Foundation
+import PosternNative
 import PosternPolicy
 import SMTPCore
 import Yams
@@ -13,6 +14,7 @@ import Yams
 struct HeloCondition: PolicyCondition {
     enum Check: Sendable {
         case equals(String)
+        case regex(PCRERegex, String)
         case isIPLiteral(Bool)
         case isFQDN(Bool)
     }
@@ -27,6 +29,8 @@ struct HeloCondition: PolicyCondition {
         switch check {
         case .equals(let wanted):
             return helo.lowercased().trimmingTrailingDot() == wanted ? ConditionMatch("helo \(helo)") : nil
+        case .regex(let regex, let pattern):
+            return regex.matchesSafely(helo) ? ConditionMatch("helo \(helo) matches \(pattern)") : nil
         case .isIPLiteral(let expected):
             return isLiteral == expected ? ConditionMatch(expected ? "helo \(helo) is an IP literal" : "helo \(helo) is not an IP literal") : nil
         case .isFQDN(let expected):
@@ -42,14 +46,16 @@ struct HeloCondition: PolicyCondition {
             guard let text = context.reader.string(value, "helo") else { return nil }
             return HeloCondition(check: .equals(text.lowercased().trimmingTrailingDot()))
         }
-        let entries = context.reader.mapping(value, "helo", keys: ["equals", "is_ip_literal", "is_fqdn"])
+        let entries = context.reader.mapping(value, "helo", keys: ["equals", "regex", "is_ip_literal", "is_fqdn"])
         guard entries.count == 1, let (key, node) = entries.first else {
-            context.reader.fail(value, "helo takes exactly one of equals:, is_ip_literal:, is_fqdn:")
+            context.reader.fail(value, "helo takes exactly one of equals:, regex:, is_ip_literal:, is_fqdn:")
             return nil
         }
         switch key {
         case "equals":
             return context.reader.string(node, "equals").map { HeloCondition(check: .equals($0.lowercased().trimmingTrailingDot())) }
+        case "regex":
+            return context.envelopePattern(node, "helo.regex").map { HeloCondition(check: .regex($0, node.scalar?.string ?? "")) }
         case "is_ip_literal":
             return context.reader.bool(node, "is_ip_literal").map { HeloCondition(check: .isIPLiteral($0)) }
         default:

@@ -11,11 +11,33 @@ public struct PolicyList: Hashable, Sendable {
     }
 }
 
-/// What a condition factory gets: the YAML reader (to report errors at their position)
-/// and the policy's lists.
+/// Things conditions share within one compiled policy (an open GeoIP database, a limit's
+/// store), built once at compile time, off the hot path.
+public final class PolicyResources: @unchecked Sendable {
+    private let lock = NSLock()
+    private var values: [String: any Sendable] = [:]
+
+    public init() {}
+
+    /// The resource under `key`, made by `make` the first time; nil when `make` fails.
+    public func value<Value: Sendable>(_ key: String, make: () -> Value?) -> Value? {
+        lock.lock()
+        defer { lock.unlock() }
+        if let existing = values[key] as? Value { return existing }
+        guard let made = make() else { return nil }
+        values[key] = made
+        return made
+    }
+}
+
+/// What a condition factory gets: the YAML reader (to report errors at their position),
+/// the policy's lists, its `geoip:` database paths and shared resources.
 public struct ConditionCompileContext {
     public var reader: YAMLReader
     public let lists: [String: PolicyList]
+    /// `geoip:` entries (`country`, `asn`) with their absolute paths and where they were written.
+    public let geoipDatabases: [String: (path: String, node: Node)]
+    public let resources: PolicyResources
     /// Compiles a nested condition (for combinators and wrappers).
     let compileNested: (Node, inout ConditionCompileContext) -> (any PolicyCondition)?
 
@@ -91,7 +113,7 @@ public struct PolicyCompiler: Sendable {
         var hashInput: [UInt8] = []
     }
 
-    private static let topLevelKeys: Set<String> = ["version", "include", "lists", "rules"]
+    private static let topLevelKeys: Set<String> = ["version", "include", "lists", "geoip", "rules"]
 
     private func loadDocuments(path: String, includedFrom: (YAMLReader, Node)?, depth: Int, state: inout State) -> [(String, Node?)] {
         let canonical = URL(fileURLWithPath: path).standardizedFileURL.path
@@ -146,8 +168,10 @@ public struct PolicyCompiler: Sendable {
     }
 
     private func build(_ documents: [(String, Node?)], state: inout State) -> Policy {
+        let resources = PolicyResources()
         // Lists first (from every file), so rules anywhere can name them.
         var lists: [String: PolicyList] = [:]
+        var geoip: [String: (path: String, node: Node)] = [:]
         var ruleNodes: [(YAMLReader, Node)] = []
         for (file, root) in documents {
             var reader = YAMLReader(file: file)
@@ -163,6 +187,13 @@ public struct PolicyCompiler: Sendable {
             } else if let listsNode = top["lists"] {
                 reader.fail(listsNode, "lists must be a mapping of names to { file: PATH } or { items: [...] }")
             }
+            if let geoipNode = top["geoip"] {
+                for (key, value) in reader.mapping(geoipNode, "geoip", keys: ["country", "asn"]) {
+                    guard let relative = reader.string(value, "geoip.\(key)") else { continue }
+                    let path = relative.hasPrefix("/") ? relative : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(relative).path
+                    geoip[key] = (path, value)
+                }
+            }
             if let rulesNode = top["rules"] {
                 for rule in reader.sequence(rulesNode, "rules") { ruleNodes.append((YAMLReader(file: file), rule)) }
             }
@@ -171,7 +202,7 @@ public struct PolicyCompiler: Sendable {
         var rules: [PolicyRule] = []
         var seen: Set<String> = []
         for (reader, node) in ruleNodes {
-            var context = ConditionCompileContext(reader: reader, lists: lists, compileNested: { node, context in
+            var context = ConditionCompileContext(reader: reader, lists: lists, geoipDatabases: geoip, resources: resources, compileNested: { node, context in
                 self.condition(node, context: &context)
             })
             if case .mapping(let mapping) = node, let idNode = mapping["id"], let id = idNode.scalar?.string,
@@ -180,6 +211,10 @@ public struct PolicyCompiler: Sendable {
             }
             if let rule = rule(node, context: &context) { rules.append(rule) }
             state.errors += context.reader.errors
+        }
+        // Referenced files (lists, databases) are part of the version too.
+        for path in Set(geoip.values.map(\.path)).sorted() {
+            if let bytes = FileManager.default.contents(atPath: path) { state.hashInput.append(contentsOf: bytes.prefix(1 << 20)) }
         }
         return Policy(version: Self.hash(state.hashInput), rules: rules)
     }
