@@ -125,6 +125,7 @@ let package = Package(
         ),
         .testTarget(name: "PosternServerTests", dependencies: ["PosternServer"]),
         .testTarget(name: "PosternLogTests", dependencies: ["PosternLog"]),
+        .testTarget(name: "PosternPolicyTests", dependencies: ["PosternPolicy", "SMTPCore"]),
         .testTarget(name: "PosternFiltersTests", dependencies: ["PosternFilters", "PosternPolicy", "SMTPCore"]),
         .testTarget(
             name: "PosternIntegrationTests",

@@ -15,9 +15,15 @@ public enum BuiltinFilters {
         registry.register("country", GeoIPCondition.factory(.country))
         registry.register("continent", GeoIPCondition.factory(.continent))
         registry.register("asn", GeoIPCondition.factory(.asn))
+        registry.register("limit", LimitCondition.make)
         return registry
     }
 
-    /// A compiler with every built-in filter.
+    /// A compiler with every built-in filter and a fresh in-memory rate-limit store.
     public static var compiler: PolicyCompiler { PolicyCompiler(registry: registry) }
+
+    /// A compiler counting limits in `store` (keep one store across reloads).
+    public static func compiler(rateLimitStore store: any RateLimitStore) -> PolicyCompiler {
+        PolicyCompiler(registry: registry, rateLimitStore: store)
+    }
 }

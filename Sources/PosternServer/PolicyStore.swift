@@ -13,13 +13,16 @@ public final class PolicyStore: Sendable {
     private let current: Mutex<Policy>
     private let logger: Logger
     private let metrics: PosternMetrics
+    /// Rate-limit counts live here, not in a policy, so a reload keeps them.
+    private let compiler = BuiltinFilters.compiler(rateLimitStore: InMemoryRateLimitStore())
 
     /// Compiles the policy at `path` (no policy when nil); throws every error found.
     init(path: String?, logger: Logger, metrics: PosternMetrics) throws(ConfigurationErrors) {
         self.path = path
         self.logger = logger
         self.metrics = metrics
-        let policy = try path.map { path throws(ConfigurationErrors) in try BuiltinFilters.compiler.compile(path: path) } ?? .empty
+        let compiler = self.compiler
+        let policy = try path.map { path throws(ConfigurationErrors) in try compiler.compile(path: path) } ?? .empty
         current = Mutex(policy)
         metrics.policyLoaded(version: policy.version, result: "success")
     }
@@ -32,7 +35,7 @@ public final class PolicyStore: Sendable {
     public func reload() -> Bool {
         guard let path else { return true }
         do {
-            let policy = try BuiltinFilters.compiler.compile(path: path)
+            let policy = try compiler.compile(path: path)
             let old = current.withLock { current in
                 defer { current = policy }
                 return current.version

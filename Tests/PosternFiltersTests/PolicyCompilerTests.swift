@@ -66,7 +66,7 @@ final class PolicyCompilerTests: XCTestCase {
             "policy.yaml:8:25: unknown list 'nolist' (no lists are defined)",
             "policy.yaml:14:11: then must be accept, reject, tempfail, discard, quarantine, add_header, tag_subject or continue",
             "policy.yaml:13:22: '300.1.1.1/8' is not an IP address or CIDR block",
-            "policy.yaml:13:35: unknown condition 'frob' (known: any, all, not, asn, auth_user, client_ip, continent, country, helo, recipient, sender, size, tls)",
+            "policy.yaml:13:35: unknown condition 'frob' (known: any, all, not, \(BuiltinFilters.registry.names.joined(separator: ", ")))",
             "policy.yaml:16:12: stage must be connect, helo, mail, rcpt or data",
             "policy.yaml:19:11: mode must be enforce, shadow or off",
             "policy.yaml:17:16: tls must be true or false",
@@ -90,7 +90,7 @@ final class PolicyCompilerTests: XCTestCase {
 
     func testUnknownTopLevelKey() {
         XCTAssertEqual(fixture.errors("rulez: []\n").first,
-                       "policy.yaml:1:1: unknown key 'rulez' in the policy (expected one of: geoip, include, lists, rules, version)")
+                       "policy.yaml:1:1: unknown key 'rulez' in the policy (expected one of: geoip, include, limits, lists, rules, version)")
     }
 
     func testShippedPoliciesCompile() throws {

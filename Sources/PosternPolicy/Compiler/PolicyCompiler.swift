@@ -30,11 +30,22 @@ public final class PolicyResources: @unchecked Sendable {
     }
 }
 
+/// A rate limit from `limits:` (`per_ip: { key: client_ip, count: messages, rate: 100/1h, burst: 20 }`).
+public struct PolicyLimit: Sendable {
+    public var name: String
+    public var fields: RateLimitKeyFields
+    public var counter: RateLimitCounter
+    public var spec: RateLimitSpec
+    public var prefixes: RateLimitNetworkPrefixes
+}
+
 /// What a condition factory gets: the YAML reader (to report errors at their position),
-/// the policy's lists, its `geoip:` database paths and shared resources.
+/// the policy's lists, limits, `geoip:` database paths, the rate-limit store and shared resources.
 public struct ConditionCompileContext {
     public var reader: YAMLReader
     public let lists: [String: PolicyList]
+    public let limits: [String: PolicyLimit]
+    public let rateLimitStore: any RateLimitStore
     /// `geoip:` entries (`country`, `asn`) with their absolute paths and where they were written.
     public let geoipDatabases: [String: (path: String, node: Node)]
     public let resources: PolicyResources
@@ -80,11 +91,14 @@ public struct ConditionRegistry: Sendable {
 /// `file:line:column: message`.
 public struct PolicyCompiler: Sendable {
     public let registry: ConditionRegistry
+    /// Where `limit:` conditions count. It outlives the policy, so a reload keeps the counts.
+    public let rateLimitStore: any RateLimitStore
     /// Includes deeper than this are refused (and loops with them).
     public static let maximumIncludeDepth = 8
 
-    public init(registry: ConditionRegistry) {
+    public init(registry: ConditionRegistry, rateLimitStore: any RateLimitStore = InMemoryRateLimitStore()) {
         self.registry = registry
+        self.rateLimitStore = rateLimitStore
     }
 
     public func compile(path: String) throws(ConfigurationErrors) -> Policy {
@@ -113,7 +127,7 @@ public struct PolicyCompiler: Sendable {
         var hashInput: [UInt8] = []
     }
 
-    private static let topLevelKeys: Set<String> = ["version", "include", "lists", "geoip", "rules"]
+    private static let topLevelKeys: Set<String> = ["version", "include", "lists", "geoip", "limits", "rules"]
 
     private func loadDocuments(path: String, includedFrom: (YAMLReader, Node)?, depth: Int, state: inout State) -> [(String, Node?)] {
         let canonical = URL(fileURLWithPath: path).standardizedFileURL.path
@@ -172,6 +186,7 @@ public struct PolicyCompiler: Sendable {
         // Lists first (from every file), so rules anywhere can name them.
         var lists: [String: PolicyList] = [:]
         var geoip: [String: (path: String, node: Node)] = [:]
+        var limits: [String: PolicyLimit] = [:]
         var ruleNodes: [(YAMLReader, Node)] = []
         for (file, root) in documents {
             var reader = YAMLReader(file: file)
@@ -194,6 +209,15 @@ public struct PolicyCompiler: Sendable {
                     geoip[key] = (path, value)
                 }
             }
+            if let limitsNode = top["limits"], case .mapping(let mapping) = limitsNode {
+                for (key, value) in mapping {
+                    guard let name = reader.string(key, "a limit name") else { continue }
+                    if limits[name] != nil { reader.fail(key, "limit '\(name)' is defined twice") }
+                    if let limit = limit(named: name, value, reader: &reader) { limits[name] = limit }
+                }
+            } else if let limitsNode = top["limits"] {
+                reader.fail(limitsNode, "limits must be a mapping of names to { key:, count:, rate:, burst: }")
+            }
             if let rulesNode = top["rules"] {
                 for rule in reader.sequence(rulesNode, "rules") { ruleNodes.append((YAMLReader(file: file), rule)) }
             }
@@ -202,7 +226,9 @@ public struct PolicyCompiler: Sendable {
         var rules: [PolicyRule] = []
         var seen: Set<String> = []
         for (reader, node) in ruleNodes {
-            var context = ConditionCompileContext(reader: reader, lists: lists, geoipDatabases: geoip, resources: resources, compileNested: { node, context in
+            var context = ConditionCompileContext(
+                reader: reader, lists: lists, limits: limits, rateLimitStore: rateLimitStore, geoipDatabases: geoip,
+                resources: resources, compileNested: { node, context in
                 self.condition(node, context: &context)
             })
             if case .mapping(let mapping) = node, let idNode = mapping["id"], let id = idNode.scalar?.string,
@@ -241,6 +267,39 @@ public struct PolicyCompiler: Sendable {
             reader.fail(node, "list '\(name)' needs exactly one of file: or items:")
             return nil
         }
+    }
+
+    private func limit(named name: String, _ node: Node, reader: inout YAMLReader) -> PolicyLimit? {
+        let entries = reader.mapping(node, "limit '\(name)'", keys: ["key", "count", "rate", "burst", "ipv4_prefix", "ipv6_prefix"])
+        var fields: RateLimitKeyFields?
+        if let keyNode = entries["key"], let text = reader.string(keyNode, "key") {
+            fields = RateLimitKeyFields(parsing: text)
+            if fields == nil {
+                reader.fail(keyNode, "key must be one or more of \(RateLimitKeyField.allCases.map(\.rawValue).joined(separator: ", ")) joined by +")
+            }
+        } else {
+            reader.fail(node, "limit '\(name)' needs key: (e.g. client_ip, sender_domain, client_ip+sender)")
+        }
+        var counter = RateLimitCounter.messages
+        if let countNode = entries["count"], let text = reader.string(countNode, "count") {
+            if let parsed = RateLimitCounter(rawValue: text) { counter = parsed } else {
+                reader.fail(countNode, "count must be connections, messages, recipients or bytes")
+            }
+        }
+        var burst = 0
+        if let burstNode = entries["burst"], let value = reader.integer(burstNode, "burst", range: 0...1_000_000_000) { burst = value }
+        var spec: RateLimitSpec?
+        if let rateNode = entries["rate"], let text = reader.string(rateNode, "rate") {
+            spec = RateLimitSpec(parsing: text, burst: burst)
+            if spec == nil { reader.fail(rateNode, "rate must be COUNT/PERIOD, e.g. 100/1h, 10/1m, 5/30s") }
+        } else {
+            reader.fail(node, "limit '\(name)' needs rate: (e.g. 100/1h)")
+        }
+        var prefixes = RateLimitNetworkPrefixes()
+        if let v4 = entries["ipv4_prefix"], let value = reader.integer(v4, "ipv4_prefix", range: 8...32) { prefixes.ipv4 = value }
+        if let v6 = entries["ipv6_prefix"], let value = reader.integer(v6, "ipv6_prefix", range: 16...128) { prefixes.ipv6 = value }
+        guard let fields, let spec else { return nil }
+        return PolicyLimit(name: name, fields: fields, counter: counter, spec: spec, prefixes: prefixes)
     }
 
     private func rule(_ node: Node, context: inout ConditionCompileContext) -> PolicyRule? {
@@ -310,6 +369,13 @@ public struct PolicyCompiler: Sendable {
             context.reader.fail(node, "rule '\(id)' needs if: (a condition)")
         }
         guard context.reader.errors.count == errorsBefore, let stage, let action, let condition else { return nil }
+        if reply == nil, action == .tempfail, condition is any RateLimitingCondition {
+            reply = ReplyTemplate.default(for: .tempfail, stage: stage, isLimit: true)
+        }
+        if let limited = condition as? any RateLimitingCondition, let problem = limited.stageProblem(stage) {
+            context.reader.fail(entries["if"]!, problem)
+            return nil
+        }
         return PolicyRule(id: id, stage: stage, condition: condition, action: action, mode: mode, reply: reply)
     }
 

@@ -58,6 +58,13 @@ public protocol PolicyCondition: Sendable {
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch?
 }
 
+/// A condition that counts against a rate limit: its default tempfail reply is 450 4.7.1,
+/// and what it counts decides the stages it may run at.
+public protocol RateLimitingCondition: PolicyCondition {
+    /// Why the condition cannot count at `stage`, or nil when it can.
+    func stageProblem(_ stage: PolicyStage) -> String?
+}
+
 /// `any`, `all`, `not` (DESIGN.md).
 public struct AnyOfCondition: PolicyCondition {
     public let conditions: [any PolicyCondition]
