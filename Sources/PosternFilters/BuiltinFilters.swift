@@ -16,6 +16,12 @@ public enum BuiltinFilters {
         registry.register("continent", GeoIPCondition.factory(.continent))
         registry.register("asn", GeoIPCondition.factory(.asn))
         registry.register("limit", LimitCondition.make)
+        registry.register("header.", ContentCondition.factory(.header("")))
+        registry.register("subject", ContentCondition.factory(.subject))
+        registry.register("body", ContentCondition.factory(.body))
+        registry.register("attachment_name", ContentCondition.factory(.attachmentName))
+        registry.register("attachment_type", ContentCondition.factory(.attachmentType))
+        registry.register("raw", ContentCondition.factory(.raw))
         return registry
     }
 

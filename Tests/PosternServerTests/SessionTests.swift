@@ -498,6 +498,25 @@ final class SessionTests: XCTestCase {
         try? FileManager.default.removeItem(atPath: logPath)
     }
 
+    func testContentRulesSeeTheDecodedMessage() throws {
+        let policy = try writePolicy("""
+            rules:
+              - { id: phish, stage: data, if: { subject: { regex: 'verify your account' } }, then: reject }
+            """)
+        let fixture = try start { $0.policy = policy }
+        let client = try connect(fixture)
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("DATA")?.code, 354)
+        // RFC 2047: "Verify your account" base64-encoded.
+        XCTAssertEqual(client.command("Subject: =?UTF-8?B?VmVyaWZ5IHlvdXIgYWNjb3VudA==?=\r\n\r\nclick\r\n.")?.code, 550)
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
+        XCTAssertEqual(client.command("DATA")?.code, 354)
+        XCTAssertEqual(client.command("Subject: lunch\r\n\r\nat noon\r\n.")?.code, 250)
+        XCTAssertEqual(fixture.waitForMessages(1).count, 1)
+    }
+
     func testConnectRefusalReplacesTheGreetingAndOnlyQUITIsServed() throws {
         let policy = try writePolicy("rules:\n  - { id: nope, stage: connect, if: { client_ip: 203.0.113.0/24 }, then: reject }\n")
         let fixture = try start(listeners: [proxyListener()]) { $0.policy = policy }

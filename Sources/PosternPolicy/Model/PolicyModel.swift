@@ -10,6 +10,19 @@ public enum PolicyStage: String, CaseIterable, Comparable, Sendable {
     }
 }
 
+/// The message as content conditions see it (at `data`): decoded headers, text bodies,
+/// attachments. The MIME parser provides it.
+public protocol PolicyMessage: Sendable {
+    /// Every value of the header `name` (case-insensitive), RFC 2047 encoded words decoded.
+    func headerValues(named name: String) -> [String]
+    var subjectText: String? { get }
+    /// MIME-decoded text parts, converted to UTF-8, HTML parts included.
+    var bodyTexts: [String] { get }
+    var attachmentList: [(name: String?, type: String)] { get }
+    /// The message as received (up to the scan cap).
+    var rawBytes: [UInt8] { get }
+}
+
 /// What the policy knows about a transaction when a stage's rules run.
 public struct TransactionFacts: Sendable {
     public var transactionID: String
@@ -26,6 +39,8 @@ public struct TransactionFacts: Sendable {
     public var recipients: [ForwardPath]
     /// `SIZE=` at `mail`; the octets received at `data`.
     public var size: Int?
+    /// At `data`, when the policy has content conditions.
+    public var message: (any PolicyMessage)?
 
     public init(transactionID: String, clientAddress: IPAddress, clientPort: Int, helo: String? = nil, tls: Bool = false,
                 authUser: String? = nil, sender: ReversePath? = nil, recipient: ForwardPath? = nil,
@@ -56,6 +71,12 @@ public protocol PolicyCondition: Sendable {
     var earliestStage: PolicyStage { get }
     /// Nil when it does not match.
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch?
+    /// True when it reads the message's content (so the session parses it).
+    var needsMessage: Bool { get }
+}
+
+extension PolicyCondition {
+    public var needsMessage: Bool { false }
 }
 
 /// A condition that counts against a rate limit: its default tempfail reply is 450 4.7.1,
@@ -70,6 +91,7 @@ public struct AnyOfCondition: PolicyCondition {
     public let conditions: [any PolicyCondition]
     public init(_ conditions: [any PolicyCondition]) { self.conditions = conditions }
     public var earliestStage: PolicyStage { conditions.map(\.earliestStage).max() ?? .connect }
+    public var needsMessage: Bool { conditions.contains { $0.needsMessage } }
     public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         for condition in conditions {
             if let match = await condition.evaluate(facts) { return match }
@@ -82,6 +104,7 @@ public struct AllOfCondition: PolicyCondition {
     public let conditions: [any PolicyCondition]
     public init(_ conditions: [any PolicyCondition]) { self.conditions = conditions }
     public var earliestStage: PolicyStage { conditions.map(\.earliestStage).max() ?? .connect }
+    public var needsMessage: Bool { conditions.contains { $0.needsMessage } }
     public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         var reasons: [String] = []
         for condition in conditions {
@@ -100,6 +123,7 @@ public struct NotCondition: PolicyCondition {
         self.description = description
     }
     public var earliestStage: PolicyStage { condition.earliestStage }
+    public var needsMessage: Bool { condition.needsMessage }
     public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         await condition.evaluate(facts) == nil ? ConditionMatch("not \(description)") : nil
     }
@@ -254,6 +278,11 @@ public struct Policy: Sendable {
 
     /// A policy with no rules: everything passes.
     public static let empty = Policy(version: "none", rules: [])
+
+    /// True when some rule reads the message's content: the session then parses it.
+    public var needsMessage: Bool {
+        rules.contains { $0.mode != .off && $0.condition.needsMessage }
+    }
 
     public func rules(for stage: PolicyStage) -> [PolicyRule] {
         rules.filter { $0.stage == stage && $0.mode != .off }

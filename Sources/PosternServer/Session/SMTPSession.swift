@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOSSL
+import PosternFilters
 import PosternLog
 import PosternPolicy
 import PosternUpstream
@@ -460,7 +461,8 @@ final class SMTPSession {
             return MessageOutcome(reply: reply, relayed: false, reason: reason)
         }
         var extraHeaders = ByteBuffer()
-        if let verdict = await evaluatePolicy(.data, sender: machine.transaction?.reversePath, size: size) {
+        let message = policy.needsMessage ? await Self.parseForPolicy(spool) : nil
+        if let verdict = await evaluatePolicy(.data, sender: machine.transaction?.reversePath, size: size, message: message) {
             switch verdict.outcome {
             case .decided(let action, let reply):
                 upstreamTransactionOpen = false
@@ -478,18 +480,38 @@ final class SMTPSession {
 
     // MARK: Policy
 
-    private func facts(recipient: ForwardPath? = nil, sender: ReversePath? = nil, size: Int? = nil) -> TransactionFacts {
-        TransactionFacts(
+    private func facts(recipient: ForwardPath? = nil, sender: ReversePath? = nil, size: Int? = nil, message: MIMEMessage? = nil) -> TransactionFacts {
+        var facts = TransactionFacts(
             transactionID: transactionID, clientAddress: client.address, clientPort: client.port, helo: machine.helloName,
             tls: machine.isTLSActive, authUser: nil, sender: sender, recipient: recipient,
             recipients: machine.transaction?.recipients.map(\.path) ?? [], size: size)
+        facts.message = message
+        return facts
+    }
+
+    /// Content rules look at no more than this much of a message (its start: the headers and
+    /// first parts). Each decoded part is further capped by MIMELimits (1 MiB).
+    static let contentScanLimit = 10 * 1024 * 1024
+
+    /// The message parsed for content rules: headers decoded, parts MIME-decoded.
+    private static func parseForPolicy(_ spool: MessageSpool) async -> MIMEMessage {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(min(spool.size, contentScanLimit))
+        try? await spool.forEachChunk { chunk in
+            guard bytes.count < contentScanLimit else { return }
+            bytes.append(contentsOf: chunk.readableBytesView.prefix(contentScanLimit - bytes.count))
+        }
+        return MIMEMessage.parse(bytes)
     }
 
     /// Runs one stage's rules, unless an `accept` already ended policy for the session or the
     /// transaction. Records what matched.
-    private func evaluatePolicy(_ stage: PolicyStage, recipient: ForwardPath? = nil, sender: ReversePath? = nil, size: Int? = nil) async -> PolicyVerdict? {
+    private func evaluatePolicy(
+        _ stage: PolicyStage, recipient: ForwardPath? = nil, sender: ReversePath? = nil, size: Int? = nil, message: MIMEMessage? = nil
+    ) async -> PolicyVerdict? {
         guard !policy.rules.isEmpty, !sessionAcceptedByPolicy, !(transactionAcceptedByPolicy && stage >= .mail) else { return nil }
-        let verdict = await PolicyEngine.evaluate(policy, stage: stage, facts: facts(recipient: recipient, sender: sender, size: size))
+        let verdict = await PolicyEngine.evaluate(
+            policy, stage: stage, facts: facts(recipient: recipient, sender: sender, size: size, message: message))
         for hit in verdict.shadowHits {
             environment.metrics.ruleHit(rule: hit.rule, mode: "shadow")
             logger.info("shadow rule matched", metadata: ["rule": "\(hit.rule)", "would": "\(hit.action)", "reason": "\(hit.reason)"])
