@@ -74,6 +74,11 @@ public final class PosternServer: Service, Sendable {
         } catch {
             throw StartupError(description: "the policy has errors:\n\(error.description)")
         }
+        if let quarantine = configuration.quarantine {
+            do { try MaildirRelaySession.prepare(quarantine) } catch { throw StartupError(description: error.detail) }
+        } else if policy.policy.quarantines {
+            throw StartupError(description: "the policy has quarantine rules but no quarantine: Maildir is configured")
+        }
         if let path = configuration.decisionLog {
             do {
                 decisionLog = try DecisionLogWriter(path: path, logger: logger, onWriteError: { metrics.decisionLogWriteError() })

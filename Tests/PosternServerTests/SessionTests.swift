@@ -517,6 +517,44 @@ final class SessionTests: XCTestCase {
         XCTAssertEqual(fixture.waitForMessages(1).count, 1)
     }
 
+    func testTagSubjectAndQuarantine() throws {
+        let policy = try writePolicy("""
+            rules:
+              - { id: hold, stage: data, if: { subject: { regex: 'invoice' } }, then: quarantine, reply: "250 2.0.0 Held for review (ref {id})" }
+              - { id: tag, stage: data, if: { body: { regex: 'viagra' } }, then: tag_subject, tag: "[SPAM?]" }
+            """)
+        let quarantine = NSTemporaryDirectory() + "postern-quarantine-\(UUID().uuidString)"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: quarantine) }
+        let fixture = try start { configuration in
+            configuration.policy = policy
+            configuration.quarantine = quarantine
+        }
+        let client = try connect(fixture)
+        for (subject, body) in [("Your invoice", "pay"), ("Offer", "cheap viagra"), (nil, "viagra again")] {
+            XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+            XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
+            XCTAssertEqual(client.command("DATA")?.code, 354)
+            let reply = try XCTUnwrap(client.command((subject.map { "Subject: \($0)\r\n" } ?? "X-No-Subject: 1\r\n") + "\r\n\(body)\r\n."))
+            XCTAssertEqual(reply.code, 250)
+            if subject == "Your invoice" { XCTAssertTrue(reply.text.contains("Held for review"), reply.text) }
+        }
+        let delivered = fixture.waitForMessages(2)
+        XCTAssertEqual(delivered.count, 2, "the quarantined message is not relayed")
+        XCTAssertTrue(delivered.contains { $0.contains("\nSubject: [SPAM?] Offer\n") }, "\(delivered)")
+        XCTAssertTrue(delivered.contains { $0.contains("\nSubject: [SPAM?]\n") && $0.contains("X-No-Subject: 1") }, "\(delivered)")
+        let held = (try? FileManager.default.contentsOfDirectory(atPath: quarantine + "/new")) ?? []
+        XCTAssertEqual(held.count, 1)
+        let kept = try String(contentsOfFile: quarantine + "/new/" + held[0], encoding: .utf8)
+        XCTAssertTrue(kept.contains("X-Postern-Quarantine: rule=hold;") && kept.contains("Subject: Your invoice"), kept)
+    }
+
+    func testQuarantineRulesNeedAQuarantineMaildir() throws {
+        let policy = try writePolicy("rules:\n  - { id: q, stage: data, if: { subject: { regex: x } }, then: quarantine }\n")
+        XCTAssertThrowsError(try ServerFixture { $0.policy = policy }) { error in
+            XCTAssertTrue("\(error)".contains("no quarantine: Maildir is configured"), "\(error)")
+        }
+    }
+
     func testConnectRefusalReplacesTheGreetingAndOnlyQUITIsServed() throws {
         let policy = try writePolicy("rules:\n  - { id: nope, stage: connect, if: { client_ip: 203.0.113.0/24 }, then: reject }\n")
         let fixture = try start(listeners: [proxyListener()]) { $0.policy = policy }

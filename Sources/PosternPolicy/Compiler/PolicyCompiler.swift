@@ -390,9 +390,14 @@ public struct PolicyCompiler: Sendable {
         case "tempfail": return .tempfail
         case "discard": return .discard
         case "continue": return .continue
-        case "quarantine", "tag_subject":
-            context.reader.fail(thenNode, "\(actionText) is not available in this version of Postern yet")
-            return nil
+        case "quarantine": return .quarantine
+        case "tag_subject":
+            guard let tagNode = entries["tag"], let tag = context.reader.string(tagNode, "tag"), !tag.isEmpty,
+                  !tag.contains("\r"), !tag.contains("\n") else {
+                context.reader.fail(entries["tag"] ?? thenNode, "tag_subject needs tag: \"[SUSPECT]\" on one line")
+                return nil
+            }
+            return .tagSubject(tag)
         case "add_header":
             guard let headerNode = entries["header"], let header = context.reader.string(headerNode, "header"),
                   let colon = header.firstIndex(of: ":"), colon != header.startIndex,

@@ -284,6 +284,11 @@ public struct Policy: Sendable {
         rules.contains { $0.mode != .off && $0.condition.needsMessage }
     }
 
+    /// True when some rule quarantines (the server then needs a quarantine Maildir).
+    public var quarantines: Bool {
+        rules.contains { $0.mode == .enforce && $0.action == .quarantine }
+    }
+
     public func rules(for stage: PolicyStage) -> [PolicyRule] {
         rules.filter { $0.stage == stage && $0.mode != .off }
     }

@@ -57,7 +57,7 @@ extension YAMLReader {
         }
         let top = mapping(root, "the configuration", keys: [
             "hostname", "listen", "proxy_trusted_networks", "tls", "upstreams", "upstream_retry_after", "limits",
-            "timeouts", "bare_line_endings", "spool", "shutdown_grace_period", "log_level", "decision_log", "metrics", "policy",
+            "timeouts", "bare_line_endings", "spool", "shutdown_grace_period", "log_level", "decision_log", "metrics", "policy", "quarantine",
         ])
         if let node = top["hostname"], let value = string(node, "hostname") {
             if value.isEmpty || value.contains(" ") { fail(node, "hostname must be a domain name") } else { configuration.hostname = value }
@@ -124,6 +124,9 @@ extension YAMLReader {
         if let node = top["policy"], let path = string(node, "policy") {
             configuration.policy = path.hasPrefix("/") || file.hasPrefix("<")
                 ? path : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(path).path
+        }
+        if let node = top["quarantine"], let path = string(node, "quarantine") {
+            configuration.quarantine = path
         }
         if let node = top["metrics"], let text = string(node, "metrics") {
             if let address = PosternConfiguration.Listener(address: text) { configuration.metrics = address } else {

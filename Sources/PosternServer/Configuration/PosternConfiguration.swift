@@ -101,6 +101,8 @@ public struct PosternConfiguration: Sendable {
     public var decisionLog: String?
     /// The policy file (YAML); no policy when nil: every transaction the protocol allows is relayed.
     public var policy: String?
+    /// The Maildir that `quarantine` rules keep messages in.
+    public var quarantine: String?
     /// Where `/metrics`, `/healthz` and `/readyz` are served; off when nil.
     public var metrics: Listener?
     public var logLevel: Logger.Level = .info

@@ -352,7 +352,7 @@ final class SMTPSession {
                     let reply = machine.prepare(outcome.reply)
                     queue(reply)
                     recordDecision(reply: reply, stage: .data, size: size, relayed: outcome.relayed, reason: outcome.reason,
-                                   discarded: outcome.discarded)
+                                   discarded: outcome.discarded, quarantined: outcome.quarantined)
                     machine.messageFinished()
                     return
                 }
@@ -403,7 +403,7 @@ final class SMTPSession {
         let reply = machine.prepare(outcome.reply)
         queue(reply)
         recordDecision(reply: reply, stage: .data, size: spool.size, relayed: outcome.relayed, reason: outcome.reason,
-                       discarded: outcome.discarded)
+                       discarded: outcome.discarded, quarantined: outcome.quarantined)
         machine.messageFinished()
     }
 
@@ -436,6 +436,92 @@ final class SMTPSession {
         var reason: String?
         /// A policy `discard`: 250 to the client, nothing relayed.
         var discarded = false
+        /// A policy `quarantine`: kept in the quarantine Maildir, not relayed.
+        var quarantined = false
+    }
+
+    /// Keeps the message in the quarantine Maildir with who sent it to whom and why, and
+    /// answers the rule's reply. A failed write answers 451 (nothing acknowledged is lost).
+    private func quarantine(_ spool: MessageSpool, reply: SMTPReply, rule: String?, reason: String?) async -> MessageOutcome {
+        guard let path = configuration.quarantine, let transaction = machine.transaction else {
+            return MessageOutcome(reply: ReplyMapping.unexpected, relayed: false, reason: "no quarantine configured")
+        }
+        do {
+            let maildir = try MaildirRelaySession(path: path, hostname: configuration.hostname)
+            _ = try await maildir.mail(transaction.reversePath, transaction.parameters)
+            for recipient in transaction.recipients { _ = try await maildir.recipient(recipient.path, recipient.parameters) }
+            var header = ReceivedHeader(
+                heloName: machine.helloName, clientAddress: client.address, hostname: configuration.hostname,
+                extended: machine.isExtended, tlsVersion: tlsVersion, utf8: transaction.parameters.smtpUTF8,
+                transactionID: transactionID, recipients: transaction.recipients.map(\.path), date: Date()).encoded()
+            header.writeString("X-Postern-Quarantine: rule=\(rule ?? "?"); id=\(transactionID)\r\n")
+            _ = try await maildir.message(header: header, content: spool, chunked: false)
+            logger.notice("message quarantined", metadata: ["rule": "\(rule ?? "")", "quarantine": "\(path)"])
+            return MessageOutcome(reply: reply, relayed: false, reason: reason, quarantined: true)
+        } catch {
+            logger.error("quarantine failed", metadata: ["error": "\(error)"])
+            return MessageOutcome(reply: ReplyMapping.reply(for: error), relayed: false, reason: "quarantine failed")
+        }
+    }
+
+    /// A copy of the message whose Subject carries the tags (`Subject: [SUSPECT] …`), or a new
+    /// Subject when there is none. Only the header section is rewritten.
+    private static func taggingSubject(_ spool: MessageSpool, tags: [String], configuration: PosternConfiguration) async -> MessageSpool? {
+        var head: [UInt8] = []
+        let limit = 256 * 1024
+        try? await spool.forEachChunk { chunk in
+            guard head.count < limit else { return }
+            head.append(contentsOf: chunk.readableBytesView.prefix(limit - head.count))
+        }
+        // The header section ends at the first empty line.
+        var end: Int?
+        var index = 0
+        while index + 1 < head.count {
+            if head[index] == 13 && head[index + 1] == 10 && (index == 0 || (index >= 2 && head[index - 2] == 13 && head[index - 1] == 10)) {
+                end = index
+                break
+            }
+            index += 1
+        }
+        guard let end else { return nil }
+        let section = head[..<end]
+        let tag = tags.joined(separator: " ")
+        var rewritten: [UInt8] = []
+        var tagged = false
+        var lineStart = section.startIndex
+        while lineStart < section.endIndex {
+            let lineEnd = section[lineStart...].firstIndex(of: 10).map { $0 + 1 } ?? section.endIndex
+            let line = section[lineStart..<lineEnd]
+            if !tagged, line.count >= 8, String(decoding: line.prefix(8), as: UTF8.self).lowercased() == "subject:" {
+                rewritten += Array("Subject: \(tag)".utf8)
+                var value = line.dropFirst(8)
+                if value.first != 32 && value.first != 9 { rewritten.append(32) } else { value = value.dropFirst() }
+                rewritten.append(32)
+                rewritten += value
+                tagged = true
+            } else {
+                rewritten += line
+            }
+            lineStart = lineEnd
+        }
+        if !tagged { rewritten += Array("Subject: \(tag)\r\n".utf8) }
+        let copy = MessageSpool(memoryThreshold: configuration.spool.memoryThreshold, directory: configuration.spool.directory)
+        do {
+            try copy.append(ByteBuffer(bytes: rewritten))
+            var skipped = 0
+            try await spool.forEachChunk { chunk in
+                var chunk = chunk
+                if skipped < end {
+                    let drop = min(end - skipped, chunk.readableBytes)
+                    chunk.moveReaderIndex(forwardBy: drop)
+                    skipped += drop
+                }
+                if chunk.readableBytes > 0 { try copy.append(chunk) }
+            }
+        } catch {
+            return nil
+        }
+        return copy
     }
 
     private func finishMessage(
@@ -464,6 +550,10 @@ final class SMTPSession {
         let message = policy.needsMessage ? await Self.parseForPolicy(spool) : nil
         if let verdict = await evaluatePolicy(.data, sender: machine.transaction?.reversePath, size: size, message: message) {
             switch verdict.outcome {
+            case .decided(.quarantine, let reply):
+                upstreamTransactionOpen = false
+                await relay?.reset()
+                return await quarantine(spool, reply: reply, rule: verdict.rule, reason: verdict.reason)
             case .decided(let action, let reply):
                 upstreamTransactionOpen = false
                 await relay?.reset()
@@ -472,6 +562,12 @@ final class SMTPSession {
             case .accept, .pass:
                 for case .addHeader(let name, let value) in verdict.headerActions {
                     extraHeaders.writeString("\(name): \(value)\r\n")
+                }
+                let tags = verdict.headerActions.compactMap { action -> String? in
+                    if case .tagSubject(let tag) = action { return tag } else { return nil }
+                }
+                if !tags.isEmpty, let tagged = await Self.taggingSubject(spool, tags: tags, configuration: configuration) {
+                    return await relayMessage(tagged, chunked: chunked, extraHeaders: extraHeaders)
                 }
             }
         }
@@ -602,11 +698,12 @@ final class SMTPSession {
     /// The transaction ended with `reply` (refused MAIL, or the message's final reply).
     /// `relayed`: the reply is the upstream's answer to the message.
     private func recordDecision(
-        reply: SMTPReply, stage: DecisionRecord.Stage, size: Int? = nil, relayed: Bool = false, reason: String? = nil, discarded: Bool = false
+        reply: SMTPReply, stage: DecisionRecord.Stage, size: Int? = nil, relayed: Bool = false, reason: String? = nil,
+        discarded: Bool = false, quarantined: Bool = false
     ) {
         guard let trace else { return }
         self.trace = nil
-        let decision: DecisionRecord.Decision = discarded ? .discarded : reply.isPositive ? .accepted : reply.isTransientFailure ? .tempfailed : .rejected
+        let decision: DecisionRecord.Decision = quarantined ? .quarantined : discarded ? .discarded : reply.isPositive ? .accepted : reply.isTransientFailure ? .tempfailed : .rejected
         write(trace: trace, decision: decision, stage: stage, reply: reply, size: size, reason: reason,
               upstream: trace.upstreamHost.map { host in
                   DecisionRecord.Upstream(host: host, reply: relayed ? reply.description : nil,
