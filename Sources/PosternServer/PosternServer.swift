@@ -141,7 +141,11 @@ public final class PosternServer: Service, Sendable {
         onListening?(addresses)
 
         let sighup = policy.watchSIGHUP()
-        defer { sighup.cancel() }
+        let fileWatch = configuration.policy != nil ? policy.watchFiles() : nil
+        defer {
+            sighup.cancel()
+            fileWatch?.cancel()
+        }
         let serverChannels = servers.map { $0.1.channel }
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { tasks in

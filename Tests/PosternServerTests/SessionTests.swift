@@ -548,6 +548,31 @@ final class SessionTests: XCTestCase {
         XCTAssertTrue(kept.contains("X-Postern-Quarantine: rule=hold;") && kept.contains("Subject: Your invoice"), kept)
     }
 
+    func testPolicyFileChangesAreReloadedAndABrokenOneIsRefused() throws {
+        let policy = try writePolicy("rules:\n  - { id: old, stage: mail, if: { sender: nobody@example.org }, then: reject }\n")
+        let fixture = try start { $0.policy = policy }
+        func mailReply() throws -> Int? {
+            let client = try connect(fixture)
+            defer { _ = client.command("QUIT") }
+            return client.command("MAIL FROM:<spammer@example.org>")?.code
+        }
+        XCTAssertEqual(try mailReply(), 250)
+        // An in-flight session keeps the policy it started with.
+        let inFlight = try connect(fixture)
+        try "rules:\n  - { id: new, stage: mail, if: { sender: spammer@example.org }, then: reject }\n"
+            .write(toFile: policy, atomically: true, encoding: .utf8)
+        var reloaded = false
+        for _ in 0..<40 where !reloaded {
+            usleep(250_000)
+            reloaded = try mailReply() == 550
+        }
+        XCTAssertTrue(reloaded, "the changed file was picked up")
+        XCTAssertEqual(inFlight.command("MAIL FROM:<spammer@example.org>")?.code, 250, "the old session keeps its policy")
+        try "rules:\n  - { id: broken, stage: mail, if: { frob: 1 }, then: reject }\n".write(toFile: policy, atomically: true, encoding: .utf8)
+        sleep(6)
+        XCTAssertEqual(try mailReply(), 550, "a broken reload keeps the policy in force")
+    }
+
     func testQuarantineRulesNeedAQuarantineMaildir() throws {
         let policy = try writePolicy("rules:\n  - { id: q, stage: data, if: { subject: { regex: x } }, then: quarantine }\n")
         XCTAssertThrowsError(try ServerFixture { $0.policy = policy }) { error in

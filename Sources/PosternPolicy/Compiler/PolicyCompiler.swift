@@ -125,6 +125,7 @@ public struct PolicyCompiler: Sendable {
         var errors: [ConfigurationError] = []
         var visited: Set<String> = []
         var hashInput: [UInt8] = []
+        var files: Set<String> = []
     }
 
     private static let topLevelKeys: Set<String> = ["version", "include", "lists", "geoip", "limits", "rules"]
@@ -144,6 +145,7 @@ public struct PolicyCompiler: Sendable {
             }
         }
         state.visited.insert(canonical)
+        state.files.insert(canonical)
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
@@ -185,6 +187,7 @@ public struct PolicyCompiler: Sendable {
         let resources = PolicyResources()
         // Lists first (from every file), so rules anywhere can name them.
         var lists: [String: PolicyList] = [:]
+        var listFiles: [String] = []
         var geoip: [String: (path: String, node: Node)] = [:]
         var limits: [String: PolicyLimit] = [:]
         var ruleNodes: [(YAMLReader, Node)] = []
@@ -198,6 +201,9 @@ public struct PolicyCompiler: Sendable {
                     guard let name = reader.string(key, "a list name") else { continue }
                     if lists[name] != nil { reader.fail(key, "list '\(name)' is defined twice") }
                     if let list = list(named: name, value, file: file, reader: &reader) { lists[name] = list }
+                    if case .mapping(let entries) = value, let fileNode = entries["file"], let relative = fileNode.scalar?.string {
+                        listFiles.append(relative.hasPrefix("/") ? relative : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(relative).standardizedFileURL.path)
+                    }
                 }
             } else if let listsNode = top["lists"] {
                 reader.fail(listsNode, "lists must be a mapping of names to { file: PATH } or { items: [...] }")
@@ -242,7 +248,11 @@ public struct PolicyCompiler: Sendable {
         for path in Set(geoip.values.map(\.path)).sorted() {
             if let bytes = FileManager.default.contents(atPath: path) { state.hashInput.append(contentsOf: bytes.prefix(1 << 20)) }
         }
-        return Policy(version: Self.hash(state.hashInput), rules: rules)
+        for path in listFiles {
+            if let bytes = FileManager.default.contents(atPath: path) { state.hashInput.append(contentsOf: bytes) }
+        }
+        let files = state.files.union(listFiles).union(geoip.values.map(\.path))
+        return Policy(version: Self.hash(state.hashInput), rules: rules, files: files.sorted())
     }
 
     private func list(named name: String, _ node: Node, file: String, reader: inout YAMLReader) -> PolicyList? {

@@ -34,28 +34,64 @@ public struct ShadowHit: Hashable, Sendable {
 /// recorded and never change the outcome; header actions accumulate.
 public enum PolicyEngine {
     public static func evaluate(_ policy: Policy, stage: PolicyStage, facts: TransactionFacts) async -> PolicyVerdict {
+        await run(policy, stage: stage, facts: facts) { _, _ in }
+    }
+
+    /// What happened to one rule in `run`, for `PolicyExplainer`.
+    enum Step {
+        /// `mode: off`: never evaluated.
+        case off
+        case notMatched
+        /// The condition matched; `decided` when this rule ended the stage (accept, reject, …).
+        case matched(ConditionMatch, decided: Bool, reply: SMTPReply?)
+        /// Not evaluated: `rule` decided earlier in the stage (`accept` tells which kind of decision).
+        case skipped(after: String, accept: Bool)
+    }
+
+    /// The one evaluation loop: `evaluate` and `PolicyExplainer` both run it, so an
+    /// explanation can never disagree with a real session. `observe` hears about every rule
+    /// of the stage, in order, including the `off` ones and those after the decision.
+    static func run(
+        _ policy: Policy, stage: PolicyStage, facts: TransactionFacts, observe: (PolicyRule, Step) -> Void
+    ) async -> PolicyVerdict {
         var verdict = PolicyVerdict()
-        for rule in policy.rules(for: stage) {
-            guard let match = await rule.condition.evaluate(facts) else { continue }
+        let rules = policy.rules.filter { $0.stage == stage }
+        for (index, rule) in rules.enumerated() {
+            guard rule.mode != .off else {
+                observe(rule, .off)
+                continue
+            }
+            guard let match = await rule.condition.evaluate(facts) else {
+                observe(rule, .notMatched)
+                continue
+            }
             if rule.mode == .shadow {
                 verdict.shadowHits.append(ShadowHit(rule: rule.id, action: rule.action.name, reason: match.reason))
+                observe(rule, .matched(match, decided: false, reply: nil))
                 continue
             }
             switch rule.action {
             case .continue:
+                observe(rule, .matched(match, decided: false, reply: nil))
                 continue
             case .addHeader, .tagSubject:
                 verdict.headerActions.append(rule.action)
+                observe(rule, .matched(match, decided: false, reply: nil))
             case .accept:
                 verdict.outcome = .accept
                 verdict.rule = rule.id
                 verdict.reason = match.reason
+                observe(rule, .matched(match, decided: true, reply: nil))
+                for later in rules[(index + 1)...] { observe(later, later.mode == .off ? .off : .skipped(after: rule.id, accept: true)) }
                 return verdict
             case .reject, .tempfail, .discard, .quarantine:
                 let template = rule.reply ?? ReplyTemplate.default(for: rule.action, stage: stage, isLimit: false)!
-                verdict.outcome = .decided(rule.action, template.render(rule: rule.id, facts: facts))
+                let reply = template.render(rule: rule.id, facts: facts)
+                verdict.outcome = .decided(rule.action, reply)
                 verdict.rule = rule.id
                 verdict.reason = match.reason
+                observe(rule, .matched(match, decided: true, reply: reply))
+                for later in rules[(index + 1)...] { observe(later, later.mode == .off ? .off : .skipped(after: rule.id, accept: false)) }
                 return verdict
             }
         }

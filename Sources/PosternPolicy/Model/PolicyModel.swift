@@ -270,10 +270,14 @@ public struct Policy: Sendable {
     /// A content hash of the policy's files: the same files give the same version.
     public var version: String
     public var rules: [PolicyRule]
+    /// Every file the policy was built from (the policy, includes, lists, GeoIP databases):
+    /// a change to any of them is a reason to reload.
+    public var files: [String]
 
-    public init(version: String, rules: [PolicyRule]) {
+    public init(version: String, rules: [PolicyRule], files: [String] = []) {
         self.version = version
         self.rules = rules
+        self.files = files
     }
 
     /// A policy with no rules: everything passes.
