@@ -72,7 +72,11 @@ let package = Package(
         // The built-in filters, one file each, registered by name.
         .target(
             name: "PosternFilters",
-            dependencies: ["PosternPolicy", "PosternNative", "SMTPCore", .product(name: "Yams", package: "Yams")]
+            dependencies: [
+                "PosternPolicy", "PosternNative", "SMTPCore",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Yams", package: "Yams"),
+            ]
         ),
         // Listener, session coordinator, configuration, lifecycle.
         .target(

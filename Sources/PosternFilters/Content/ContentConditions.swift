@@ -1,3 +1,4 @@
+import NIOPosix
 import PosternNative
 import PosternPolicy
 import Yams
@@ -52,6 +53,14 @@ struct ContentCondition: PolicyCondition {
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         guard let message = facts.message else { return nil }
+        // Pattern work on a large message can take milliseconds: it runs on NIO's blocking
+        // pool, never on the event loops that serve sessions.
+        let target = self.target
+        let matcher = self.matcher
+        return (try? await NIOThreadPool.singleton.runIfActive { Self.match(target, matcher, in: message) }) ?? nil
+    }
+
+    static func match(_ target: Target, _ matcher: Matcher, in message: any PolicyMessage) -> ConditionMatch? {
         switch target {
         case .header(let name):
             guard message.headerValues(named: name).contains(where: matcher.matches) else { return nil }
