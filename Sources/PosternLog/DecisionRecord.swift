@@ -21,9 +21,15 @@ public struct DecisionRecord: Sendable, Equatable {
         /// The TLS version when the session used STARTTLS.
         public var tls: String?
         public var auth: String?
-        public init(ip: String, port: Int, helo: String? = nil, tls: String? = nil, auth: String? = nil) {
+        /// ISO 3166 country code, when the policy has a GeoIP country database and knows the address.
+        public var country: String?
+        /// Autonomous system number, when the policy has a GeoIP ASN database and knows the address.
+        public var asn: Int?
+        public init(ip: String, port: Int, helo: String? = nil, tls: String? = nil, auth: String? = nil, country: String? = nil, asn: Int? = nil) {
             self.ip = ip
             self.port = port
+            self.country = country
+            self.asn = asn
             self.helo = helo
             self.tls = tls
             self.auth = auth
@@ -141,6 +147,8 @@ public struct DecisionRecord: Sendable, Equatable {
         json.object("client") { object in
             object.field("ip", client.ip)
             object.field("port", client.port)
+            object.field("country", client.country)
+            object.field("asn", client.asn)
             object.field("helo", client.helo)
             object.field("tls", client.tls)
             object.field("auth", client.auth)

@@ -21,7 +21,7 @@ final class DecisionRecordTests: XCTestCase {
         let line = sample().jsonLine()
         XCTAssertTrue(line.hasSuffix("}\n"))
         XCTAssertEqual(line.filter { $0 == "\n" }.count, 1)
-        XCTAssertTrue(line.hasPrefix(#"{"schema":1,"ts":"2026-11-23T19:11:38.123Z","id":"H46KQZ1J9M23","session":"Q0XMJBVMZGZQ","policy_version":null,"client":{"ip":"192.0.2.7","port":40000,"helo":"client.example","tls":"TLSv1.3","auth":null},"mail_from":"alice@example.org","rcpts":[{"address":"bob@example.net","reply":"250 2.1.5 Ok"},"#), line)
+        XCTAssertTrue(line.hasPrefix(#"{"schema":1,"ts":"2026-11-23T19:11:38.123Z","id":"H46KQZ1J9M23","session":"Q0XMJBVMZGZQ","policy_version":null,"client":{"ip":"192.0.2.7","port":40000,"country":null,"asn":null,"helo":"client.example","tls":"TLSv1.3","auth":null},"mail_from":"alice@example.org","rcpts":[{"address":"bob@example.net","reply":"250 2.1.5 Ok"},"#), line)
         let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
         XCTAssertEqual(Set(object.keys), [
             "schema", "ts", "id", "session", "policy_version", "client", "mail_from", "rcpts", "size", "message_id",

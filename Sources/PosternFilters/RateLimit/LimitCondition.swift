@@ -47,7 +47,7 @@ final class LimitCondition: RateLimitingCondition {
             clientAddress: Self.bytes(facts.clientAddress),
             sender: facts.sender.map { $0.mailbox?.description ?? "<>" },
             recipient: facts.recipient.map { $0.mailbox?.description ?? "postmaster" },
-            authUser: facts.authUser, country: nil)
+            authUser: facts.authUser, country: facts.location?.country)
         guard let key = RateLimitKey.make(limit: limit.name, fields: limit.fields, subject: subject, prefixes: limit.prefixes) else {
             return nil
         }

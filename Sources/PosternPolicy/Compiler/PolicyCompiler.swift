@@ -1,4 +1,5 @@
 import Foundation
+import PosternNative
 import Yams
 
 /// A named list from the policy (`lists:`), entries trimmed, comments and blank lines dropped.
@@ -189,6 +190,7 @@ public struct PolicyCompiler: Sendable {
         var lists: [String: PolicyList] = [:]
         var listFiles: [String] = []
         var geoip: [String: (path: String, node: Node)] = [:]
+        var geoipFiles: [String: String] = [:]
         var limits: [String: PolicyLimit] = [:]
         var ruleNodes: [(YAMLReader, Node)] = []
         for (file, root) in documents {
@@ -213,6 +215,7 @@ public struct PolicyCompiler: Sendable {
                     guard let relative = reader.string(value, "geoip.\(key)") else { continue }
                     let path = relative.hasPrefix("/") ? relative : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(relative).path
                     geoip[key] = (path, value)
+                    geoipFiles[key] = file
                 }
             }
             if let limitsNode = top["limits"], case .mapping(let mapping) = limitsNode {
@@ -228,6 +231,25 @@ public struct PolicyCompiler: Sendable {
                 for rule in reader.sequence(rulesNode, "rules") { ruleNodes.append((YAMLReader(file: file), rule)) }
             }
             state.errors += reader.errors
+        }
+        // The databases are opened (and verified) here, once: a bad file is an error whether
+        // or not a rule uses it; conditions share the open database through `resources`.
+        var databases = PolicyGeoIP()
+        for (key, entry) in geoip.sorted(by: { $0.key < $1.key }) {
+            var failure: String?
+            let database = resources.value("geoip:\(entry.path)") { () -> GeoIPDatabase? in
+                do { return try GeoIPDatabase(path: entry.path) } catch {
+                    failure = "\(error)"
+                    return nil
+                }
+            }
+            if let database {
+                if key == "country" { databases.country = database } else { databases.asn = database }
+            } else {
+                var reader = YAMLReader(file: geoipFiles[key] ?? "policy")
+                reader.fail(entry.node, failure ?? "cannot open GeoIP database \(entry.path)")
+                state.errors += reader.errors
+            }
         }
         var rules: [PolicyRule] = []
         var seen: Set<String> = []
@@ -252,7 +274,8 @@ public struct PolicyCompiler: Sendable {
             if let bytes = FileManager.default.contents(atPath: path) { state.hashInput.append(contentsOf: bytes) }
         }
         let files = state.files.union(listFiles).union(geoip.values.map(\.path))
-        return Policy(version: Self.hash(state.hashInput), rules: rules, files: files.sorted())
+        return Policy(version: Self.hash(state.hashInput), rules: rules, files: files.sorted(),
+                      geoip: geoip.isEmpty ? nil : databases)
     }
 
     private func list(named name: String, _ node: Node, file: String, reader: inout YAMLReader) -> PolicyList? {

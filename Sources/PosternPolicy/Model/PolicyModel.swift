@@ -1,4 +1,5 @@
 import Foundation
+import PosternNative
 import SMTPCore
 
 /// Where in the transaction a rule runs (DESIGN.md "The filter pipeline").
@@ -41,6 +42,8 @@ public struct TransactionFacts: Sendable {
     public var size: Int?
     /// At `data`, when the policy has content conditions.
     public var message: (any PolicyMessage)?
+    /// Where the client is, when the policy has `geoip:` databases.
+    public var location: ClientLocation?
 
     public init(transactionID: String, clientAddress: IPAddress, clientPort: Int, helo: String? = nil, tls: Bool = false,
                 authUser: String? = nil, sender: ReversePath? = nil, recipient: ForwardPath? = nil,
@@ -265,6 +268,45 @@ public struct PolicyRule: Sendable {
     }
 }
 
+/// Where a client address is, from the policy's GeoIP databases.
+public struct ClientLocation: Hashable, Sendable {
+    public var country: String?
+    public var continent: String?
+    public var asn: UInt32?
+    public var asOrganization: String?
+    public init(country: String? = nil, continent: String? = nil, asn: UInt32? = nil, asOrganization: String? = nil) {
+        self.country = country
+        self.continent = continent
+        self.asn = asn
+        self.asOrganization = asOrganization
+    }
+}
+
+/// The `geoip:` databases of a policy, opened once when it compiles.
+public struct PolicyGeoIP: Sendable {
+    public var country: GeoIPDatabase?
+    public var asn: GeoIPDatabase?
+
+    /// Country, continent and AS of `address`; fields are nil where a database knows nothing.
+    public func locate(_ address: IPAddress) -> ClientLocation {
+        let bytes: [UInt8]
+        switch address.unmapped {
+        case .v4(let value): bytes = (0..<4).map { UInt8(truncatingIfNeeded: value >> (8 * (3 - $0))) }
+        case .v6(let value): bytes = (0..<16).map { UInt8(truncatingIfNeeded: value >> (8 * (15 - $0))) }
+        }
+        var location = ClientLocation()
+        if let record = (try? country?.lookup(bytes: bytes)) ?? nil {
+            location.country = record.countryCode
+            location.continent = record.continentCode
+        }
+        if let record = (try? asn?.lookup(bytes: bytes)) ?? nil {
+            location.asn = record.autonomousSystemNumber
+            location.asOrganization = record.autonomousSystemOrganization
+        }
+        return location
+    }
+}
+
 /// A compiled, validated policy: rules by stage, and the version that decision records name.
 public struct Policy: Sendable {
     /// A content hash of the policy's files: the same files give the same version.
@@ -273,11 +315,14 @@ public struct Policy: Sendable {
     /// Every file the policy was built from (the policy, includes, lists, GeoIP databases):
     /// a change to any of them is a reason to reload.
     public var files: [String]
+    /// The policy's GeoIP databases, when it has any.
+    public var geoip: PolicyGeoIP?
 
-    public init(version: String, rules: [PolicyRule], files: [String] = []) {
+    public init(version: String, rules: [PolicyRule], files: [String] = [], geoip: PolicyGeoIP? = nil) {
         self.version = version
         self.rules = rules
         self.files = files
+        self.geoip = geoip
     }
 
     /// A policy with no rules: everything passes.

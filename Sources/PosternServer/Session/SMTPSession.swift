@@ -65,6 +65,8 @@ final class SMTPSession {
     private var heloCheckedFor: String?
     /// Shadow hits from connect and helo, carried into each transaction's record.
     private var sessionShadow: [ShadowHit] = []
+    /// Where the client is (looked up once, after any PROXY header), when the policy has GeoIP.
+    private var location: ClientLocation?
     /// What the decision record of the transaction in progress needs.
     private var trace: TransactionTrace?
 
@@ -101,6 +103,7 @@ final class SMTPSession {
             guard await readProxyHeader() else { return }
         }
         logger[metadataKey: "smtp.client"] = "\(client.address):\(client.port)"
+        location = policy.geoip?.locate(client.address)
         if let refusal = environment.limiter.acquire(client.address) {
             logger.notice("connection refused", metadata: ["reason": "\(refusal)"])
             let reply = refusal == .total(configuration.limits.maxConnections)
@@ -582,6 +585,7 @@ final class SMTPSession {
             tls: machine.isTLSActive, authUser: nil, sender: sender, recipient: recipient,
             recipients: machine.transaction?.recipients.map(\.path) ?? [], size: size)
         facts.message = message
+        facts.location = location
         return facts
     }
 
@@ -757,7 +761,8 @@ final class SMTPSession {
     }
 
     private var recordClient: DecisionRecord.Client {
-        DecisionRecord.Client(ip: "\(client.address)", port: client.port, helo: machine.helloName, tls: tlsVersion)
+        DecisionRecord.Client(ip: "\(client.address)", port: client.port, helo: machine.helloName, tls: tlsVersion,
+                              country: location?.country, asn: location?.asn.map(Int.init))
     }
 
     private static func recordReply(_ reply: SMTPReply) -> DecisionRecord.Reply {
