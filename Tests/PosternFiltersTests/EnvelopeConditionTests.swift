@@ -61,6 +61,11 @@ final class EnvelopeConditionTests: XCTestCase {
                                          facts(sender: "a@b.example", recipient: "ceo@example.org"))
     }
 
+    func testBarePostmaster() async throws {
+        try await expectMatch(true, "{ recipient: postmaster }", stage: .rcpt, facts(sender: "a@b.example", recipient: "postmaster"))
+        try await expectMatch(false, "{ recipient: postmaster }", stage: .rcpt, facts(sender: "a@b.example", recipient: "postmaster@example.org"))
+    }
+
     func testHelo() async throws {
         try await expectMatch(true, "{ helo: Client.Example }", stage: .helo, facts(helo: "client.example"))
         try await expectMatch(true, "{ helo: { is_ip_literal: true } }", stage: .helo, facts(helo: "[192.0.2.1]"))

@@ -29,6 +29,8 @@ struct AddressCondition: PolicyCondition {
         init?(_ text: String) {
             let lowered = text.lowercased()
             if lowered == "<>" { self = .nullSender; return }
+            // RFC 5321 §4.1.1.3: the bare <Postmaster> recipient.
+            if lowered == "postmaster" || lowered == "<postmaster>" { self = .exact("postmaster"); return }
             if lowered.hasPrefix("@") { self.init(domain: String(lowered.dropFirst())); return }
             if lowered.contains("*") { self = .wildcard(lowered.split(separator: "*", omittingEmptySubsequences: false)); return }
             guard lowered.contains("@"), !lowered.hasPrefix("<") else { return nil }
