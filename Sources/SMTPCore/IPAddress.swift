@@ -33,6 +33,14 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible {
 
     public var isIPv6: Bool { if case .v6 = self { return true } else { return false } }
 
+    /// The 4 or 16 network-order bytes.
+    public var bytes: [UInt8] {
+        switch self {
+        case .v4(let value): return (0..<4).map { UInt8(truncatingIfNeeded: value >> (8 * (3 - $0))) }
+        case .v6(let value): return (0..<16).map { UInt8(truncatingIfNeeded: value >> (8 * (15 - $0))) }
+        }
+    }
+
     /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it carries.
     public var unmapped: IPAddress {
         if case .v6(let value) = self, value >> 32 == 0xffff { return .v4(UInt32(truncatingIfNeeded: value)) }

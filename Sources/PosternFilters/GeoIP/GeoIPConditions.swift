@@ -33,12 +33,7 @@ struct GeoIPCondition: PolicyCondition {
     /// The client's country code, continent code or AS number as text; "unknown" when the
     /// database has nothing (or the lookup fails: a corrupt record never blocks mail).
     static func value(_ field: Field, of address: IPAddress, in database: GeoIPDatabase) -> String {
-        let bytes: [UInt8]
-        switch address.unmapped {
-        case .v4(let value): bytes = (0..<4).map { UInt8(truncatingIfNeeded: value >> (8 * (3 - $0))) }
-        case .v6(let value): bytes = (0..<16).map { UInt8(truncatingIfNeeded: value >> (8 * (15 - $0))) }
-        }
-        guard let record = try? database.lookup(bytes: bytes) else { return "unknown" }
+        guard let record = try? database.lookup(bytes: address.unmapped.bytes) else { return "unknown" }
         switch field {
         case .country: return record.countryCode ?? "unknown"
         case .continent: return record.continentCode ?? "unknown"

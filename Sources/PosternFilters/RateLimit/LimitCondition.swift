@@ -44,7 +44,7 @@ final class LimitCondition: RateLimitingCondition {
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         let subject = RateLimitSubject(
-            clientAddress: Self.bytes(facts.clientAddress),
+            clientAddress: facts.clientAddress.bytes,
             sender: facts.sender.map { $0.mailbox?.description ?? "<>" },
             recipient: facts.recipient.map { $0.mailbox?.description ?? "postmaster" },
             authUser: facts.authUser, country: facts.location?.country)
@@ -72,13 +72,6 @@ final class LimitCondition: RateLimitingCondition {
     private func over(_ key: String, retryAfter: Duration? = nil) -> ConditionMatch {
         let retry = retryAfter.map { " (retry after \($0.components.seconds)s)" } ?? ""
         return ConditionMatch("limit \(limit.name) (\(limit.spec)) reached for \(key.split(separator: "|").dropFirst().joined(separator: "+"))\(retry)")
-    }
-
-    static func bytes(_ address: IPAddress) -> [UInt8] {
-        switch address {
-        case .v4(let value): return (0..<4).map { UInt8(truncatingIfNeeded: value >> (8 * (3 - $0))) }
-        case .v6(let value): return (0..<16).map { UInt8(truncatingIfNeeded: value >> (8 * (15 - $0))) }
-        }
     }
 
     static let make: ConditionFactory = { value, context in

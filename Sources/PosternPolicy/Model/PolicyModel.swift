@@ -289,11 +289,7 @@ public struct PolicyGeoIP: Sendable {
 
     /// Country, continent and AS of `address`; fields are nil where a database knows nothing.
     public func locate(_ address: IPAddress) -> ClientLocation {
-        let bytes: [UInt8]
-        switch address.unmapped {
-        case .v4(let value): bytes = (0..<4).map { UInt8(truncatingIfNeeded: value >> (8 * (3 - $0))) }
-        case .v6(let value): bytes = (0..<16).map { UInt8(truncatingIfNeeded: value >> (8 * (15 - $0))) }
-        }
+        let bytes = address.unmapped.bytes
         var location = ClientLocation()
         if let record = (try? country?.lookup(bytes: bytes)) ?? nil {
             location.country = record.countryCode
