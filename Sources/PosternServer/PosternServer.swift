@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 import NIOCore
 import NIOPosix
@@ -69,6 +70,9 @@ public final class PosternServer: Service, Sendable {
                 do { try MaildirRelaySession.prepare(path) } catch { throw StartupError(description: error.detail) }
             }
         }
+        // SIGHUP would end the process until its handler is installed in run(): ignore it from
+        // the start (a reload that early has nothing to reload).
+        signal(SIGHUP, SIG_IGN)
         do {
             policy = try PolicyStore(path: configuration.policy, logger: logger, metrics: metrics)
         } catch {

@@ -490,7 +490,7 @@ final class SessionTests: XCTestCase {
             try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
         }
         XCTAssertEqual(records.map { $0["decision"] as? String }, ["rejected", "accepted", "discarded", "aborted"])
-        XCTAssertEqual(records.map { $0["rule"] as? String }, ["blocked", nil, "big", nil])
+        XCTAssertEqual(records.map { $0["rule"] as? String }, ["blocked", nil, "big", "partners"], "the accept at connect is named")
         XCTAssertEqual(records[0]["reason"] as? String, "sender x@spam.example matches spam.example")
         XCTAssertEqual((records[1]["shadow"] as? [[String: Any]])?.first?["rule"] as? String, "would")
         XCTAssertEqual((records[1]["rcpts"] as? [[String: Any]])?.first?["reply"] as? String, "550 5.7.1 Message refused by policy (ref \(records[1]["id"] as? String ?? ""))")

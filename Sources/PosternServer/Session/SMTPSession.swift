@@ -65,6 +65,8 @@ final class SMTPSession {
     private var heloCheckedFor: String?
     /// Shadow hits from connect and helo, carried into each transaction's record.
     private var sessionShadow: [ShadowHit] = []
+    /// The rule whose `accept` at connect or helo ended policy for the session.
+    private var sessionAcceptRule: (rule: String, reason: String?)?
     /// Where the client is (looked up once, after any PROXY header), when the policy has GeoIP.
     private var location: ClientLocation?
     /// What the decision record of the transaction in progress needs.
@@ -80,6 +82,8 @@ final class SMTPSession {
         var rule: String?
         var reason: String?
         var shadow: [ShadowHit] = []
+        /// The last policy refusal of a RCPT: names the rule when every recipient is refused.
+        var recipientRefusal: (rule: String?, reason: String?, reply: SMTPReply)?
     }
 
     init(channel: Channel, inbound: Inbound, client: ClientEndpoint, environment: SessionEnvironment) {
@@ -205,6 +209,10 @@ final class SMTPSession {
             transactionID = Identifier.make()
             logger[metadataKey: "smtp.transaction.id"] = "\(transactionID)"
             trace = TransactionTrace(mailFrom: path.mailbox?.description ?? "", shadow: sessionShadow)
+            if let accepted = sessionAcceptRule {
+                trace?.rule = accepted.rule
+                trace?.reason = accepted.reason
+            }
             transactionAcceptedByPolicy = false
             let refusal = await policyRefusal(at: .mail, sender: path, size: parameters.size)
             let answer: SMTPReply
@@ -616,14 +624,21 @@ final class SMTPSession {
             environment.metrics.ruleHit(rule: hit.rule, mode: "shadow")
             logger.info("shadow rule matched", metadata: ["rule": "\(hit.rule)", "would": "\(hit.action)", "reason": "\(hit.reason)"])
         }
-        if stage <= .helo { sessionShadow += verdict.shadowHits } else { trace?.shadow += verdict.shadowHits }
+        if stage <= .helo { sessionShadow += verdict.shadowHits }
+        // HELO rules run at MAIL, after this transaction's record was started: it gets them too.
+        if stage >= .helo { trace?.shadow += verdict.shadowHits }
         if let rule = verdict.rule {
             environment.metrics.ruleHit(rule: rule, mode: "enforce")
             trace?.rule = rule
             trace?.reason = verdict.reason
         }
         if verdict.outcome == .accept {
-            if stage <= .helo { sessionAcceptedByPolicy = true } else { transactionAcceptedByPolicy = true }
+            if stage <= .helo {
+                sessionAcceptedByPolicy = true
+                sessionAcceptRule = verdict.rule.map { ($0, verdict.reason) }
+            } else {
+                transactionAcceptedByPolicy = true
+            }
         }
         return verdict
     }
@@ -640,6 +655,8 @@ final class SMTPSession {
                   case .decided(_, let reply) = verdict.outcome else { continue }
             if stage == .rcpt {
                 // A refused recipient is not the transaction's decision: the others go on.
+                let (rule, reason) = (trace?.rule, trace?.reason)
+                trace?.recipientRefusal = (rule, reason, reply)
                 trace?.rule = nil
                 trace?.reason = nil
             }
@@ -723,7 +740,12 @@ final class SMTPSession {
         if !trace.recipients.isEmpty, let last = trace.recipients.last,
            !trace.recipients.contains(where: { $0.reply.hasPrefix("2") }) {
             let code = Int(last.reply.prefix(3)) ?? 550
-            write(trace: trace, decision: code < 500 ? .tempfailed : .rejected, stage: .rcpt, reply: nil, size: nil,
+            var named = trace
+            if let refusal = trace.recipientRefusal, refusal.reply.description == last.reply {
+                named.rule = refusal.rule
+                named.reason = refusal.reason.map { "every recipient refused; last: \($0)" }
+            }
+            write(trace: named, decision: code < 500 ? .tempfailed : .rejected, stage: .rcpt, reply: nil, size: nil,
                   reason: "every recipient refused", upstream: trace.upstreamHost.map { .init(host: $0, reply: nil, queueID: nil) })
             return
         }
