@@ -10,7 +10,7 @@ BUILD_PACKAGES := lib:libpcre2-8=libpcre2-dev lib:libmaxminddb=libmaxminddb-dev
 # Real peers the integration tests drive.
 TEST_PACKAGES := cmd:swaks=swaks cmd:smtp-sink=postfix cmd:openssl=openssl cmd:python3=python3
 
-.PHONY: all build run test check deps test-deps clean
+.PHONY: all build run test check deps test-deps clean bench-policy
 
 all: build
 
@@ -33,6 +33,11 @@ check: build
 test: test-deps
 	SWIFT_BACKTRACE=enable=no $(SWIFT) build --build-tests
 	SWIFT_BACKTRACE=enable=no $(SWIFT) test --skip-build
+
+# The policy micro-benchmark (release build; add ARGS=--quick for a short run).
+bench-policy: deps
+	$(SWIFT) build -c release --product postern-policy-bench
+	.build/release/postern-policy-bench $(ARGS)
 
 clean:
 	rm -rf .build var

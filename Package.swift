@@ -103,6 +103,8 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // The policy micro-benchmark (make bench-policy): a release-mode harness, not a test.
+        .executableTarget(name: "postern-policy-bench", dependencies: ["PosternFilters", "PosternPolicy", "SMTPCore"], path: "Benchmarks/PolicyBench"),
         .testTarget(name: "SMTPCoreTests", dependencies: ["SMTPCore"]),
         .testTarget(
             name: "SMTPNIOTests",
