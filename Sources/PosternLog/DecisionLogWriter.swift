@@ -26,12 +26,23 @@ public final class DecisionLogWriter: @unchecked Sendable {
     private var descriptor: Int32
     private var writeErrorCount = 0
     private var droppedCount = 0
+    private var reopenRequested = false
+    /// Built-in size-based rotation: past `maximumSize` bytes the file becomes `PATH.1` (older
+    /// ones shift to `.2`…) and a new one starts; `keep` files are kept. Off when nil.
+    public let rotation: (maximumSize: Int, keep: Int)?
+    private var currentSize = 0
 
     /// Opens (creating) `path` for appending; `-` means standard output.
     /// `onWriteError` is called (on the writer's thread) for every line that fails.
-    public init(path: String, logger: Logger, onWriteError: (@Sendable () -> Void)? = nil) throws(Error) {
+    /// Applied to every record before it is written.
+    public let privacy: DecisionLogPrivacy
+
+    public init(path: String, logger: Logger, rotation: (maximumSize: Int, keep: Int)? = nil,
+                privacy: DecisionLogPrivacy = DecisionLogPrivacy(), onWriteError: (@Sendable () -> Void)? = nil) throws(Error) {
         self.path = path
+        self.privacy = privacy
         self.logger = logger
+        self.rotation = path == "-" ? nil : rotation
         self.onWriteError = onWriteError
         if path == "-" {
             descriptor = STDOUT_FILENO
@@ -46,6 +57,8 @@ public final class DecisionLogWriter: @unchecked Sendable {
             guard descriptor >= 0 else {
                 throw Error(description: "cannot open decision log \(path): \(String(cString: strerror(errno)))")
             }
+            var info = stat()
+            if fstat(descriptor, &info) == 0 { currentSize = Int(info.st_size) }
         }
         let thread = Thread { [unowned self] in self.drain() }
         thread.name = "postern-decision-log"
@@ -57,7 +70,7 @@ public final class DecisionLogWriter: @unchecked Sendable {
     }
 
     public func record(_ record: DecisionRecord) {
-        let line = record.jsonLine()
+        let line = privacy.apply(to: record).jsonLine()
         condition.lock()
         defer { condition.unlock() }
         guard !closed else { return }
@@ -76,6 +89,15 @@ public final class DecisionLogWriter: @unchecked Sendable {
         return (writeErrorCount, droppedCount)
     }
 
+    /// Closes and reopens the file at its path after what is pending is written: after
+    /// logrotate has moved it away (`postrotate` sends SIGUSR1). No record is lost.
+    public func reopen() {
+        condition.lock()
+        reopenRequested = true
+        condition.signal()
+        condition.unlock()
+    }
+
     /// Writes what is pending, then stops.
     public func close() {
         condition.lock()
@@ -88,7 +110,9 @@ public final class DecisionLogWriter: @unchecked Sendable {
     private func drain() {
         while true {
             condition.lock()
-            while pending.isEmpty && !closed { condition.wait() }
+            while pending.isEmpty && !closed && !reopenRequested { condition.wait() }
+            let reopenNow = reopenRequested
+            reopenRequested = false
             if pending.isEmpty && closed {
                 finished = true
                 condition.broadcast()
@@ -99,10 +123,46 @@ public final class DecisionLogWriter: @unchecked Sendable {
             pending.removeAll(keepingCapacity: true)
             condition.unlock()
             for line in batch { write(line) }
+            if reopenNow { reopenFile() }
         }
     }
 
+    /// On the writer thread: a new descriptor for the path (created if missing).
+    private func reopenFile() {
+        guard path != "-" else { return }
+        let fresh = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+        guard fresh >= 0 else {
+            logger.error("cannot reopen the decision log; still writing to the old file", metadata: [
+                "path": "\(path)", "error": "\(String(cString: strerror(errno)))",
+            ])
+            return
+        }
+        Glibc.close(descriptor)
+        descriptor = fresh
+        var info = stat()
+        currentSize = fstat(descriptor, &info) == 0 ? Int(info.st_size) : 0
+        logger.notice("decision log reopened", metadata: ["path": "\(path)"])
+    }
+
+    /// On the writer thread: PATH → PATH.1 → … → PATH.keep (the oldest is removed).
+    private func rotateIfNeeded(adding count: Int) {
+        guard let rotation, currentSize > 0, currentSize + count > rotation.maximumSize else { return }
+        if rotation.keep > 0 {
+            unlink("\(path).\(rotation.keep)")
+            if rotation.keep > 1 {
+                for index in stride(from: rotation.keep - 1, through: 1, by: -1) {
+                    rename("\(path).\(index)", "\(path).\(index + 1)")
+                }
+            }
+            rename(path, "\(path).1")
+        } else {
+            unlink(path)
+        }
+        reopenFile()
+    }
+
     private func write(_ line: String) {
+        rotateIfNeeded(adding: line.utf8.count)
         var line = line
         let result = line.withUTF8 { bytes -> Int in
             var offset = 0
@@ -116,6 +176,7 @@ public final class DecisionLogWriter: @unchecked Sendable {
             }
             return offset
         }
+        if result > 0 { currentSize += result }
         if result < 0 {
             condition.lock()
             writeErrorCount += 1

@@ -92,6 +92,8 @@ public struct DecisionRecord: Sendable, Equatable {
     public var recipients: [Recipient]
     public var size: Int?
     public var messageID: String?
+    /// The decoded Subject (subject to the log's privacy settings).
+    public var subject: String?
     public var decision: Decision
     public var stage: Stage
     public var rule: String?
@@ -113,7 +115,7 @@ public struct DecisionRecord: Sendable, Equatable {
 
     public init(
         timestamp: Int64, id: String, session: String, policyVersion: String? = nil, client: Client,
-        mailFrom: String? = nil, recipients: [Recipient] = [], size: Int? = nil, messageID: String? = nil,
+        mailFrom: String? = nil, recipients: [Recipient] = [], size: Int? = nil, messageID: String? = nil, subject: String? = nil,
         decision: Decision, stage: Stage, rule: String? = nil, reason: String? = nil, reply: Reply? = nil,
         upstream: Upstream? = nil, shadow: [Shadow] = [], timings: Timings
     ) {
@@ -127,6 +129,7 @@ public struct DecisionRecord: Sendable, Equatable {
         self.recipients = recipients
         self.size = size
         self.messageID = messageID
+        self.subject = subject
         self.decision = decision
         self.stage = stage
         self.rule = rule
@@ -160,6 +163,7 @@ public struct DecisionRecord: Sendable, Equatable {
         }
         json.field("size", size)
         json.field("message_id", messageID)
+        json.field("subject", subject)
         json.field("decision", decision.rawValue)
         json.field("stage", stage.rawValue)
         json.field("rule", rule)

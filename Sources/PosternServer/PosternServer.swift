@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 import Logging
 import NIOCore
@@ -73,6 +74,7 @@ public final class PosternServer: Service, Sendable {
         // SIGHUP would end the process until its handler is installed in run(): ignore it from
         // the start (a reload that early has nothing to reload).
         signal(SIGHUP, SIG_IGN)
+        signal(SIGUSR1, SIG_IGN)
         do {
             policy = try PolicyStore(path: configuration.policy, logger: logger, metrics: metrics)
         } catch {
@@ -85,7 +87,9 @@ public final class PosternServer: Service, Sendable {
         }
         if let path = configuration.decisionLog {
             do {
-                decisionLog = try DecisionLogWriter(path: path, logger: logger, onWriteError: { metrics.decisionLogWriteError() })
+                decisionLog = try DecisionLogWriter(
+                    path: path, logger: logger, rotation: configuration.decisionLogRotation,
+                    privacy: configuration.decisionLogPrivacy, onWriteError: { metrics.decisionLogWriteError() })
             } catch {
                 throw StartupError(description: error.description)
             }
@@ -146,9 +150,17 @@ public final class PosternServer: Service, Sendable {
 
         let sighup = policy.watchSIGHUP()
         let fileWatch = configuration.policy != nil ? policy.watchFiles() : nil
+        // SIGUSR1: reopen the decision log (logrotate's postrotate).
+        let sigusr1 = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
+        sigusr1.setEventHandler { [decisionLog, logger] in
+            logger.notice("SIGUSR1: reopening the decision log")
+            decisionLog?.reopen()
+        }
+        sigusr1.resume()
         defer {
             sighup.cancel()
             fileWatch?.cancel()
+            sigusr1.cancel()
         }
         let serverChannels = servers.map { $0.1.channel }
         try await withGracefulShutdownHandler {

@@ -122,8 +122,9 @@ extension Postern {
                 throw ExitCode(2)
             }
             let level = configuration.logLevel
+            let format = PosternLogHandler.Format(rawValue: configuration.logFormat) ?? .logfmt
             LoggingSystem.bootstrap { label in
-                var handler = StreamLogHandler.standardError(label: label)
+                var handler = PosternLogHandler(label: label, format: format)
                 handler.logLevel = level
                 return handler
             }

@@ -24,7 +24,7 @@ final class DecisionRecordTests: XCTestCase {
         XCTAssertTrue(line.hasPrefix(#"{"schema":1,"ts":"2026-11-23T19:11:38.123Z","id":"H46KQZ1J9M23","session":"Q0XMJBVMZGZQ","policy_version":null,"client":{"ip":"192.0.2.7","port":40000,"country":null,"asn":null,"helo":"client.example","tls":"TLSv1.3","auth":null},"mail_from":"alice@example.org","rcpts":[{"address":"bob@example.net","reply":"250 2.1.5 Ok"},"#), line)
         let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
         XCTAssertEqual(Set(object.keys), [
-            "schema", "ts", "id", "session", "policy_version", "client", "mail_from", "rcpts", "size", "message_id",
+            "schema", "ts", "id", "session", "policy_version", "client", "mail_from", "rcpts", "size", "message_id", "subject",
             "decision", "stage", "rule", "reason", "reply", "upstream", "shadow", "timings",
         ])
         XCTAssertEqual((object["upstream"] as? [String: Any])?["queue_id"] as? String, "4XYZ12")

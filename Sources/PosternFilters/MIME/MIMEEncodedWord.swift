@@ -124,3 +124,11 @@ enum MIMEEncodedWord {
         return output
     }
 }
+
+extension MIMEMessage {
+    /// A header value with RFC 2047 encoded words decoded (for logs: the Subject).
+    public static func decodeHeaderValue(_ value: String) -> String {
+        var log = MIMEMalformationLog()
+        return MIMEEncodedWord.decode(value, log: &log)
+    }
+}

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import PosternUpstream
 import SMTPCore
+import PosternLog
 import PosternPolicy
 import Yams
 
@@ -57,7 +58,7 @@ extension YAMLReader {
         }
         let top = mapping(root, "the configuration", keys: [
             "hostname", "listen", "proxy_trusted_networks", "tls", "upstreams", "upstream_retry_after", "limits",
-            "timeouts", "bare_line_endings", "spool", "shutdown_grace_period", "log_level", "decision_log", "metrics", "policy", "quarantine",
+            "timeouts", "bare_line_endings", "spool", "shutdown_grace_period", "log_level", "log_format", "decision_log", "metrics", "policy", "quarantine",
         ])
         if let node = top["hostname"], let value = string(node, "hostname") {
             if value.isEmpty || value.contains(" ") { fail(node, "hostname must be a domain name") } else { configuration.hostname = value }
@@ -69,7 +70,7 @@ extension YAMLReader {
         }
         if let node = top["proxy_trusted_networks"] {
             configuration.proxyTrustedNetworks = sequence(node, "proxy_trusted_networks").compactMap { entry in
-                guard let text = string(entry, "a network"), let network = IPNetwork(text) else {
+                guard let text = string(entry, "a network"), let network = SMTPCore.IPNetwork(text) else {
                     fail(entry, "not an IP address or CIDR block")
                     return nil
                 }
@@ -118,8 +119,34 @@ extension YAMLReader {
             if let entry = entries["memory_threshold"], let value = size(entry, "spool.memory_threshold") { configuration.spool.memoryThreshold = value }
         }
         if let node = top["shutdown_grace_period"], let value = duration(node, "shutdown_grace_period") { configuration.shutdownGracePeriod = value }
-        if let node = top["decision_log"], let path = string(node, "decision_log") {
-            if path.isEmpty { fail(node, "decision_log must be a file path or -") } else { configuration.decisionLog = path }
+        if let node = top["decision_log"] {
+            if case .mapping = node {
+                let entries = mapping(node, "decision_log", keys: ["path", "rotate_size", "rotate_keep", "local_parts", "subject", "hash_salt"])
+                if let entry = entries["path"], let path = string(entry, "decision_log.path"), !path.isEmpty {
+                    configuration.decisionLog = path
+                } else {
+                    fail(node, "decision_log needs path: (a file, or - for standard output)")
+                }
+                if let entry = entries["rotate_size"], let size = size(entry, "decision_log.rotate_size") {
+                    var keep = 5
+                    if let keepNode = entries["rotate_keep"], let value = integer(keepNode, "decision_log.rotate_keep", range: 0...1000) { keep = value }
+                    configuration.decisionLogRotation = (size, keep)
+                }
+                for (key, assign) in [("local_parts", 0), ("subject", 1)] {
+                    guard let entry = entries[key], let text = string(entry, "decision_log.\(key)") else { continue }
+                    guard let treatment = DecisionLogPrivacy.Treatment(rawValue: text) else {
+                        fail(entry, "decision_log.\(key) must be on, hashed or off")
+                        continue
+                    }
+                    if assign == 0 { configuration.decisionLogPrivacy.localParts = treatment } else { configuration.decisionLogPrivacy.subject = treatment }
+                }
+                if let entry = entries["hash_salt"], let salt = string(entry, "decision_log.hash_salt") { configuration.decisionLogPrivacy.salt = salt }
+            } else if let path = string(node, "decision_log") {
+                if path.isEmpty { fail(node, "decision_log must be a file path or -") } else { configuration.decisionLog = path }
+            }
+        }
+        if let node = top["log_format"], let text = string(node, "log_format") {
+            if ["logfmt", "json"].contains(text) { configuration.logFormat = text } else { fail(node, "log_format must be logfmt or json") }
         }
         if let node = top["policy"], let path = string(node, "policy") {
             configuration.policy = path.hasPrefix("/") || file.hasPrefix("<")

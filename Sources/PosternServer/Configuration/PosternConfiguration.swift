@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import PosternLog
 import PosternUpstream
 import SMTPCore
 
@@ -88,7 +89,7 @@ public struct PosternConfiguration: Sendable {
 
     public var hostname: String
     public var listeners: [Listener]
-    public var proxyTrustedNetworks: [IPNetwork] = [IPNetwork("127.0.0.0/8")!, IPNetwork("::1/128")!]
+    public var proxyTrustedNetworks: [SMTPCore.IPNetwork] = [SMTPCore.IPNetwork("127.0.0.0/8")!, SMTPCore.IPNetwork("::1/128")!]
     public var tls: TLSFiles?
     public var upstreams: [UpstreamConfiguration]
     public var upstreamRetryAfter: TimeAmount = .seconds(60)
@@ -99,6 +100,12 @@ public struct PosternConfiguration: Sendable {
     public var shutdownGracePeriod: TimeAmount = .seconds(30)
     /// Where decision records go, one JSON line each: a file path, or `-` for standard output.
     public var decisionLog: String?
+    /// Built-in size-based rotation of the decision log (`rotate_size`, `rotate_keep`); off when nil.
+    public var decisionLogRotation: (maximumSize: Int, keep: Int)?
+    /// What the decision log keeps of addresses and subjects.
+    public var decisionLogPrivacy = DecisionLogPrivacy()
+    /// Diagnostic log lines: `logfmt` (default) or `json`.
+    public var logFormat = "logfmt"
     /// The policy file (YAML); no policy when nil: every transaction the protocol allows is relayed.
     public var policy: String?
     /// The Maildir that `quarantine` rules keep messages in.

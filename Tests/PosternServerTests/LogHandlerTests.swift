@@ -1,0 +1,19 @@
+import XCTest
+
+@testable import PosternServer
+
+final class LogHandlerTests: XCTestCase {
+    func testLogfmtQuotesOnlyWhenNeeded() {
+        let line = PosternLogHandler.render(
+            format: .logfmt, ts: "2026-11-23T19:11:38.123Z", level: "info", message: "message relayed",
+            fields: [("smtp.session.id", "Q0XMJBVMZGZQ"), ("from", "<a@example.org>"), ("reply", "250 2.0.0 \"Ok\"\nx")])
+        XCTAssertEqual(line, #"ts=2026-11-23T19:11:38.123Z level=info msg="message relayed" smtp.session.id=Q0XMJBVMZGZQ from=<a@example.org> reply="250 2.0.0 \"Ok\"\nx""#)
+    }
+
+    func testJSONLines() throws {
+        let line = PosternLogHandler.render(format: .json, ts: "t", level: "warning", message: "upstream failed", fields: [("smtp.session.id", "S")])
+        let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String])
+        XCTAssertEqual(object, ["ts": "t", "level": "warning", "msg": "upstream failed", "smtp.session.id": "S"])
+        XCTAssertFalse(line.contains("\n"))
+    }
+}
