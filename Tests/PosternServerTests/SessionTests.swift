@@ -601,6 +601,29 @@ final class SessionTests: XCTestCase {
         }
     }
 
+    func testADecisionLogOnAFullDiskDoesNotStopMail() throws {
+        guard FileManager.default.fileExists(atPath: "/dev/full") else { throw XCTSkip("no /dev/full") }
+        let fixture = try start { configuration in
+            configuration.decisionLog = "/dev/full"
+            configuration.metrics = PosternConfiguration.Listener(host: "127.0.0.1", port: 0)
+        }
+        let client = try connect(fixture)
+        for _ in 0..<3 {
+            XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+            XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
+            XCTAssertEqual(client.command("DATA")?.code, 354)
+            XCTAssertEqual(client.command("Subject: full disk\r\n\r\nstill delivered\r\n.")?.code, 250)
+        }
+        XCTAssertEqual(fixture.waitForMessages(3).count, 3)
+        var counted = false
+        for _ in 0..<20 where !counted {
+            let (_, metrics) = try httpGet(try XCTUnwrap(fixture.statusPort), "/metrics")
+            counted = metrics.contains("postern_decision_log_write_errors_total 3")
+            if !counted { usleep(50_000) }
+        }
+        XCTAssertTrue(counted, "every failed write is counted")
+    }
+
     // MARK: Metrics and health
 
     private func httpGet(_ port: Int, _ path: String) throws -> (status: Int, body: String) {
