@@ -5,8 +5,10 @@ import XCTest
 final class PostfixUpstreamTests: IntegrationTestCase, @unchecked Sendable {
     func testRealPostfixReceivesMessageThroughPostern() throws {
         let postfix = try startPostfix()
-        let postern = try startPostern(PosternConfig(port: try Net.freePort(),
-                                                     upstreams: ["smtp://127.0.0.1:\(postfix.port)"]))
+        var config = PosternConfig(port: try Net.freePort(), upstreams: ["smtp://127.0.0.1:\(postfix.port)"])
+        let decisionLog = workDir.appendingPathComponent("decisions.log").path
+        config.extra = "decision_log: \(decisionLog)"
+        let postern = try startPostern(config)
         let marker = "postern-\(UUID().uuidString)"
         let body = workDir.appendingPathComponent("body.txt")
         try "Subject: via postern\nX-Marker: \(marker)\n\nHello Postfix.\n.leading dot\n..two dots".write(to: body, atomically: true, encoding: .utf8)
@@ -28,6 +30,23 @@ final class PostfixUpstreamTests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertTrue(postfix.maillog.contains("to=<alice@postfix.test>"), postfix.maillog)
         XCTAssertTrue(postfix.maillog.contains("status=sent (delivered to maildir)"), postfix.maillog)
         XCTAssertTrue(postfix.deliveredMessages(user: "nobody").isEmpty)
+
+        // The decision record names Postfix's queue id, as Postfix's own log does.
+        let queueID = try XCTUnwrap(result.swaksReplies.first { $0.hasPrefix("250 2.0.0 Ok: queued as ") }?
+            .split(separator: " ").last.map(String.init))
+        var record: [String: Any]?
+        _ = waitUntil(timeout: 5) {
+            let lines = (try? String(contentsOfFile: decisionLog, encoding: .utf8))?.split(separator: "\n") ?? []
+            record = lines.compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+                .first { $0["decision"] as? String == "accepted" }
+            return record != nil
+        }
+        let upstream = try XCTUnwrap(record?["upstream"] as? [String: Any], "no accepted record in \(decisionLog)")
+        XCTAssertEqual(upstream["queue_id"] as? String, queueID)
+        XCTAssertTrue(postfix.maillog.contains("\(queueID): "), "Postfix logs the same queue id")
+        let recipients = try XCTUnwrap(record?["rcpts"] as? [[String: Any]])
+        XCTAssertEqual(recipients.map { $0["address"] as? String }, ["alice@postfix.test", "nobody@postfix.test"])
+        XCTAssertTrue((recipients.last?["reply"] as? String)?.hasPrefix("550 5.1.1") ?? false)
     }
 
     /// DESIGN.md: "Upstream sees the real client: XCLIENT (Postfix) or XFORWARD when the upstream
