@@ -669,6 +669,32 @@ final class SessionTests: XCTestCase {
         _ = second
     }
 
+    func testFilterDurationsAndRateLimitRefusalsAreMeasured() throws {
+        let policy = try writePolicy("""
+            limits:
+              per_sender: { key: sender, count: messages, rate: 1/1h }
+            rules:
+              - { id: block, stage: mail, if: { sender: { domain: spam.example } }, then: reject }
+              - { id: throttle, stage: rcpt, if: { limit: per_sender }, then: tempfail }
+            """)
+        let fixture = try start { configuration in
+            configuration.policy = policy
+            configuration.metrics = PosternConfiguration.Listener(host: "127.0.0.1", port: 0)
+        }
+        let client = try connect(fixture)
+        for expected in [250, 450] {
+            XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
+            XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, expected)
+            XCTAssertEqual(client.command("RSET")?.code, 250)
+        }
+        let (_, metrics) = try httpGet(try XCTUnwrap(fixture.statusPort), "/metrics")
+        let lines = Set(metrics.split(separator: "\n").map(String.init))
+        XCTAssertTrue(lines.contains("postern_rate_limit_refusals_total{limit=\"per_sender\"} 1"), metrics)
+        XCTAssertTrue(lines.contains("postern_filter_duration_seconds_count{filter=\"sender\"} 2"), metrics)
+        XCTAssertTrue(lines.contains("postern_filter_duration_seconds_count{filter=\"limit\"} 2"), metrics)
+        XCTAssertTrue(lines.contains("postern_rule_hits_total{rule=\"throttle\",mode=\"enforce\"} 1"), metrics)
+    }
+
     func testHealthAndReadiness() throws {
         let closed = try closedPort()
         let fixture = try start { configuration in

@@ -50,6 +50,16 @@ struct ContentCondition: PolicyCondition {
 
     var earliestStage: PolicyStage { .data }
     var needsMessage: Bool { true }
+    var filterName: String {
+        switch target {
+        case .header: return "header"
+        case .subject: return "subject"
+        case .body: return "body"
+        case .attachmentName: return "attachment_name"
+        case .attachmentType: return "attachment_type"
+        case .raw: return "raw"
+        }
+    }
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         guard let message = facts.message else { return nil }

@@ -78,6 +78,7 @@ struct AddressCondition: PolicyCondition {
     let source: String?
 
     var earliestStage: PolicyStage { role == .sender ? .mail : .rcpt }
+    var filterName: String { role.rawValue }
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         let mailbox: Mailbox?

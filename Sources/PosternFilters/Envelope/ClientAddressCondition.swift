@@ -12,6 +12,7 @@ struct ClientAddressCondition: PolicyCondition {
     let source: String?
 
     var earliestStage: PolicyStage { .connect }
+    var filterName: String { "client_ip" }
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         guard let network = networks.first(where: { $0.contains(facts.clientAddress) }) else { return nil }

@@ -22,6 +22,7 @@ struct HeloCondition: PolicyCondition {
     let check: Check
 
     var earliestStage: PolicyStage { .helo }
+    var filterName: String { "helo" }
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         guard let helo = facts.helo else { return nil }
@@ -77,6 +78,7 @@ struct AuthUserCondition: PolicyCondition {
     let check: Check
 
     var earliestStage: PolicyStage { .mail }
+    var filterName: String { "auth_user" }
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         switch check {
@@ -113,6 +115,7 @@ struct TLSCondition: PolicyCondition {
     let expected: Bool
 
     var earliestStage: PolicyStage { .helo }
+    var filterName: String { "tls" }
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         facts.tls == expected ? ConditionMatch(expected ? "session uses TLS" : "session without TLS") : nil
@@ -128,6 +131,7 @@ struct SizeCondition: PolicyCondition {
     let limit: Int
 
     var earliestStage: PolicyStage { .mail }
+    var filterName: String { "size" }
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         guard let size = facts.size, size > limit else { return nil }

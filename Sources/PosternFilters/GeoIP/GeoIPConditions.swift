@@ -23,6 +23,7 @@ struct GeoIPCondition: PolicyCondition {
     let wanted: Set<String>
 
     var earliestStage: PolicyStage { .connect }
+    var filterName: String { field.rawValue }
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         let value = Self.value(field, of: facts.clientAddress, in: database)

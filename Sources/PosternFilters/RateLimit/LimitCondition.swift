@@ -20,6 +20,9 @@ final class LimitCondition: RateLimitingCondition {
         self.store = store
     }
 
+    var filterName: String { "limit" }
+    var limitName: String { limit.name }
+
     var earliestStage: PolicyStage {
         switch limit.counter {
         case .connections: return .connect

@@ -1,3 +1,4 @@
+import Dispatch
 import SMTPCore
 
 /// What the policy decided at one stage.
@@ -19,6 +20,8 @@ public struct PolicyVerdict: Sendable {
     public var headerActions: [RuleAction] = []
     /// Shadow rules that matched: what they would have done.
     public var shadowHits: [ShadowHit] = []
+    /// Time spent in each filter (by `filterName`) during this stage.
+    public var filterNanoseconds: [String: UInt64] = [:]
 
     public init() {}
 }
@@ -61,7 +64,10 @@ public enum PolicyEngine {
                 observe(rule, .off)
                 continue
             }
-            guard let match = await rule.condition.evaluate(facts) else {
+            let started = DispatchTime.now().uptimeNanoseconds
+            let result = await rule.condition.evaluate(facts)
+            verdict.filterNanoseconds[rule.condition.filterName, default: 0] += DispatchTime.now().uptimeNanoseconds - started
+            guard let match = result else {
                 observe(rule, .notMatched)
                 continue
             }

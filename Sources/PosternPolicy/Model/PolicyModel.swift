@@ -76,10 +76,13 @@ public protocol PolicyCondition: Sendable {
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch?
     /// True when it reads the message's content (so the session parses it).
     var needsMessage: Bool { get }
+    /// The filter's name in metrics (`postern_filter_duration_seconds{filter=…}`).
+    var filterName: String { get }
 }
 
 extension PolicyCondition {
     public var needsMessage: Bool { false }
+    public var filterName: String { String(describing: type(of: self)) }
 }
 
 /// A condition that counts against a rate limit: its default tempfail reply is 450 4.7.1,
@@ -87,6 +90,8 @@ extension PolicyCondition {
 public protocol RateLimitingCondition: PolicyCondition {
     /// Why the condition cannot count at `stage`, or nil when it can.
     func stageProblem(_ stage: PolicyStage) -> String?
+    /// The limit's name in `limits:`.
+    var limitName: String { get }
 }
 
 /// `any`, `all`, `not` (DESIGN.md).
@@ -95,6 +100,7 @@ public struct AnyOfCondition: PolicyCondition {
     public init(_ conditions: [any PolicyCondition]) { self.conditions = conditions }
     public var earliestStage: PolicyStage { conditions.map(\.earliestStage).max() ?? .connect }
     public var needsMessage: Bool { conditions.contains { $0.needsMessage } }
+    public var filterName: String { "any" }
     public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         for condition in conditions {
             if let match = await condition.evaluate(facts) { return match }
@@ -108,6 +114,7 @@ public struct AllOfCondition: PolicyCondition {
     public init(_ conditions: [any PolicyCondition]) { self.conditions = conditions }
     public var earliestStage: PolicyStage { conditions.map(\.earliestStage).max() ?? .connect }
     public var needsMessage: Bool { conditions.contains { $0.needsMessage } }
+    public var filterName: String { "all" }
     public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         var reasons: [String] = []
         for condition in conditions {
@@ -127,6 +134,7 @@ public struct NotCondition: PolicyCondition {
     }
     public var earliestStage: PolicyStage { condition.earliestStage }
     public var needsMessage: Bool { condition.needsMessage }
+    public var filterName: String { "not" }
     public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         await condition.evaluate(facts) == nil ? ConditionMatch("not \(description)") : nil
     }

@@ -65,6 +65,21 @@ public final class PosternMetrics: Sendable {
                              labels: [("rule", rule), ("mode", mode)]).increment()
     }
 
+    /// Time spent in one filter during one stage.
+    func filterDuration(filter: String, nanoseconds: UInt64) {
+        registry.makeDurationHistogram(
+            descriptor: Self.name("filter_duration_seconds", "Time spent evaluating each filter, per stage evaluation."),
+            labels: [("filter", filter)],
+            buckets: [.microseconds(10), .microseconds(100), .milliseconds(1), .milliseconds(10), .milliseconds(100), .seconds(1)]
+        ).recordNanoseconds(Int64(min(nanoseconds, UInt64(Int64.max))))
+    }
+
+    /// A refusal by a rule whose condition is a rate limit, by limit.
+    func rateLimitRefusal(limit: String) {
+        registry.makeCounter(descriptor: Self.name("rate_limit_refusals_total", "Refusals by rate-limit rules, by limit."),
+                             labels: [("limit", limit)]).increment()
+    }
+
     func decisionLogWriteError() {
         decisionLogWriteErrors.increment()
     }

@@ -77,6 +77,7 @@ final class SMTPSession {
         var mailFrom: String
         var recipients: [DecisionRecord.Recipient] = []
         var upstreamNanoseconds: UInt64 = 0
+        var filterNanoseconds: UInt64 = 0
         var upstreamHost: String?
         var headers = MessageHeaderCollector()
         var rule: String?
@@ -620,6 +621,14 @@ final class SMTPSession {
         guard !policy.rules.isEmpty, !sessionAcceptedByPolicy, !(transactionAcceptedByPolicy && stage >= .mail) else { return nil }
         let verdict = await PolicyEngine.evaluate(
             policy, stage: stage, facts: facts(recipient: recipient, sender: sender, size: size, message: message))
+        for (filter, nanoseconds) in verdict.filterNanoseconds {
+            environment.metrics.filterDuration(filter: filter, nanoseconds: nanoseconds)
+            trace?.filterNanoseconds += nanoseconds
+        }
+        if case .decided = verdict.outcome, let id = verdict.rule,
+           let limited = policy.rules.first(where: { $0.id == id })?.condition as? any RateLimitingCondition {
+            environment.metrics.rateLimitRefusal(limit: limited.limitName)
+        }
         for hit in verdict.shadowHits {
             environment.metrics.ruleHit(rule: hit.rule, mode: "shadow")
             logger.info("shadow rule matched", metadata: ["rule": "\(hit.rule)", "would": "\(hit.action)", "reason": "\(hit.reason)"])
@@ -781,7 +790,7 @@ final class SMTPSession {
             reason: trace.reason ?? reason,
             reply: reply.map(Self.recordReply), upstream: upstream,
             shadow: trace.shadow.map { DecisionRecord.Shadow(rule: $0.rule, action: $0.action) },
-            timings: .init(total: total, filters: 0, upstream: Int(trace.upstreamNanoseconds / 1_000_000))))
+            timings: .init(total: total, filters: Int(trace.filterNanoseconds / 1_000_000), upstream: Int(trace.upstreamNanoseconds / 1_000_000))))
     }
 
     private var recordClient: DecisionRecord.Client {
