@@ -45,7 +45,7 @@ let package = Package(
         // The decision record and its JSON-lines writer.
         .target(
             name: "PosternLog",
-            dependencies: [.product(name: "Logging", package: "swift-log")]
+            dependencies: ["SMTPCore", .product(name: "Logging", package: "swift-log")]
         ),
         // C libraries, reached only through PosternNative.
         .systemLibrary(
@@ -96,7 +96,7 @@ let package = Package(
         .executableTarget(
             name: "postern",
             dependencies: [
-                "PosternServer", "PosternFilters", "PosternPolicy",
+                "PosternServer", "PosternFilters", "PosternPolicy", "PosternLog", "SMTPCore",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -130,7 +130,7 @@ let package = Package(
             resources: [.copy("Fixtures")]
         ),
         .testTarget(name: "PosternServerTests", dependencies: ["PosternServer"]),
-        .testTarget(name: "PosternLogTests", dependencies: ["PosternLog"]),
+        .testTarget(name: "PosternLogTests", dependencies: ["PosternLog", "SMTPCore"]),
         .testTarget(name: "PosternPolicyTests", dependencies: ["PosternPolicy", "SMTPCore"]),
         .testTarget(name: "PosternFiltersTests", dependencies: ["PosternFilters", "PosternPolicy", "SMTPCore"]),
         .testTarget(

@@ -70,7 +70,7 @@ extension YAMLReader {
         }
         if let node = top["proxy_trusted_networks"] {
             configuration.proxyTrustedNetworks = sequence(node, "proxy_trusted_networks").compactMap { entry in
-                guard let text = string(entry, "a network"), let network = SMTPCore.IPNetwork(text) else {
+                guard let text = string(entry, "a network"), let network = IPNetwork(text) else {
                     fail(entry, "not an IP address or CIDR block")
                     return nil
                 }

@@ -89,7 +89,7 @@ public struct PosternConfiguration: Sendable {
 
     public var hostname: String
     public var listeners: [Listener]
-    public var proxyTrustedNetworks: [SMTPCore.IPNetwork] = [SMTPCore.IPNetwork("127.0.0.0/8")!, SMTPCore.IPNetwork("::1/128")!]
+    public var proxyTrustedNetworks: [IPNetwork] = [IPNetwork("127.0.0.0/8")!, IPNetwork("::1/128")!]
     public var tls: TLSFiles?
     public var upstreams: [UpstreamConfiguration]
     public var upstreamRetryAfter: TimeAmount = .seconds(60)
