@@ -304,10 +304,7 @@ final class SessionTests: XCTestCase {
             configuration.upstreams.insert(UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: closed)), at: 0)
         }
         let client = try connect(fixture)
-        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
-        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
-        XCTAssertEqual(client.command("DATA")?.code, 354)
-        XCTAssertEqual(client.command("Subject: failover\r\n\r\nbody\r\n.")?.code, 250)
+        XCTAssertEqual(deliver(client, "Subject: failover\r\n\r\nbody\r\n."), 250)
         XCTAssertEqual(fixture.waitForMessages(1).count, 1)
     }
 
@@ -510,10 +507,7 @@ final class SessionTests: XCTestCase {
         XCTAssertEqual(client.command("DATA")?.code, 354)
         // RFC 2047: "Verify your account" base64-encoded.
         XCTAssertEqual(client.command("Subject: =?UTF-8?B?VmVyaWZ5IHlvdXIgYWNjb3VudA==?=\r\n\r\nclick\r\n.")?.code, 550)
-        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
-        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
-        XCTAssertEqual(client.command("DATA")?.code, 354)
-        XCTAssertEqual(client.command("Subject: lunch\r\n\r\nat noon\r\n.")?.code, 250)
+        XCTAssertEqual(deliver(client, "Subject: lunch\r\n\r\nat noon\r\n."), 250)
         XCTAssertEqual(fixture.waitForMessages(1).count, 1)
     }
 
@@ -609,10 +603,7 @@ final class SessionTests: XCTestCase {
         }
         let client = try connect(fixture)
         for _ in 0..<3 {
-            XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
-            XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
-            XCTAssertEqual(client.command("DATA")?.code, 354)
-            XCTAssertEqual(client.command("Subject: full disk\r\n\r\nstill delivered\r\n.")?.code, 250)
+            XCTAssertEqual(deliver(client, "Subject: full disk\r\n\r\nstill delivered\r\n."), 250)
         }
         XCTAssertEqual(fixture.waitForMessages(3).count, 3)
         var counted = false
@@ -644,14 +635,8 @@ final class SessionTests: XCTestCase {
         }
         let statusPort = try XCTUnwrap(fixture.statusPort)
         let client = try connect(fixture)
-        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
-        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
-        XCTAssertEqual(client.command("DATA")?.code, 354)
-        XCTAssertEqual(client.command("Subject: m\r\n\r\nbody\r\n.")?.code, 250)
-        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
-        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
-        XCTAssertEqual(client.command("DATA")?.code, 354)
-        XCTAssertEqual(client.command("Subject: m\r\n\r\nbare\nLF\r\n.")?.code, 550)
+        XCTAssertEqual(deliver(client, "Subject: m\r\n\r\nbody\r\n."), 250)
+        XCTAssertEqual(deliver(client, "Subject: m\r\n\r\nbare\nLF\r\n."), 550)
         let second = try connect(fixture)
         let third = try RawSMTPClient(port: fixture.port)
         XCTAssertEqual(third.readReply()?.code, 421)
@@ -716,6 +701,15 @@ final class SessionTests: XCTestCase {
 
     // MARK: Helpers
 
+    /// MAIL FROM:<a@example.org>, RCPT TO:<b@example.org>, DATA (each asserted), then `content`
+    /// ending in the final dot: the code of the final reply.
+    private func deliver(_ client: RawSMTPClient, _ content: String, file: StaticString = #filePath, line: UInt = #line) -> Int? {
+        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250, file: file, line: line)
+        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250, file: file, line: line)
+        XCTAssertEqual(client.command("DATA")?.code, 354, file: file, line: line)
+        return client.command(content)?.code
+    }
+
     private func proxyListener() -> PosternConfiguration.Listener {
         var listener = PosternConfiguration.Listener(host: "127.0.0.1", port: 0)
         listener.proxyProtocol = true
@@ -725,10 +719,7 @@ final class SessionTests: XCTestCase {
     private func deliverOne(_ client: RawSMTPClient) throws {
         XCTAssertEqual(client.readReply()?.code, 220)
         XCTAssertEqual(client.command("EHLO client.example")?.code, 250)
-        XCTAssertEqual(client.command("MAIL FROM:<a@example.org>")?.code, 250)
-        XCTAssertEqual(client.command("RCPT TO:<b@example.org>")?.code, 250)
-        XCTAssertEqual(client.command("DATA")?.code, 354)
-        XCTAssertEqual(client.command("Subject: t\r\n\r\nbody\r\n.")?.code, 250)
+        XCTAssertEqual(deliver(client, "Subject: t\r\n\r\nbody\r\n."), 250)
     }
 
     /// A loopback port with nothing listening.
