@@ -17,6 +17,10 @@ public final class SMTPUpstreamSession: RelaySession {
     private let channel: Channel
     private let logger: Logger
     private var broken = false
+    /// XFORWARD attributes to send before each MAIL (Postfix resets them after a transaction).
+    private var xforward: String?
+    /// How the real client was passed on: "xclient", "xforward" or nil.
+    public private(set) var forwardedWith: String?
 
     private init(channel: Channel, configuration: UpstreamConfiguration, name: String, logger: Logger) {
         self.channel = channel
@@ -31,7 +35,7 @@ public final class SMTPUpstreamSession: RelaySession {
     /// Any failure here means this upstream cannot take mail now.
     public static func open(
         _ configuration: UpstreamConfiguration, host: String, port: Int, heloName: String,
-        group: EventLoopGroup, logger: Logger
+        group: EventLoopGroup, logger: Logger, client: ClientIdentity? = nil
     ) async throws(UpstreamError) -> SMTPUpstreamSession {
         let name = configuration.target.name
         let channel: Channel
@@ -51,6 +55,7 @@ public final class SMTPUpstreamSession: RelaySession {
         let session = SMTPUpstreamSession(channel: channel, configuration: configuration, name: name, logger: logger)
         do {
             try await session.handshake(host: host, heloName: heloName)
+            if let client { try await session.forward(client, heloName: heloName) }
         } catch {
             await session.close()
             // Whatever went wrong before the session was ready, this upstream cannot take mail now.
@@ -78,6 +83,32 @@ public final class SMTPUpstreamSession: RelaySession {
             }
         }
         try await authenticate()
+    }
+
+    /// Tells the upstream who the real client is. XCLIENT replaces the session's client and
+    /// the upstream greets again, so EHLO follows; XFORWARD is sent before each MAIL.
+    private func forward(_ client: ClientIdentity, heloName: String) async throws(UpstreamError) {
+        let mode = configuration.forwardClient
+        if (mode == .auto || mode == .xclient), let offered = capabilities["XCLIENT"] {
+            let names = Set(offered.uppercased().split(separator: " ").map(String.init))
+            var command = ByteBuffer()
+            command.writeString("XCLIENT " + client.attributes(includePort: names.contains("PORT"), includeLogin: names.contains("LOGIN"), source: false) + "\r\n")
+            let reply = try await exchange(command, timeout: configuration.timeouts.ehlo, stage: "XCLIENT")
+            guard reply.code == 220 else {
+                throw UpstreamError(.unavailable, "\(upstreamName) refused XCLIENT: \(reply) (is Postern in smtpd_authorized_xclient_hosts?)")
+            }
+            try await hello(heloName)
+            forwardedWith = "xclient"
+            return
+        }
+        if (mode == .auto || mode == .xforward), capabilities["XFORWARD"] != nil {
+            xforward = client.attributes(includePort: false, includeLogin: false, source: true)
+            forwardedWith = "xforward"
+            return
+        }
+        if mode == .xclient || mode == .xforward {
+            throw UpstreamError(.unavailable, "\(upstreamName) does not offer \(mode.rawValue.uppercased()) and forward_client is \(mode.rawValue)")
+        }
     }
 
     private func hello(_ heloName: String) async throws(UpstreamError) {
@@ -137,6 +168,12 @@ public final class SMTPUpstreamSession: RelaySession {
         }
         if parameters.body == .eightBitMIME && capabilities["8BITMIME"] == nil {
             return SMTPReply(554, EnhancedStatusCode(5, 6, 3), "Conversion required but not supported (upstream lacks 8BITMIME)")
+        }
+        if let xforward {
+            var forwardCommand = ByteBuffer()
+            forwardCommand.writeString("XFORWARD \(xforward)\r\n")
+            let reply = try await exchange(forwardCommand, timeout: configuration.timeouts.mail, stage: "XFORWARD")
+            if reply.code != 250 { logger.warning("upstream refused XFORWARD", metadata: ["upstream": "\(upstreamName)", "reply": "\(reply)"]) }
         }
         var command = ByteBuffer()
         SMTPCommand.mail(path, parameters).encode(

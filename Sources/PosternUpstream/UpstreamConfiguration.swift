@@ -73,6 +73,61 @@ public enum UpstreamTLSMode: String, Hashable, Sendable {
     case off
 }
 
+/// How the upstream learns who the real client is (Postfix: XCLIENT_README, XFORWARD_README).
+public enum ForwardClientMode: String, Hashable, Sendable {
+    /// XCLIENT when the upstream offers it, else XFORWARD when offered, else nothing.
+    case auto
+    case xclient
+    case xforward
+    /// Only the Received header says who the client was.
+    case off
+}
+
+/// The client a relayed session is for, as XCLIENT and XFORWARD describe it.
+public struct ClientIdentity: Hashable, Sendable {
+    public var address: IPAddress
+    public var port: Int
+    public var helo: String?
+    /// `SMTP` or `ESMTP`.
+    public var protocolName: String
+    public var login: String?
+
+    public init(address: IPAddress, port: Int, helo: String?, protocolName: String, login: String? = nil) {
+        self.address = address
+        self.port = port
+        self.helo = helo
+        self.protocolName = protocolName
+        self.login = login
+    }
+
+    /// `ADDR=… PORT=… NAME=[UNAVAILABLE] HELO=… PROTO=…` with xtext-encoded values.
+    func attributes(includePort: Bool, includeLogin: Bool, source: Bool) -> String {
+        let address = self.address.unmapped
+        var parts = ["ADDR=" + (address.isIPv6 ? "IPV6:\(address)" : "\(address)")]
+        if includePort { parts.append("PORT=\(port)") }
+        parts.append("NAME=[UNAVAILABLE]")
+        if let helo { parts.append("HELO=" + Self.xtext(helo)) }
+        parts.append("PROTO=" + protocolName)
+        if includeLogin, let login { parts.append("LOGIN=" + Self.xtext(login)) }
+        if source { parts.append("SOURCE=REMOTE") }
+        return parts.joined(separator: " ")
+    }
+
+    /// RFC 1891 xtext: `+XX` for '+', '=', and anything outside printable ASCII.
+    static func xtext(_ value: String) -> String {
+        var result = ""
+        for byte in value.utf8 {
+            if byte > 32 && byte < 127 && byte != UInt8(ascii: "+") && byte != UInt8(ascii: "=") {
+                result.unicodeScalars.append(UnicodeScalar(byte))
+            } else {
+                let hex = String(byte, radix: 16, uppercase: true)
+                result += "+" + (hex.count == 1 ? "0" + hex : hex)
+            }
+        }
+        return result
+    }
+}
+
 /// Client timeouts per stage; defaults are RFC 5321 §4.5.3.2's.
 public struct UpstreamTimeouts: Hashable, Sendable {
     public var connect: TimeAmount = .seconds(30)
@@ -106,6 +161,8 @@ public struct UpstreamConfiguration: Hashable, Sendable {
     public var heloName: String?
     public var credentials: UpstreamCredentials?
     public var timeouts = UpstreamTimeouts()
+    /// Tell the upstream who the real client is (XCLIENT / XFORWARD).
+    public var forwardClient: ForwardClientMode = .auto
 
     public init(target: UpstreamTarget) {
         self.target = target

@@ -34,7 +34,7 @@ public final class UpstreamPool: Sendable {
     }
 
     /// Opens a session to the first upstream that takes one. Dead upstreams are tried last.
-    public func openSession(logger: Logger) async throws(UpstreamError) -> RelaySession {
+    public func openSession(logger: Logger, client: ClientIdentity? = nil) async throws(UpstreamError) -> RelaySession {
         let now = DispatchTime.now().uptimeNanoseconds
         let dead = deadUntil.withLock { $0 }
         let order = upstreams.indices.filter { (dead[$0] ?? 0) <= now } + upstreams.indices.filter { (dead[$0] ?? 0) > now }
@@ -42,7 +42,7 @@ public final class UpstreamPool: Sendable {
         for index in order {
             let configuration = upstreams[index]
             do {
-                let session = try await open(configuration, logger: logger)
+                let session = try await open(configuration, logger: logger, client: client)
                 deadUntil.withLock { $0[index] = nil }
                 return session
             } catch {
@@ -58,14 +58,14 @@ public final class UpstreamPool: Sendable {
         throw UpstreamError(.unavailable, failures.joined(separator: "; "))
     }
 
-    private func open(_ configuration: UpstreamConfiguration, logger: Logger) async throws(UpstreamError) -> RelaySession {
+    private func open(_ configuration: UpstreamConfiguration, logger: Logger, client: ClientIdentity?) async throws(UpstreamError) -> RelaySession {
         switch configuration.target {
         case .maildir(let path):
             return try MaildirRelaySession(path: path, hostname: defaultHeloName)
         case .smtp(let host, let port):
             return try await SMTPUpstreamSession.open(
                 configuration, host: host, port: port, heloName: configuration.heloName ?? defaultHeloName,
-                group: group, logger: logger)
+                group: group, logger: logger, client: client)
         }
     }
 }

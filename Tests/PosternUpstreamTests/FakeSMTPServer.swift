@@ -140,7 +140,8 @@ private final class FakeSMTPHandler: ChannelInboundHandler {
             let text = lines.enumerated().map { index, line in "250\(index == lines.count - 1 ? " " : "-")\(line)\r\n" }.joined()
             reply(text, context: context)
         case "HELO": reply("250 fake.example\r\n", context: context)
-        case "MAIL", "RCPT", "RSET", "NOOP": reply("250 2.1.0 ok\r\n", context: context)
+        case "MAIL", "RCPT", "RSET", "NOOP", "XFORWARD": reply("250 2.1.0 ok\r\n", context: context)
+        case "XCLIENT": reply("220 fake.example ESMTP\r\n", context: context)
         case "AUTH": reply("235 2.7.0 authenticated\r\n", context: context)
         case "DATA":
             mode = .data

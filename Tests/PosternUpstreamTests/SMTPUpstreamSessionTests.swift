@@ -317,6 +317,57 @@ final class SMTPUpstreamSessionTests: XCTestCase {
         await session.close()
     }
 
+    func testXCLIENTTellsTheUpstreamWhoTheClientIsThenEHLOAgain() async throws {
+        var script = FakeSMTPServer.Script()
+        script.capabilities = ["PIPELINING", "XCLIENT NAME ADDR PORT PROTO HELO LOGIN"]
+        let server = try await FakeSMTPServer(script: script, group: group)
+        defer { Task { await server.stop() } }
+        let client = ClientIdentity(address: IPAddress("2001:db8::7")!, port: 40000, helo: "client +x.example", protocolName: "ESMTP")
+        let session = try await SMTPUpstreamSession.open(
+            UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: server.port)), host: "127.0.0.1", port: server.port,
+            heloName: "gw.example", group: group, logger: logger, client: client)
+        XCTAssertEqual(session.forwardedWith, "xclient")
+        let commands = server.transcript.commands
+        XCTAssertEqual(commands.filter { $0.hasPrefix("EHLO") }.count, 2, "EHLO again after XCLIENT: \(commands)")
+        XCTAssertTrue(commands.contains("XCLIENT ADDR=IPV6:2001:db8::7 PORT=40000 NAME=[UNAVAILABLE] HELO=client+20+2Bx.example PROTO=ESMTP"), "\(commands)")
+        await session.close()
+    }
+
+    func testXFORWARDPrecedesEveryMAILWhenOnlyItIsOffered() async throws {
+        var script = FakeSMTPServer.Script()
+        script.capabilities = ["PIPELINING", "XFORWARD NAME ADDR PROTO HELO SOURCE"]
+        let server = try await FakeSMTPServer(script: script, group: group)
+        defer { Task { await server.stop() } }
+        let client = ClientIdentity(address: IPAddress("192.0.2.7")!, port: 40000, helo: "client.example", protocolName: "SMTP")
+        let session = try await SMTPUpstreamSession.open(
+            UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: server.port)), host: "127.0.0.1", port: server.port,
+            heloName: "gw.example", group: group, logger: logger, client: client)
+        XCTAssertEqual(session.forwardedWith, "xforward")
+        _ = try await session.mail(.null, MailParameters())
+        await session.reset()
+        _ = try await session.mail(.null, MailParameters())
+        let commands = server.transcript.commands
+        let forward = "XFORWARD ADDR=192.0.2.7 NAME=[UNAVAILABLE] HELO=client.example PROTO=SMTP SOURCE=REMOTE"
+        XCTAssertEqual(commands.filter { $0 == forward }.count, 2, "\(commands)")
+        XCTAssertEqual(commands.firstIndex(of: forward).map { commands[$0 + 1].hasPrefix("MAIL") }, true)
+        await session.close()
+    }
+
+    func testForwardClientOffDoesNeither() async throws {
+        var script = FakeSMTPServer.Script()
+        script.capabilities = ["XCLIENT ADDR", "XFORWARD ADDR"]
+        let server = try await FakeSMTPServer(script: script, group: group)
+        defer { Task { await server.stop() } }
+        var configuration = UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: server.port))
+        configuration.forwardClient = .off
+        let session = try await SMTPUpstreamSession.open(
+            configuration, host: "127.0.0.1", port: server.port, heloName: "gw.example", group: group, logger: logger,
+            client: ClientIdentity(address: IPAddress("192.0.2.7")!, port: 1, helo: nil, protocolName: "ESMTP"))
+        XCTAssertNil(session.forwardedWith)
+        XCTAssertFalse(server.transcript.commands.contains { $0.hasPrefix("XCLIENT") || $0.hasPrefix("XFORWARD") })
+        await session.close()
+    }
+
     func testCommandsAfterTheServerHungUpFailInsteadOfHanging() async throws {
         var script = FakeSMTPServer.Script()
         script.shutDownOn = "RCPT"

@@ -184,7 +184,7 @@ extension YAMLReader {
     }
 
     private mutating func upstream(_ node: Node) -> UpstreamConfiguration? {
-        let entries = mapping(node, "an upstream", keys: ["url", "tls", "verify_certificate", "helo_name", "auth", "timeouts"])
+        let entries = mapping(node, "an upstream", keys: ["url", "tls", "verify_certificate", "helo_name", "auth", "timeouts", "forward_client"])
         guard let urlNode = entries["url"] else {
             fail(node, "an upstream needs a url (smtp://HOST:PORT or maildir:PATH)")
             return nil
@@ -198,6 +198,11 @@ extension YAMLReader {
             if let mode = UpstreamTLSMode(rawValue: text) { upstream.tls = mode } else { fail(entry, "tls must be require, opportunistic or off") }
         }
         if let entry = entries["verify_certificate"], let value = bool(entry, "verify_certificate") { upstream.verifyCertificate = value }
+        if let entry = entries["forward_client"], let text = string(entry, "forward_client") {
+            if let mode = ForwardClientMode(rawValue: text) { upstream.forwardClient = mode } else {
+                fail(entry, "forward_client must be auto, xclient, xforward or off")
+            }
+        }
         if let entry = entries["helo_name"], let value = string(entry, "helo_name") { upstream.heloName = value }
         if let entry = entries["auth"] {
             let auth = mapping(entry, "auth", keys: ["username", "password"])

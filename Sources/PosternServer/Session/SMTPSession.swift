@@ -283,7 +283,10 @@ final class SMTPSession {
     private func openRelay() async throws(UpstreamError) -> RelaySession {
         if let relay, relay.isUsable { return relay }
         await dropRelay()
-        let session = try await environment.pool.openSession(logger: logger)
+        let identity = ClientIdentity(
+            address: client.address, port: client.port, helo: machine.helloName,
+            protocolName: machine.isExtended ? "ESMTP" : "SMTP")
+        let session = try await environment.pool.openSession(logger: logger, client: identity)
         relay = session
         return session
     }
