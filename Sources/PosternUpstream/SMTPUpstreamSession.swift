@@ -89,20 +89,24 @@ public final class SMTPUpstreamSession: RelaySession {
     /// the upstream greets again, so EHLO follows; XFORWARD is sent before each MAIL.
     private func forward(_ client: ClientIdentity, heloName: String) async throws(UpstreamError) {
         let mode = configuration.forwardClient
-        if (mode == .auto || mode == .xclient), let offered = capabilities["XCLIENT"] {
-            let names = Set(offered.uppercased().split(separator: " ").map(String.init))
+        func offered(_ keyword: String) -> Set<String>? {
+            capabilities[keyword].map { Set($0.uppercased().split(separator: " ").map(String.init)) }
+        }
+        // Without ADDR the extension cannot carry what matters: the client's address.
+        if mode == .auto || mode == .xclient, let names = offered("XCLIENT"), names.contains("ADDR") {
             var command = ByteBuffer()
-            command.writeString("XCLIENT " + client.attributes(includePort: names.contains("PORT"), includeLogin: names.contains("LOGIN"), source: false) + "\r\n")
+            command.writeString("XCLIENT " + client.attributes(offered: names) + "\r\n")
             let reply = try await exchange(command, timeout: configuration.timeouts.ehlo, stage: "XCLIENT")
-            guard reply.code == 220 else {
+            guard reply.isPositive else {
                 throw UpstreamError(.unavailable, "\(upstreamName) refused XCLIENT: \(reply) (is Postern in smtpd_authorized_xclient_hosts?)")
             }
-            try await hello(heloName)
+            // Postfix starts a new session and greets again (220): EHLO anew.
+            if reply.code == 220 { try await hello(heloName) }
             forwardedWith = "xclient"
             return
         }
-        if (mode == .auto || mode == .xforward), capabilities["XFORWARD"] != nil {
-            xforward = client.attributes(includePort: false, includeLogin: false, source: true)
+        if mode == .auto || mode == .xforward, let names = offered("XFORWARD"), names.contains("ADDR") {
+            xforward = client.attributes(offered: names)
             forwardedWith = "xforward"
             return
         }

@@ -100,16 +100,18 @@ public struct ClientIdentity: Hashable, Sendable {
         self.login = login
     }
 
-    /// `ADDR=… PORT=… NAME=[UNAVAILABLE] HELO=… PROTO=…` with xtext-encoded values.
-    func attributes(includePort: Bool, includeLogin: Bool, source: Bool) -> String {
+    /// `ADDR=… PORT=… NAME=[UNAVAILABLE] HELO=… PROTO=…` with xtext-encoded values, only the
+    /// attributes the server listed after XCLIENT or XFORWARD in its EHLO reply.
+    func attributes(offered: Set<String>) -> String {
         let address = self.address.unmapped
-        var parts = ["ADDR=" + (address.isIPv6 ? "IPV6:\(address)" : "\(address)")]
-        if includePort { parts.append("PORT=\(port)") }
-        parts.append("NAME=[UNAVAILABLE]")
-        if let helo { parts.append("HELO=" + Self.xtext(helo)) }
-        parts.append("PROTO=" + protocolName)
-        if includeLogin, let login { parts.append("LOGIN=" + Self.xtext(login)) }
-        if source { parts.append("SOURCE=REMOTE") }
+        var parts: [String] = []
+        if offered.contains("ADDR") { parts.append("ADDR=" + (address.isIPv6 ? "IPV6:\(address)" : "\(address)")) }
+        if offered.contains("PORT") { parts.append("PORT=\(port)") }
+        if offered.contains("NAME") { parts.append("NAME=[UNAVAILABLE]") }
+        if offered.contains("HELO"), let helo { parts.append("HELO=" + Self.xtext(helo)) }
+        if offered.contains("PROTO") { parts.append("PROTO=" + protocolName) }
+        if offered.contains("LOGIN"), let login { parts.append("LOGIN=" + Self.xtext(login)) }
+        if offered.contains("SOURCE") { parts.append("SOURCE=REMOTE") }
         return parts.joined(separator: " ")
     }
 

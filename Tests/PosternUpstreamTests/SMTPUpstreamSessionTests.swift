@@ -353,6 +353,24 @@ final class SMTPUpstreamSessionTests: XCTestCase {
         await session.close()
     }
 
+    func testXCLIENTWithoutADDRFallsBackToXFORWARD() async throws {
+        // smtp-sink offers "XCLIENT NAME HELO": useless for the address, so XFORWARD it is.
+        var script = FakeSMTPServer.Script()
+        script.capabilities = ["XCLIENT NAME HELO", "XFORWARD NAME ADDR PROTO HELO"]
+        let server = try await FakeSMTPServer(script: script, group: group)
+        defer { Task { await server.stop() } }
+        let session = try await SMTPUpstreamSession.open(
+            UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: server.port)), host: "127.0.0.1", port: server.port,
+            heloName: "gw.example", group: group, logger: logger,
+            client: ClientIdentity(address: IPAddress("192.0.2.7")!, port: 1, helo: "h.example", protocolName: "ESMTP"))
+        XCTAssertEqual(session.forwardedWith, "xforward")
+        _ = try await session.mail(.null, MailParameters())
+        let commands = server.transcript.commands
+        XCTAssertFalse(commands.contains { $0.hasPrefix("XCLIENT") })
+        XCTAssertTrue(commands.contains("XFORWARD ADDR=192.0.2.7 NAME=[UNAVAILABLE] HELO=h.example PROTO=ESMTP"), "\(commands)")
+        await session.close()
+    }
+
     func testForwardClientOffDoesNeither() async throws {
         var script = FakeSMTPServer.Script()
         script.capabilities = ["XCLIENT ADDR", "XFORWARD ADDR"]
