@@ -58,8 +58,10 @@ let package = Package(
             pkgConfig: "libmaxminddb",
             providers: [.apt(["libmaxminddb-dev"])]
         ),
-        // Safe Swift types over PCRE2 (regex, JIT) and libmaxminddb (GeoIP).
-        .target(name: "PosternNative", dependencies: ["CPCRE2", "CMaxMindDB"]),
+        // crypt(3) (libxcrypt; headers from libcrypt-dev, which libc6-dev pulls in).
+        .systemLibrary(name: "CCrypt"),
+        // Safe Swift types over PCRE2 (regex, JIT), libmaxminddb (GeoIP) and crypt(3).
+        .target(name: "PosternNative", dependencies: ["CPCRE2", "CMaxMindDB", "CCrypt"]),
         // The policy model, its YAML compiler and the rule engine.
         .target(
             name: "PosternPolicy",

@@ -24,6 +24,9 @@ public final class PosternServer: Service, Sendable {
     private let limiter: ConnectionLimiter
     private let tlsContext: NIOSSLContext?
     private let decisionLog: DecisionLogWriter?
+    /// AUTH credentials and lockout, when `auth` is configured.
+    private let authenticator: Authenticator?
+    private let relayControl: RelayControl
     /// The policy in force; `reload()` it on SIGHUP.
     public let policy: PolicyStore
     /// The server's Prometheus metrics (rendered at `/metrics` when `metrics` is configured).
@@ -49,6 +52,8 @@ public final class PosternServer: Service, Sendable {
         self.group = group
         self.logger = logger
         self.onListening = onListening
+        self.relayControl = RelayControl(relayDomains: configuration.relayDomains, trustedNetworks: configuration.trustedNetworks)
+        self.authenticator = configuration.authentication.map { Authenticator(settings: $0, logger: logger) }
         self.limiter = ConnectionLimiter(
             maximumTotal: configuration.limits.maxConnections, maximumPerAddress: configuration.limits.maxConnectionsPerIP)
         self.pool = UpstreamPool(
@@ -149,6 +154,7 @@ public final class PosternServer: Service, Sendable {
         onListening?(addresses)
 
         let sighup = policy.watchSIGHUP()
+        let credentialWatch = authenticator?.watch() ?? []
         let fileWatch = configuration.policy != nil ? policy.watchFiles() : nil
         // SIGUSR1: reopen the decision log (logrotate's postrotate).
         let sigusr1 = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
@@ -160,6 +166,7 @@ public final class PosternServer: Service, Sendable {
         defer {
             sighup.cancel()
             fileWatch?.cancel()
+            for source in credentialWatch { source.cancel() }
             sigusr1.cancel()
         }
         let serverChannels = servers.map { $0.1.channel }
@@ -172,7 +179,7 @@ public final class PosternServer: Service, Sendable {
                     let environment = SessionEnvironment(
                         configuration: configuration, listener: listener, pool: pool, limiter: limiter,
                         registry: registry, tlsContext: tlsContext, decisionLog: decisionLog, metrics: metrics,
-                        policy: policy, logger: logger)
+                        policy: policy, relayControl: relayControl, authenticator: authenticator, logger: logger)
                     tasks.addTask {
                         try await server.executeThenClose { connections in
                             try await withThrowingDiscardingTaskGroup { sessions in

@@ -87,6 +87,11 @@ public final class MaildirRelaySession: RelaySession {
 
     public func close() async {}
 
+    /// A Maildir has no queue to flush.
+    public func etrn(_ node: String) async throws(UpstreamError) -> SMTPReply {
+        SMTPReply(458, EnhancedStatusCode(4, 5, 0), "Unable to queue messages for node \(node): the upstream is a Maildir")
+    }
+
     private func write(_ bytes: ByteBuffer, to descriptor: Int32) throws(UpstreamError) {
         var remaining = bytes
         while remaining.readableBytes > 0 {

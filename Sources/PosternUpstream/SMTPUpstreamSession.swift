@@ -223,6 +223,10 @@ public final class SMTPUpstreamSession: RelaySession {
         return try await exchange(output, timeout: timeouts.dataTermination, stage: "end of DATA")
     }
 
+    public func etrn(_ node: String) async throws(UpstreamError) -> SMTPReply {
+        try await exchange(SMTPCommand.etrn(node).encoded, timeout: configuration.timeouts.mail, stage: "ETRN")
+    }
+
     public func reset() async {
         guard isUsable else { return }
         do {

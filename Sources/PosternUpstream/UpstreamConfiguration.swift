@@ -208,5 +208,7 @@ public protocol RelaySession: AnyObject {
     /// Abandons the current transaction (RSET).
     func reset() async
     func close() async
+    /// Passes `ETRN node` (RFC 1985) outside a transaction; returns the upstream's reply.
+    func etrn(_ node: String) async throws(UpstreamError) -> SMTPReply
 }
 

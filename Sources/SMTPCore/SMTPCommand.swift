@@ -15,6 +15,9 @@ public struct MailParameters: Hashable, Sendable {
     public var ret: String?
     /// DSN `ENVID=` xtext (RFC 3461 §4.4), kept encoded.
     public var envelopeID: String?
+    /// `AUTH=` (RFC 4954 §5): the xtext-encoded identity the message was submitted by, or
+    /// `<>`. Accepted and recorded, never trusted and never forwarded.
+    public var auth: String?
 
     public init(size: Int? = nil, body: MessageBodyType? = nil, smtpUTF8: Bool = false, ret: String? = nil, envelopeID: String? = nil) {
         self.size = size
@@ -60,8 +63,10 @@ public enum SMTPCommand: Hashable, Sendable {
     case starttls
     /// `AUTH mechanism [initial-response]` (RFC 4954); the arguments are kept raw.
     case auth(String)
+    /// `ETRN node` (RFC 1985): `domain`, `@domain` or `#queue`, kept as sent.
+    case etrn(String)
     /// Commands of the classic table that Postern recognises but does not offer:
-    /// ETRN, ATRN, TURN, SAML, SEND, SOML.
+    /// ATRN, TURN, SAML, SEND, SOML.
     case notImplemented(String)
 
     /// The verb as sent on the wire.
@@ -81,6 +86,7 @@ public enum SMTPCommand: Hashable, Sendable {
         case .help: return "HELP"
         case .starttls: return "STARTTLS"
         case .auth: return "AUTH"
+        case .etrn: return "ETRN"
         case .notImplemented(let verb): return verb
         }
     }

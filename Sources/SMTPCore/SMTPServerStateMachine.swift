@@ -16,6 +16,11 @@ public struct SMTPServerConfiguration: Sendable {
     public var tlsAvailable: Bool
     /// Refuse MAIL before STARTTLS with 530 5.7.0 (RFC 3207 §4).
     public var requireTLS: Bool
+    /// When AUTH (RFC 4954) is offered.
+    public var authentication: AuthenticationOffer = .off
+    /// NOOP, RSET, VRFY, EXPN, HELP and ETRN tolerated since the last message; the next one
+    /// is answered 421 4.7.0 and the session ends.
+    public var maximumJunkCommands: Int = 100
 
     public init(
         hostname: String,
@@ -25,7 +30,9 @@ public struct SMTPServerConfiguration: Sendable {
         maximumCommandLineLength: Int = 512,
         maximumTextLineLength: Int = 1000,
         tlsAvailable: Bool = false,
-        requireTLS: Bool = false
+        requireTLS: Bool = false,
+        authentication: AuthenticationOffer = .off,
+        maximumJunkCommands: Int = 100
     ) {
         self.hostname = hostname
         self.maximumMessageSize = maximumMessageSize
@@ -35,7 +42,26 @@ public struct SMTPServerConfiguration: Sendable {
         self.maximumTextLineLength = maximumTextLineLength
         self.tlsAvailable = tlsAvailable
         self.requireTLS = requireTLS
+        self.authentication = authentication
+        self.maximumJunkCommands = maximumJunkCommands
     }
+}
+
+/// When a listener offers AUTH.
+public enum AuthenticationOffer: String, Hashable, Sendable {
+    /// Never: AUTH is 502.
+    case off
+    /// Only once TLS is active (RFC 4954 §4: plaintext passwords only over an encrypted
+    /// channel); before that AUTH is not advertised and is answered 538 5.7.11.
+    case afterTLS = "tls"
+    /// With or without TLS (a loopback or otherwise protected listener).
+    case always
+}
+
+/// The SASL mechanisms Postern serves.
+public enum SASLMechanism: String, Hashable, Sendable, CaseIterable {
+    case plain = "PLAIN"
+    case login = "LOGIN"
 }
 
 /// The server side of one SMTP session (RFC 5321 §3, §4.1.4), with no I/O.
@@ -96,6 +122,13 @@ public struct SMTPServerStateMachine: Sendable {
         case reset(SMTPReply)
         /// Send the reply and close.
         case quit(SMTPReply)
+        /// Run the SASL exchange (RFC 4954 §4), then call `authenticationSucceeded(user:)`
+        /// or `authenticationFailed(_:)`. `initialResponse` is the base64 text after the
+        /// mechanism (`=` for an empty one), when the client sent one.
+        case authenticate(SASLMechanism, initialResponse: String?)
+        /// ETRN (RFC 1985) in sequence: the session decides whether this client may use it,
+        /// passes it to the upstream or answers `refuse(_:)`.
+        case etrn(String)
     }
 
     public let configuration: SMTPServerConfiguration
@@ -107,6 +140,10 @@ public struct SMTPServerStateMachine: Sendable {
     public private(set) var isTLSActive = false
     public private(set) var errorCount = 0
     public private(set) var transaction: Transaction?
+    /// The user a successful AUTH named.
+    public private(set) var authenticatedUser: String?
+    /// Junk commands (NOOP, RSET, VRFY, EXPN, HELP, ETRN) since the last message.
+    public private(set) var junkCount = 0
 
     public init(configuration: SMTPServerConfiguration) {
         self.configuration = configuration
@@ -116,6 +153,7 @@ public struct SMTPServerStateMachine: Sendable {
     public var parser: SMTPCommandParser {
         var parser = SMTPCommandParser()
         parser.maximumLineLength = configuration.maximumCommandLineLength
+        parser.offersAuth = configuration.authentication != .off
         return parser
     }
 
@@ -134,6 +172,17 @@ public struct SMTPServerStateMachine: Sendable {
     public mutating func receive(_ command: SMTPCommand) -> Action {
         precondition(phase != .receivingData && phase != .negotiatingTLS && phase != .closed && phase != .mailPending,
                      "command delivered in phase \(phase)")
+        switch command {
+        case .noop, .rset, .vrfy, .expn, .help, .etrn:
+            junkCount += 1
+            if junkCount > configuration.maximumJunkCommands {
+                phase = .closed
+                transaction = nil
+                return .close(prepare(SMTPReply(421, EnhancedStatusCode(4, 7, 0), "\(configuration.hostname) Error: too many commands without a transaction")))
+            }
+        default:
+            break
+        }
         switch command {
         case .ehlo(let name), .helo(let name):
             transaction = nil
@@ -167,8 +216,12 @@ public struct SMTPServerStateMachine: Sendable {
             return .reply(prepare(SMTPReply(214, EnhancedStatusCode(2, 0, 0), "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS")))
         case .starttls:
             return startTLS()
-        case .auth:
-            return error(SMTPReply(502, EnhancedStatusCode(5, 5, 1), "Error: authentication not enabled"))
+        case .auth(let arguments):
+            return auth(arguments)
+        case .etrn(let node):
+            guard phase != .awaitingHello else { return error(SMTPReply(503, EnhancedStatusCode(5, 5, 1), "Error: send HELO/EHLO first")) }
+            guard transaction == nil else { return error(SMTPReply(503, EnhancedStatusCode(5, 5, 1), "Error: ETRN not allowed in a mail transaction")) }
+            return .etrn(node)
         case .notImplemented:
             return error(SMTPReply(502, EnhancedStatusCode(5, 5, 1), "Error: command not implemented"))
         }
@@ -210,6 +263,7 @@ public struct SMTPServerStateMachine: Sendable {
     /// The message was relayed, refused or abandoned: the transaction is over (RFC 5321 §4.1.1.4).
     public mutating func messageFinished() {
         transaction = nil
+        junkCount = 0
         if phase != .closed { phase = .ready }
     }
 
@@ -219,10 +273,37 @@ public struct SMTPServerStateMachine: Sendable {
         if phase != .closed { phase = .ready }
     }
 
+    /// A command the session refuses for reasons of its own (ETRN from an untrusted client):
+    /// counted as a client error, like the machine's own refusals.
+    public mutating func refuse(_ reply: SMTPReply) -> Action {
+        error(reply)
+    }
+
+    /// The SASL exchange succeeded: 235 2.7.0 (RFC 4954 §6).
+    public mutating func authenticationSucceeded(user: String) -> SMTPReply {
+        authenticatedUser = user
+        return prepare(SMTPReply(235, EnhancedStatusCode(2, 7, 0), "Authentication successful"))
+    }
+
+    /// The SASL exchange failed or was cancelled: the reply is counted as a client error.
+    public mutating func authenticationFailed(_ reply: SMTPReply) -> Action {
+        error(reply)
+    }
+
+    /// Whether EHLO advertises AUTH right now.
+    public var offersAuthentication: Bool {
+        switch configuration.authentication {
+        case .off: return false
+        case .afterTLS: return isTLSActive
+        case .always: return true
+        }
+    }
+
     /// The TLS handshake completed: the session starts over (RFC 3207 §4.2).
     public mutating func tlsEstablished() {
         precondition(phase == .negotiatingTLS)
         isTLSActive = true
+        authenticatedUser = nil
         helloName = nil
         isExtended = false
         transaction = nil
@@ -248,6 +329,7 @@ public struct SMTPServerStateMachine: Sendable {
         lines.append("CHUNKING")
         lines.append("DSN")
         if configuration.tlsAvailable && !isTLSActive { lines.append("STARTTLS") }
+        if offersAuthentication { lines.append("AUTH " + SASLMechanism.allCases.map(\.rawValue).joined(separator: " ")) }
         return SMTPReply(code: 250, enhanced: nil, lines: lines)
     }
 
@@ -335,6 +417,33 @@ public struct SMTPServerStateMachine: Sendable {
         case .reply(let refusal): return .receiveChunk(size: size, last: last, accept: false, refusal: refusal)
         default: preconditionFailure("error() returns reply or close")
         }
+    }
+
+    /// `AUTH mechanism [initial-response]` (RFC 4954 §4).
+    private mutating func auth(_ arguments: String) -> Action {
+        guard configuration.authentication != .off else {
+            return error(SMTPReply(502, EnhancedStatusCode(5, 5, 1), "Error: authentication not enabled"))
+        }
+        guard phase != .awaitingHello, isExtended else {
+            return error(SMTPReply(503, EnhancedStatusCode(5, 5, 1), "Error: send EHLO first"))
+        }
+        guard authenticatedUser == nil else {
+            return error(SMTPReply(503, EnhancedStatusCode(5, 5, 1), "Error: already authenticated"))
+        }
+        guard transaction == nil else {
+            return error(SMTPReply(503, EnhancedStatusCode(5, 5, 1), "Error: AUTH not allowed in a mail transaction"))
+        }
+        guard offersAuthentication else {
+            return error(SMTPReply(538, EnhancedStatusCode(5, 7, 11), "Encryption required for requested authentication mechanism"))
+        }
+        let words = arguments.split(separator: " ", omittingEmptySubsequences: true)
+        guard (1...2).contains(words.count) else {
+            return error(SMTPReply(501, EnhancedStatusCode(5, 5, 4), "Syntax: AUTH mechanism [initial-response]"))
+        }
+        guard let mechanism = SASLMechanism(rawValue: words[0].uppercased()) else {
+            return error(SMTPReply(504, EnhancedStatusCode(5, 5, 4), "Unrecognized authentication type"))
+        }
+        return .authenticate(mechanism, initialResponse: words.count == 2 ? String(words[1]) : nil)
     }
 
     private mutating func startTLS() -> Action {

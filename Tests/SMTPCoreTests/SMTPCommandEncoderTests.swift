@@ -29,7 +29,8 @@ final class SMTPCommandEncoderTests: XCTestCase {
             (.help("MAIL"), "HELP MAIL\r\n"),
             (.starttls, "STARTTLS\r\n"),
             (.auth("PLAIN AGEAYg=="), "AUTH PLAIN AGEAYg==\r\n"),
-            (.notImplemented("ETRN"), "ETRN\r\n"),
+            (.notImplemented("ATRN"), "ATRN\r\n"),
+            (.etrn("@example.org"), "ETRN @example.org\r\n"),
         ]
         for (command, text) in table {
             XCTAssertEqual(command.encoded.text, text)
@@ -78,7 +79,7 @@ final class SMTPCommandEncoderTests: XCTestCase {
             .bdat(size: 0, last: true), .bdat(size: 1_000_000, last: false),
             .vrfy("user"), .expn("list"), .help(nil), .help("RCPT"),
             .auth("PLAIN"), .auth("PLAIN AGEAYg=="),
-            .notImplemented("ETRN"), .notImplemented("TURN"),
+            .notImplemented("ATRN"), .notImplemented("TURN"), .etrn("example.org"), .etrn("#queue"),
         ]
         let parser = SMTPCommandParser()
         for command in commands {

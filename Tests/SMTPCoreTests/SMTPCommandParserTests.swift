@@ -69,13 +69,15 @@ final class SMTPCommandParserTests: XCTestCase {
             ("STARTTLS", .success(.starttls)),
             ("AUTH PLAIN dGVzdAB0ZXN0AHRlc3Q=", .success(.auth("PLAIN dGVzdAB0ZXN0AHRlc3Q="))),
             ("AUTH LOGIN", .success(.auth("LOGIN"))),
-            ("ETRN example.com", .success(.notImplemented("ETRN"))),
+            ("ETRN example.com", .success(.etrn("example.com"))),
+            ("ETRN @example.com", .success(.etrn("@example.com"))),
+            ("ETRN #queue", .success(.etrn("#queue"))),
             ("ATRN", .success(.notImplemented("ATRN"))),
             ("TURN", .success(.notImplemented("TURN"))),
             ("SAML FROM:<a@b>", .success(.notImplemented("SAML"))),
             ("SEND FROM:<a@b>", .success(.notImplemented("SEND"))),
             ("SOML FROM:<a@b>", .success(.notImplemented("SOML"))),
-            ("etrn x", .success(.notImplemented("ETRN"))),
+            ("etrn x", .success(.etrn("x"))),
         ])
     }
 
@@ -539,7 +541,7 @@ final class SMTPCommandParserTests: XCTestCase {
             (.ehlo("x"), "EHLO"), (.helo("x"), "HELO"), (.mail(.null, MailParameters()), "MAIL"),
             (.rcpt(.postmaster, RecipientParameters()), "RCPT"), (.data, "DATA"), (.bdat(size: 1, last: true), "BDAT"),
             (.rset, "RSET"), (.noop, "NOOP"), (.quit, "QUIT"), (.vrfy("x"), "VRFY"), (.expn("x"), "EXPN"),
-            (.help(nil), "HELP"), (.starttls, "STARTTLS"), (.auth("PLAIN"), "AUTH"), (.notImplemented("ETRN"), "ETRN"),
+            (.help(nil), "HELP"), (.starttls, "STARTTLS"), (.auth("PLAIN"), "AUTH"), (.etrn("x"), "ETRN"), (.notImplemented("ATRN"), "ATRN"),
         ]
         for (command, verb) in commands { XCTAssertEqual(command.verb, verb) }
     }

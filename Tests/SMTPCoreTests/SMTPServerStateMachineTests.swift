@@ -10,7 +10,7 @@ final class SMTPServerStateMachineTests: XCTestCase {
     // MARK: Helpers
 
     enum Kind: Equatable {
-        case reply, close, startTLS, mail, recipient, receiveData, reset, quit
+        case reply, close, startTLS, mail, recipient, receiveData, reset, quit, authenticate, etrn
         case receiveChunk(accept: Bool)
     }
 
@@ -25,6 +25,8 @@ final class SMTPServerStateMachineTests: XCTestCase {
         case .receiveChunk(_, _, let accept, _): return .receiveChunk(accept: accept)
         case .reset: return .reset
         case .quit: return .quit
+        case .authenticate: return .authenticate
+        case .etrn: return .etrn
         }
     }
 
@@ -35,7 +37,7 @@ final class SMTPServerStateMachineTests: XCTestCase {
             return reply
         case .receiveChunk(_, _, _, let refusal):
             return refusal
-        case .mail, .recipient:
+        case .mail, .recipient, .authenticate, .etrn:
             return nil
         }
     }
@@ -148,7 +150,8 @@ final class SMTPServerStateMachineTests: XCTestCase {
             Row(.help(nil), .reply, 214, none, .awaitingHello),
             Row(.starttls, .reply, 502, none, .awaitingHello),
             Row(.auth("PLAIN"), .reply, 502, none, .awaitingHello),
-            Row(.notImplemented("ETRN"), .reply, 502, none, .awaitingHello),
+            Row(.notImplemented("ATRN"), .reply, 502, none, .awaitingHello),
+            Row(.etrn("example.org"), .reply, 503, none, .awaitingHello),
         ], phaseName: "awaitingHello", setUp: { _ in })
     }
 
@@ -169,6 +172,7 @@ final class SMTPServerStateMachineTests: XCTestCase {
             Row(.starttls, .reply, 502, e(5, 5, 1), .ready),
             Row(.auth("LOGIN"), .reply, 502, e(5, 5, 1), .ready),
             Row(.notImplemented("TURN"), .reply, 502, e(5, 5, 1), .ready),
+            Row(.etrn("example.org"), .etrn, nil, nil, .ready),
             Row(.bdat(size: 10, last: true), .receiveChunk(accept: false), 503, e(5, 5, 1), .ready),
         ]
     }

@@ -57,7 +57,7 @@ extension YAMLReader {
             return configuration
         }
         let top = mapping(root, "the configuration", keys: [
-            "hostname", "listen", "proxy_trusted_networks", "tls", "upstreams", "upstream_retry_after", "limits",
+            "hostname", "listen", "proxy_trusted_networks", "relay_domains", "trusted_networks", "auth", "tls", "upstreams", "upstream_retry_after", "limits",
             "timeouts", "bare_line_endings", "spool", "shutdown_grace_period", "log_level", "log_format", "decision_log", "metrics", "policy", "quarantine",
         ])
         if let node = top["hostname"], let value = string(node, "hostname") {
@@ -68,15 +68,19 @@ extension YAMLReader {
             configuration.listeners = entries.compactMap { listener($0) }
             if case .sequence = node, entries.isEmpty { fail(node, "listen needs at least one listener") }
         }
-        if let node = top["proxy_trusted_networks"] {
-            configuration.proxyTrustedNetworks = sequence(node, "proxy_trusted_networks").compactMap { entry in
-                guard let text = string(entry, "a network"), let network = IPNetwork(text) else {
-                    fail(entry, "not an IP address or CIDR block")
+        if let node = top["proxy_trusted_networks"] { configuration.proxyTrustedNetworks = networks(node, "proxy_trusted_networks") }
+        if let node = top["trusted_networks"] { configuration.trustedNetworks = networks(node, "trusted_networks") }
+        if let node = top["relay_domains"] {
+            configuration.relayDomains = sequence(node, "relay_domains").compactMap { entry in
+                guard let text = string(entry, "a relay domain") else { return nil }
+                guard RelayDomains.isValidEntry(text) else {
+                    fail(entry, "not a domain (example.org), a parent domain (.example.org) or an address literal ([192.0.2.1])")
                     return nil
                 }
-                return network
+                return text
             }
         }
+        if let node = top["auth"] { configuration.authentication = authentication(node) }
         if let node = top["tls"] {
             let entries = mapping(node, "tls", keys: ["certificate", "private_key"])
             let certificate = entries["certificate"].flatMap { string($0, "tls.certificate") }
@@ -103,7 +107,11 @@ extension YAMLReader {
         if let node = top["upstream_retry_after"], let value = duration(node, "upstream_retry_after") { configuration.upstreamRetryAfter = value }
         if let node = top["limits"] { configuration.limits = limits(node) }
         if let node = top["timeouts"] {
-            let entries = mapping(node, "timeouts", keys: ["command", "data", "proxy_header"])
+            let entries = mapping(node, "timeouts", keys: ["command", "data", "proxy_header", "session", "greet_delay"])
+            if let entry = entries["session"], let value = duration(entry, "timeouts.session") { configuration.timeouts.session = value }
+            if let entry = entries["greet_delay"], let value = duration(entry, "timeouts.greet_delay") {
+                if value > .minutes(5) { fail(entry, "timeouts.greet_delay longer than 5m would make clients give up") } else { configuration.timeouts.greetDelay = value }
+            }
             if let entry = entries["command"], let value = duration(entry, "timeouts.command") { configuration.timeouts.command = value }
             if let entry = entries["data"], let value = duration(entry, "timeouts.data") { configuration.timeouts.data = value }
             if let entry = entries["proxy_header"], let value = duration(entry, "timeouts.proxy_header") { configuration.timeouts.proxyHeader = value }
@@ -165,11 +173,15 @@ extension YAMLReader {
                 fail(node, "log_level must be one of trace, debug, info, notice, warning, error, critical")
             }
         }
+        if let node = top["auth"], configuration.authentication != nil, configuration.tls == nil,
+           configuration.listeners.allSatisfy({ configuration.authenticationOffer(for: $0) == .afterTLS }) {
+            fail(node, "auth is offered only after STARTTLS and no tls: certificate is configured; add tls:, or auth: always on a protected listener")
+        }
         return configuration
     }
 
     private mutating func listener(_ node: Node) -> PosternConfiguration.Listener? {
-        let entries = mapping(node, "a listener", keys: ["address", "proxy_protocol", "require_tls"])
+        let entries = mapping(node, "a listener", keys: ["address", "proxy_protocol", "require_tls", "auth"])
         guard let addressNode = entries["address"] else {
             fail(node, "a listener needs an address (HOST:PORT)")
             return nil
@@ -180,6 +192,9 @@ extension YAMLReader {
         }
         if let entry = entries["proxy_protocol"], let value = bool(entry, "proxy_protocol") { listener.proxyProtocol = value }
         if let entry = entries["require_tls"], let value = bool(entry, "require_tls") { listener.requireTLS = value }
+        if let entry = entries["auth"], let text = string(entry, "auth") {
+            if let value = AuthenticationOffer(rawValue: text) { listener.auth = value } else { fail(entry, "auth must be off, tls or always") }
+        }
         return listener
     }
 
@@ -237,8 +252,11 @@ extension YAMLReader {
         var limits = PosternConfiguration.Limits()
         let entries = mapping(node, "limits", keys: [
             "command_line_length", "text_line_length", "message_size", "recipients_per_message", "errors_per_session",
-            "max_connections", "max_connections_per_ip",
+            "max_connections", "max_connections_per_ip", "junk_commands", "min_data_rate", "data_rate_grace",
         ])
+        if let entry = entries["junk_commands"], let value = integer(entry, "junk_commands", range: 1...1_000_000) { limits.junkCommands = value }
+        if let entry = entries["min_data_rate"], let value = size(entry, "min_data_rate") { limits.minDataRate = value }
+        if let entry = entries["data_rate_grace"], let value = duration(entry, "data_rate_grace") { limits.dataRateGrace = value }
         if let entry = entries["command_line_length"], let value = integer(entry, "command_line_length", range: 512...65536) { limits.commandLineLength = value }
         if let entry = entries["text_line_length"], let value = integer(entry, "text_line_length", range: 1000...1_048_576) { limits.textLineLength = value }
         if let entry = entries["message_size"], let value = size(entry, "message_size") { limits.messageSize = value }
@@ -247,6 +265,39 @@ extension YAMLReader {
         if let entry = entries["max_connections"], let value = integer(entry, "max_connections", range: 1...1_000_000) { limits.maxConnections = value }
         if let entry = entries["max_connections_per_ip"], let value = integer(entry, "max_connections_per_ip", range: 1...1_000_000) { limits.maxConnectionsPerIP = value }
         return limits
+    }
+
+    private mutating func networks(_ node: Node, _ name: String) -> [IPNetwork] {
+        sequence(node, name).compactMap { entry in
+            guard let text = string(entry, "a network"), let network = IPNetwork(text) else {
+                fail(entry, "not an IP address or CIDR block")
+                return nil
+            }
+            return network
+        }
+    }
+
+    private mutating func authentication(_ node: Node) -> PosternConfiguration.Authentication? {
+        let entries = mapping(node, "auth", keys: ["credentials", "failure_delay", "lockout_failures", "lockout_window", "lockout_duration"])
+        guard let entry = entries["credentials"], let path = string(entry, "auth.credentials"), !path.isEmpty else {
+            fail(node, "auth needs credentials: (a file of user:crypt-hash lines)")
+            return nil
+        }
+        let resolved = path.hasPrefix("/") || file.hasPrefix("<")
+            ? path : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(path).path
+        var auth = PosternConfiguration.Authentication(credentials: resolved)
+        do {
+            _ = try CredentialsFile.load(path: resolved)
+        } catch {
+            fail(entry, "\(error)")
+        }
+        if let entry = entries["failure_delay"], let value = duration(entry, "auth.failure_delay") {
+            if value > .seconds(30) { fail(entry, "auth.failure_delay above 30s keeps sessions open for nothing") } else { auth.failureDelay = value }
+        }
+        if let entry = entries["lockout_failures"], let value = integer(entry, "auth.lockout_failures", range: 1...10_000) { auth.lockoutFailures = value }
+        if let entry = entries["lockout_window"], let value = duration(entry, "auth.lockout_window") { auth.lockoutWindow = value }
+        if let entry = entries["lockout_duration"], let value = duration(entry, "auth.lockout_duration") { auth.lockoutDuration = value }
+        return auth
     }
 
     static func systemHostname() -> String {

@@ -15,6 +15,8 @@ public struct PosternConfiguration: Sendable {
         public var proxyProtocol = false
         /// Refuse MAIL before STARTTLS (530 5.7.0).
         public var requireTLS = false
+        /// When AUTH is offered; nil: `tls` when credentials are configured, else `off`.
+        public var auth: AuthenticationOffer?
 
         public init(host: String, port: Int) {
             self.host = host
@@ -67,6 +69,12 @@ public struct PosternConfiguration: Sendable {
         public var maxConnections = 1000
         /// Concurrent sessions per client address; more get 421 4.7.0 at connect.
         public var maxConnectionsPerIP = 50
+        /// NOOP/RSET/VRFY/EXPN/HELP/ETRN since the last message; more get 421 4.7.0.
+        public var junkCommands = 100
+        /// Octets per second a client must keep up during DATA/BDAT after `dataRateGrace`;
+        /// slower gets 421 4.4.2 (slow-loris). 0: off.
+        public var minDataRate = 0
+        public var dataRateGrace: TimeAmount = .seconds(30)
         public init() {}
     }
 
@@ -77,6 +85,10 @@ public struct PosternConfiguration: Sendable {
         public var data: TimeAmount = .minutes(3)
         /// A PROXY header must arrive this fast.
         public var proxyHeader: TimeAmount = .seconds(10)
+        /// A whole session; then 421 4.4.2.
+        public var session: TimeAmount = .hours(1)
+        /// Pre-greet: wait this long before the 220; a client that talks first gets 554 5.5.1.
+        public var greetDelay: TimeAmount = .zero
         public init() {}
     }
 
@@ -87,8 +99,24 @@ public struct PosternConfiguration: Sendable {
         public init() {}
     }
 
+    /// AUTH (RFC 4954) for clients: who may authenticate, and how failures are slowed.
+    public struct Authentication: Hashable, Sendable {
+        /// `user:crypt-hash` lines.
+        public var credentials: String
+        public var failureDelay: TimeAmount = .seconds(1)
+        public var lockoutFailures = 5
+        public var lockoutWindow: TimeAmount = .minutes(10)
+        public var lockoutDuration: TimeAmount = .minutes(15)
+        public init(credentials: String) { self.credentials = credentials }
+    }
+
     public var hostname: String
     public var listeners: [Listener]
+    /// Domains mail is accepted for from anyone (`example.org`, or `.example.org` for its subdomains).
+    public var relayDomains: [String] = []
+    /// Clients that may relay to any domain (besides authenticated ones).
+    public var trustedNetworks: [IPNetwork] = [IPNetwork("127.0.0.0/8")!, IPNetwork("::1/128")!]
+    public var authentication: Authentication?
     public var proxyTrustedNetworks: [IPNetwork] = [IPNetwork("127.0.0.0/8")!, IPNetwork("::1/128")!]
     public var tls: TLSFiles?
     public var upstreams: [UpstreamConfiguration]
@@ -130,6 +158,15 @@ public struct PosternConfiguration: Sendable {
             maximumCommandLineLength: limits.commandLineLength,
             maximumTextLineLength: limits.textLineLength,
             tlsAvailable: tls != nil,
-            requireTLS: listener.requireTLS)
+            requireTLS: listener.requireTLS,
+            authentication: authenticationOffer(for: listener),
+            maximumJunkCommands: limits.junkCommands)
+    }
+
+    /// When `listener` offers AUTH: its own setting, else `tls` when credentials exist.
+    /// A `tls` listener without a certificate can never offer it.
+    public func authenticationOffer(for listener: Listener) -> AuthenticationOffer {
+        guard authentication != nil else { return .off }
+        return listener.auth ?? .afterTLS
     }
 }

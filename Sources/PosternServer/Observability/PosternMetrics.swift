@@ -80,6 +80,24 @@ public final class PosternMetrics: Sendable {
                              labels: [("limit", limit)]).increment()
     }
 
+    /// An AUTH exchange, by mechanism and result (success, failure, locked_out, error, cancelled).
+    func authAttempt(mechanism: String, result: String) {
+        registry.makeCounter(descriptor: Self.name("auth_attempts_total", "AUTH exchanges by mechanism and result."),
+                             labels: [("mechanism", mechanism), ("result", result)]).increment()
+    }
+
+    /// A recipient refused by relay control (554 5.7.1 Relay access denied).
+    func relayDenied() {
+        registry.makeCounter(descriptor: Self.name("relay_denied_total", "Recipients refused by relay control.")).increment()
+    }
+
+    /// A connection defence that ended a session, by defence
+    /// (pregreet, junk_commands, session_time, min_data_rate, errors).
+    func defence(_ name: String) {
+        registry.makeCounter(descriptor: Self.name("defences_total", "Sessions ended by a connection defence, by defence."),
+                             labels: [("defence", name)]).increment()
+    }
+
     func decisionLogWriteError() {
         decisionLogWriteErrors.increment()
     }

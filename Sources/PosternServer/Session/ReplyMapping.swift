@@ -37,4 +37,17 @@ enum ReplyMapping {
     static let tooManyConnections = SMTPReply(421, EnhancedStatusCode(4, 7, 0), "Too many connections, try again later")
     static let tooManyConnectionsFromAddress = SMTPReply(421, EnhancedStatusCode(4, 7, 0), "Too many connections from your address, try again later")
     static let badProxyHeader = SMTPReply(421, EnhancedStatusCode(4, 7, 0), "Protocol error, closing connection")
+
+    // Connection defences.
+    static let pregreet = SMTPReply(554, EnhancedStatusCode(5, 5, 1), "Protocol error: talked before the greeting")
+    static let sessionTimeExceeded = SMTPReply(421, EnhancedStatusCode(4, 4, 2), "Error: session time limit exceeded")
+    static let dataRateTooLow = SMTPReply(421, EnhancedStatusCode(4, 4, 2), "Error: data rate too low")
+
+    // AUTH (RFC 4954 §6).
+    static let authInvalid = SMTPReply(535, EnhancedStatusCode(5, 7, 8), "Authentication credentials invalid")
+    static let authUnavailable = SMTPReply(454, EnhancedStatusCode(4, 7, 0), "Temporary authentication failure")
+    static let authLockedOut = SMTPReply(454, EnhancedStatusCode(4, 7, 0), "Too many failed authentication attempts, try again later")
+    static let authCancelled = SMTPReply(501, EnhancedStatusCode(5, 0, 0), "Authentication cancelled")
+    static let authUndecodable = SMTPReply(501, EnhancedStatusCode(5, 5, 2), "Cannot decode response")
+    static let authLineTooLong = SMTPReply(500, EnhancedStatusCode(5, 5, 6), "Authentication exchange line is too long")
 }

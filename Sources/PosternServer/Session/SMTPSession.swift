@@ -26,6 +26,8 @@ struct SessionEnvironment: Sendable {
     var decisionLog: DecisionLogWriter?
     var metrics: PosternMetrics
     var policy: PolicyStore
+    var relayControl: RelayControl
+    var authenticator: Authenticator?
     var logger: Logger
 }
 
@@ -34,25 +36,25 @@ struct SessionEnvironment: Sendable {
 final class SMTPSession {
     typealias Inbound = NIOAsyncChannelInboundStream<SMTPInboundEvent>.AsyncIterator
 
-    private let channel: Channel
-    private let environment: SessionEnvironment
-    private var configuration: PosternConfiguration { environment.configuration }
-    private var logger: Logger
-    private var machine: SMTPServerStateMachine
+    let channel: Channel
+    let environment: SessionEnvironment
+    var configuration: PosternConfiguration { environment.configuration }
+    var logger: Logger
+    var machine: SMTPServerStateMachine
     private let parser: SMTPCommandParser
-    private var framer = SMTPInputFramer()
+    var framer = SMTPInputFramer()
     private var inbound: Inbound
     private var output = ByteBuffer()
-    private var client: ClientEndpoint
-    private var relay: RelaySession?
+    var client: ClientEndpoint
+    var relay: RelaySession?
     /// MAIL was accepted upstream and the transaction there is not finished.
-    private var upstreamTransactionOpen = false
+    var upstreamTransactionOpen = false
     private var tlsVersion: String?
-    private var draining = false
-    private var closing = false
+    var draining = false
+    var closing = false
     private var transactionID = Identifier.make()
     /// BDAT content collected so far in this transaction.
-    private var chunkSpool: MessageSpool?
+    var chunkSpool: MessageSpool?
     private var chunkInspector: LineEndingInspector
     private let sessionID = Identifier.make()
     /// The policy this session started with; a reload does not change it mid-session.
@@ -70,9 +72,19 @@ final class SMTPSession {
     /// Where the client is (looked up once, after any PROXY header), when the policy has GeoIP.
     private var location: ClientLocation?
     /// What the decision record of the transaction in progress needs.
-    private var trace: TransactionTrace?
+    var trace: TransactionTrace?
+    /// The client is in `trusted_networks` (judged after any PROXY header).
+    var clientTrusted = false
+    /// The session ends with 421 4.4.2 at this time (`timeouts.session`).
+    var sessionDeadline = NIODeadline.distantFuture
+    /// The read timeout last given to the inbound handler.
+    var readTimeout: TimeAmount
+    /// Why a connection defence ended the session, for the decision record.
+    var endReason: String?
+    /// During DATA/BDAT: when the content started and how much of it has arrived.
+    var contentProgress: (started: NIODeadline, octets: Int)?
 
-    private struct TransactionTrace {
+    struct TransactionTrace {
         var started = DispatchTime.now().uptimeNanoseconds
         var mailFrom: String
         var recipients: [DecisionRecord.Recipient] = []
@@ -96,6 +108,7 @@ final class SMTPSession {
         self.parser = machine.parser
         self.policy = environment.policy.policy
         self.chunkInspector = LineEndingInspector(maximumLineLength: environment.configuration.limits.textLineLength)
+        self.readTimeout = environment.configuration.timeouts.command
         var logger = environment.logger
         logger[metadataKey: "smtp.session.id"] = "\(sessionID)"
         self.logger = logger
@@ -109,6 +122,8 @@ final class SMTPSession {
         }
         logger[metadataKey: "smtp.client"] = "\(client.address):\(client.port)"
         location = policy.geoip?.locate(client.address)
+        clientTrusted = environment.relayControl.isTrusted(client.address)
+        sessionDeadline = .now() + configuration.timeouts.session
         if let refusal = environment.limiter.acquire(client.address) {
             logger.notice("connection refused", metadata: ["reason": "\(refusal)"])
             let reply = refusal == .total(configuration.limits.maxConnections)
@@ -148,6 +163,9 @@ final class SMTPSession {
             await refusedSessionLoop()
             return
         }
+        if configuration.timeouts.greetDelay > .zero {
+            guard await waitBeforeGreeting() else { return }
+        }
         queue(machine.greeting)
         await flush()
         await commandLoop()
@@ -179,10 +197,15 @@ final class SMTPSession {
             }
             await flush()
             if closing { break }
+            guard armCommandTimeout() else { continue }
             switch await readMore() {
             case .bytes, .tlsEstablished:
                 continue
             case .timedOut:
+                if NIODeadline.now() >= sessionDeadline {
+                    endSession(defence: "session_time", ReplyMapping.sessionTimeExceeded)
+                    continue
+                }
                 queue(machine.prepare(ReplyMapping.timeout))
                 close()
             case .drain:
@@ -197,13 +220,24 @@ final class SMTPSession {
         try? await channel.close().get()
     }
 
-    private func perform(_ action: SMTPServerStateMachine.Action) async {
+    func perform(_ action: SMTPServerStateMachine.Action) async {
         switch action {
         case .reply(let reply):
             queue(reply)
-        case .close(let reply), .quit(let reply):
+        case .close(let reply):
             queue(reply)
             close()
+            if reply.code == 421 {
+                let defence = machine.junkCount > configuration.limits.junkCommands ? "junk_commands" : "errors"
+                noteDefence(defence, reply)
+            }
+        case .quit(let reply):
+            queue(reply)
+            close()
+        case .authenticate(let mechanism, let initialResponse):
+            await authenticate(mechanism, initialResponse: initialResponse)
+        case .etrn(let node):
+            await etrn(node)
         case .startTLS(let reply):
             await startTLS(reply)
         case .mail(let path, let parameters):
@@ -222,6 +256,15 @@ final class SMTPSession {
             queue(reply)
             if !reply.isPositive { recordDecision(reply: reply, stage: .mail, reason: trace?.reason) }
         case .recipient(let path, let parameters):
+            if let denial = environment.relayControl.refusal(for: path, trusted: clientTrusted, authenticated: machine.authenticatedUser != nil) {
+                environment.metrics.relayDenied()
+                logger.notice("relay access denied", metadata: ["recipient": "\(path)", "reason": "\(denial)"])
+                let reply = machine.recipientReplied(RelayControl.reply(for: path), path: path, parameters: parameters)
+                trace?.recipientRefusal = (nil, denial, reply)
+                trace?.recipients.append(.init(address: path.mailbox?.description ?? "postmaster", reply: reply.description))
+                queue(reply)
+                return
+            }
             let refusal = await policyRefusal(at: .rcpt, sender: machine.transaction?.reversePath, recipient: path)
             let answer: SMTPReply
             if let refusal { answer = refusal } else { answer = await timedUpstream { await relayRecipient(path, parameters) } }
@@ -280,18 +323,18 @@ final class SMTPSession {
         }
     }
 
-    private func openRelay() async throws(UpstreamError) -> RelaySession {
+    func openRelay() async throws(UpstreamError) -> RelaySession {
         if let relay, relay.isUsable { return relay }
         await dropRelay()
         let identity = ClientIdentity(
             address: client.address, port: client.port, helo: machine.helloName,
-            protocolName: machine.isExtended ? "ESMTP" : "SMTP")
+            protocolName: machine.isExtended ? "ESMTP" : "SMTP", login: machine.authenticatedUser)
         let session = try await environment.pool.openSession(logger: logger, client: identity)
         relay = session
         return session
     }
 
-    private func dropRelay() async {
+    func dropRelay() async {
         upstreamTransactionOpen = false
         if let relay {
             self.relay = nil
@@ -346,8 +389,8 @@ final class SMTPSession {
 
     private func receiveMessage() async {
         framer.beginData()
-        setReadTimeout(configuration.timeouts.data)
-        defer { setReadTimeout(configuration.timeouts.command) }
+        contentProgress = (.now(), 0)
+        defer { contentProgress = nil }
         let spool = MessageSpool(memoryThreshold: configuration.spool.memoryThreshold, directory: configuration.spool.directory)
         var size = 0
         var spoolError: MessageSpool.Error?
@@ -357,6 +400,7 @@ final class SMTPSession {
                 switch event {
                 case .content(let bytes):
                     size += bytes.readableBytes
+                    contentProgress?.octets = size
                     trace?.headers.feed(bytes)
                     // Past the limit the rest is read and dropped (RFC 1870 §6.3: 552 after the dot).
                     if size <= limit && spoolError == nil {
@@ -377,8 +421,8 @@ final class SMTPSession {
     }
 
     private func receiveChunk(size: Int, last: Bool, accept: Bool, refusal: SMTPReply?) async {
-        setReadTimeout(configuration.timeouts.data)
-        defer { setReadTimeout(configuration.timeouts.command) }
+        contentProgress = (.now(), 0)
+        defer { contentProgress = nil }
         if accept && chunkSpool == nil {
             chunkSpool = MessageSpool(memoryThreshold: configuration.spool.memoryThreshold, directory: configuration.spool.directory)
             chunkInspector = LineEndingInspector(maximumLineLength: configuration.limits.textLineLength)
@@ -388,6 +432,7 @@ final class SMTPSession {
         while remaining > 0 {
             if let bytes = framer.nextChunkBytes(maximum: remaining) {
                 remaining -= bytes.readableBytes
+                contentProgress?.octets = size - remaining
                 if accept, let chunkSpool {
                     chunkInspector.inspect(bytes)
                     trace?.headers.feed(bytes)
@@ -425,6 +470,13 @@ final class SMTPSession {
     /// Reads more content. False when the session cannot go on (client gone, timeout):
     /// the message is abandoned and nothing is relayed.
     private func continueReadingContent() async -> Bool {
+        if let (defence, reply) = armContentTimeout() {
+            logger.notice("message content abandoned; nothing relayed", metadata: ["defence": "\(defence)"])
+            endSession(defence: defence, reply)
+            machine.close()
+            chunkSpool = nil
+            return false
+        }
         switch await readMore() {
         case .bytes, .tlsEstablished:
             return true
@@ -432,6 +484,11 @@ final class SMTPSession {
             draining = true
             return true
         case .timedOut:
+            if let (defence, reply) = contentDefenceDue() {
+                logger.notice("message content abandoned; nothing relayed", metadata: ["defence": "\(defence)"])
+                endSession(defence: defence, reply)
+                break
+            }
             logger.notice("timeout while receiving message content; nothing relayed")
             queue(machine.prepare(ReplyMapping.timeout))
             close()
@@ -594,7 +651,7 @@ final class SMTPSession {
     private func facts(recipient: ForwardPath? = nil, sender: ReversePath? = nil, size: Int? = nil, message: MIMEMessage? = nil) -> TransactionFacts {
         var facts = TransactionFacts(
             transactionID: transactionID, clientAddress: client.address, clientPort: client.port, helo: machine.helloName,
-            tls: machine.isTLSActive, authUser: nil, sender: sender, recipient: recipient,
+            tls: machine.isTLSActive, authUser: machine.authenticatedUser, sender: sender, recipient: recipient,
             recipients: machine.transaction?.recipients.map(\.path) ?? [], size: size)
         facts.message = message
         facts.location = location
@@ -745,7 +802,7 @@ final class SMTPSession {
     }
 
     /// A transaction that ended without a message: RSET, QUIT, a new EHLO, a disconnect.
-    private func recordAbandonedTransaction() {
+    func recordAbandonedTransaction() {
         guard let trace else { return }
         self.trace = nil
         // Every recipient refused: the transaction was refused, at RCPT; otherwise abandoned.
@@ -762,12 +819,12 @@ final class SMTPSession {
             return
         }
         write(trace: trace, decision: .aborted, stage: trace.recipients.isEmpty ? .mail : .rcpt, reply: nil, size: nil,
-              reason: closing ? "session ended mid-transaction" : "transaction abandoned by the client",
+              reason: endReason ?? (closing ? "session ended mid-transaction" : "transaction abandoned by the client"),
               upstream: trace.upstreamHost.map { .init(host: $0, reply: nil, queueID: nil) })
     }
 
     /// A connection refused before any transaction.
-    private func recordRefusedConnection(_ reply: SMTPReply, reason: String) {
+    func recordRefusedConnection(_ reply: SMTPReply, reason: String) {
         environment.metrics.transaction(decision: reply.isTransientFailure ? "tempfailed" : "rejected")
         guard let log = environment.decisionLog else { return }
         log.record(DecisionRecord(
@@ -798,6 +855,7 @@ final class SMTPSession {
 
     private var recordClient: DecisionRecord.Client {
         DecisionRecord.Client(ip: "\(client.address)", port: client.port, helo: machine.helloName, tls: tlsVersion,
+                              auth: machine.authenticatedUser,
                               country: location?.country, asn: location?.asn.map(Int.init))
     }
 
@@ -903,10 +961,10 @@ final class SMTPSession {
 
     // MARK: I/O
 
-    private enum ReadOutcome { case bytes, tlsEstablished, timedOut, drain, closed }
+    enum ReadOutcome { case bytes, tlsEstablished, timedOut, drain, closed }
 
     /// Waits for the next event; bytes go to the framer.
-    private func readMore() async -> ReadOutcome {
+    func readMore() async -> ReadOutcome {
         switch await nextEvent() {
         case .bytes(let bytes):
             framer.append(bytes)
@@ -918,7 +976,7 @@ final class SMTPSession {
         }
     }
 
-    private func nextEvent() async -> SMTPInboundEvent? {
+    func nextEvent() async -> SMTPInboundEvent? {
         do {
             return try await inbound.next()
         } catch {
@@ -927,13 +985,13 @@ final class SMTPSession {
         }
     }
 
-    private func queue(_ reply: SMTPReply) {
+    func queue(_ reply: SMTPReply) {
         reply.encode(into: &output)
     }
 
     /// Sends the replies queued so far: before waiting for input, which is what
     /// RFC 2920 §3.2 asks of a pipelining server.
-    private func flush() async {
+    func flush() async {
         guard output.readableBytes > 0 else { return }
         let bytes = output
         output = ByteBuffer()
@@ -944,7 +1002,7 @@ final class SMTPSession {
         }
     }
 
-    private func close() {
+    func close() {
         closing = true
         machine.close()
     }
@@ -954,7 +1012,9 @@ final class SMTPSession {
         close()
     }
 
-    private func setReadTimeout(_ timeout: TimeAmount) {
+    func setReadTimeout(_ timeout: TimeAmount) {
+        guard timeout != readTimeout else { return }
+        readTimeout = timeout
         channel.triggerUserOutboundEvent(SMTPReadTimeout(timeout), promise: nil)
     }
 }

@@ -28,6 +28,7 @@ extension SMTPCommand {
         case .help(let text): buffer.writeString(text.map { "HELP \($0)" } ?? "HELP")
         case .starttls: buffer.writeStaticString("STARTTLS")
         case .auth(let arguments): buffer.writeString("AUTH \(arguments)")
+        case .etrn(let node): buffer.writeString("ETRN \(node)")
         case .notImplemented(let verb): buffer.writeString(verb)
         }
         buffer.writeStaticString("\r\n")

@@ -9,6 +9,8 @@ public struct SMTPCommandParser: Sendable {
     public var offers8BitMIME = true
     public var offersSMTPUTF8 = true
     public var offersDSN = true
+    /// `AUTH=` on MAIL (RFC 4954 §5) is accepted when AUTH is offered.
+    public var offersAuth = false
     /// RFC 5321 §4.5.3.1.4: 512 octets including CRLF.
     public var maximumLineLength = 512
 
@@ -64,7 +66,12 @@ public struct SMTPCommandParser: Sendable {
             return .bdat(size: size, last: words.count == 2)
         case "AUTH":
             return .auth(argumentText())
-        case "ETRN", "ATRN", "TURN", "SAML", "SEND", "SOML":
+        case "ETRN":
+            // RFC 1985 §3: ETRN [ "@" / "#" ] domain-or-queue, one argument.
+            let node = argumentText()
+            guard !node.isEmpty, !node.contains(" "), node.utf8.count <= 255 else { throw SMTPSyntaxError(.syntax, "ETRN domain") }
+            return .etrn(node)
+        case "ATRN", "TURN", "SAML", "SEND", "SOML":
             return .notImplemented(verb)
         default:
             throw SMTPSyntaxError(.unknownCommand, verb)
@@ -104,6 +111,11 @@ public struct SMTPCommandParser: Sendable {
                     throw SMTPSyntaxError(.syntax, "ENVID=<xtext>")
                 }
                 result.envelopeID = value
+            case "AUTH" where offersAuth:
+                guard let value, !value.isEmpty, value.utf8.count <= 500, value == "<>" || Self.isXtext(value) else {
+                    throw SMTPSyntaxError(.syntax, "AUTH=<xtext>|<>")
+                }
+                result.auth = value
             default:
                 throw SMTPSyntaxError(.unknownParameter, keyword)
             }
