@@ -202,6 +202,7 @@ public final class PosternServer: Service, Sendable {
                 registry.closeAll()
             }
         }
+        await pool.closeIdle()
         decisionLog?.close()
         logger.notice("stopped")
     }

@@ -87,6 +87,8 @@ public final class MaildirRelaySession: RelaySession {
 
     public func close() async {}
 
+    public var isReused: Bool { false }
+
     /// A Maildir has no queue to flush.
     public func etrn(_ node: String) async throws(UpstreamError) -> SMTPReply {
         SMTPReply(458, EnhancedStatusCode(4, 5, 0), "Unable to queue messages for node \(node): the upstream is a Maildir")

@@ -19,6 +19,11 @@ public final class SMTPUpstreamSession: RelaySession {
     private var broken = false
     /// XFORWARD attributes to send before each MAIL (Postfix resets them after a transaction).
     private var xforward: String?
+    /// The XFORWARD attribute names the upstream offered, to describe a later client.
+    private var xforwardNames: Set<String>?
+    public private(set) var isReused = false
+    /// Opened for a client identity (XCLIENT/XFORWARD considered), or for none.
+    private var openedForClient = false
     /// How the real client was passed on: "xclient", "xforward" or nil.
     public private(set) var forwardedWith: String?
 
@@ -55,7 +60,10 @@ public final class SMTPUpstreamSession: RelaySession {
         let session = SMTPUpstreamSession(channel: channel, configuration: configuration, name: name, logger: logger)
         do {
             try await session.handshake(host: host, heloName: heloName)
-            if let client { try await session.forward(client, heloName: heloName) }
+            if let client {
+                try await session.forward(client, heloName: heloName)
+                session.openedForClient = true
+            }
         } catch {
             await session.close()
             // Whatever went wrong before the session was ready, this upstream cannot take mail now.
@@ -100,13 +108,15 @@ public final class SMTPUpstreamSession: RelaySession {
             guard reply.isPositive else {
                 throw UpstreamError(.unavailable, "\(upstreamName) refused XCLIENT: \(reply) (is Postern in smtpd_authorized_xclient_hosts?)")
             }
-            // Postfix starts a new session and greets again (220): EHLO anew.
-            if reply.code == 220 { try await hello(heloName) }
+            // Postfix starts a new session and greets again (220): EHLO anew, with the
+            // client's own name, as XCLIENT_README's proxy does.
+            if reply.code == 220 { try await hello(client.helo ?? heloName) }
             forwardedWith = "xclient"
             return
         }
         if mode == .auto || mode == .xforward, let names = offered("XFORWARD"), names.contains("ADDR") {
             xforward = client.attributes(offered: names)
+            xforwardNames = names
             forwardedWith = "xforward"
             return
         }
@@ -223,6 +233,24 @@ public final class SMTPUpstreamSession: RelaySession {
         return try await exchange(output, timeout: timeouts.dataTermination, stage: "end of DATA")
     }
 
+    /// Whether this session may serve another client session: usable, and not bound to
+    /// one client by XCLIENT.
+    var isReusable: Bool { isUsable && forwardedWith != "xclient" }
+
+    /// Takes the session out of the idle pool for a new client: XFORWARD (when used) now
+    /// describes that client. False when the session cannot serve it.
+    func adopt(for client: ClientIdentity?) -> Bool {
+        guard isReusable, (client != nil) == openedForClient else { return false }
+        if let names = xforwardNames, let client {
+            xforward = client.attributes(offered: names)
+        }
+        isReused = true
+        return true
+    }
+
+    /// A command was answered: the connection is known to be alive again.
+    private func markAnswered() { isReused = false }
+
     public func etrn(_ node: String) async throws(UpstreamError) -> SMTPReply {
         try await exchange(SMTPCommand.etrn(node).encoded, timeout: configuration.timeouts.mail, stage: "ETRN")
     }
@@ -250,7 +278,7 @@ public final class SMTPUpstreamSession: RelaySession {
     private func exchange(_ bytes: ByteBuffer?, timeout: TimeAmount, stage: String) async throws(UpstreamError) -> SMTPReply {
         let replies = try await request(bytes, replies: 1, timeout: timeout, stage: stage)
         guard let reply = replies.first else { throw UpstreamError(.connectionLost, "no reply to \(stage)") }
-        if reply.code == 421 { broken = true }
+        if reply.code == 421 { broken = true } else { markAnswered() }
         return reply
     }
 

@@ -165,6 +165,12 @@ public struct UpstreamConfiguration: Hashable, Sendable {
     public var timeouts = UpstreamTimeouts()
     /// Tell the upstream who the real client is (XCLIENT / XFORWARD).
     public var forwardClient: ForwardClientMode = .auto
+    /// Upstream connections kept open between client sessions (after RSET), ready for the
+    /// next session; 0 opens a new connection for every client session. A connection that
+    /// carries XCLIENT names one client and is never kept.
+    public var idleConnections = 16
+    /// How long a kept connection may wait for its next session.
+    public var idleTimeout: TimeAmount = .seconds(10)
 
     public init(target: UpstreamTarget) {
         self.target = target
@@ -208,6 +214,9 @@ public protocol RelaySession: AnyObject {
     /// Abandons the current transaction (RSET).
     func reset() async
     func close() async
+    /// True when the session came from the idle pool: the upstream may have closed it
+    /// meanwhile, so a failure of its first command deserves one retry on a new connection.
+    var isReused: Bool { get }
     /// Passes `ETRN node` (RFC 1985) outside a transaction; returns the upstream's reply.
     func etrn(_ node: String) async throws(UpstreamError) -> SMTPReply
 }

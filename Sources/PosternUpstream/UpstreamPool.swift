@@ -12,6 +12,15 @@ public final class UpstreamPool: Sendable {
     private let defaultHeloName: String
     /// When each upstream may be tried again (uptime nanoseconds), by index.
     private let deadUntil: Mutex<[Int: UInt64]>
+    /// Connections kept between client sessions, by upstream index, oldest first.
+    private let idle: Mutex<[Int: [IdleSession]]>
+
+    /// A kept connection. Only one task owns a session at a time: the pool while it is
+    /// idle, then the client session that takes it.
+    private struct IdleSession: @unchecked Sendable {
+        let session: SMTPUpstreamSession
+        let since: UInt64
+    }
 
     public init(upstreams: [UpstreamConfiguration], retryAfter: TimeAmount, heloName: String, group: EventLoopGroup) {
         self.upstreams = upstreams
@@ -19,7 +28,11 @@ public final class UpstreamPool: Sendable {
         self.defaultHeloName = heloName
         self.group = group
         self.deadUntil = Mutex([:])
+        self.idle = Mutex([:])
     }
+
+    /// Connections kept open now, for all upstreams.
+    public var idleCount: Int { idle.withLock { $0.values.reduce(0) { $0 + $1.count } } }
 
     /// Upstreams currently believed reachable (by name), for health reporting.
     public var liveUpstreams: [String] {
@@ -41,6 +54,7 @@ public final class UpstreamPool: Sendable {
         var failures: [String] = []
         for index in order {
             let configuration = upstreams[index]
+            if let kept = takeIdle(index, for: client) { return kept }
             do {
                 let session = try await open(configuration, logger: logger, client: client)
                 deadUntil.withLock { $0[index] = nil }
@@ -56,6 +70,62 @@ public final class UpstreamPool: Sendable {
             }
         }
         throw UpstreamError(.unavailable, failures.joined(separator: "; "))
+    }
+
+    /// Gives a client session's upstream connection back when the client session ends:
+    /// kept for the next session when it is clean (no transaction open), reusable, and
+    /// there is room; otherwise closed (QUIT).
+    public func release(_ session: RelaySession) async {
+        guard let smtp = session as? SMTPUpstreamSession, smtp.isReusable,
+              let index = upstreams.firstIndex(where: { $0.target == smtp.configuration.target }) else {
+            return await session.close()
+        }
+        let configuration = upstreams[index]
+        let now = DispatchTime.now().uptimeNanoseconds
+        let kept = idle.withLock { idle -> Bool in
+            var list = idle[index] ?? []
+            guard list.count < configuration.idleConnections else { return false }
+            list.append(IdleSession(session: smtp, since: now))
+            idle[index] = list
+            return true
+        }
+        guard kept else { return await session.close() }
+        // Close it if nobody takes it in time.
+        group.any().scheduleTask(in: configuration.idleTimeout) { [self] in
+            let expired = removeExpired(index, timeout: configuration.idleTimeout)
+            for entry in expired { Task { await entry.session.close() } }
+        }
+    }
+
+    /// Closes every kept connection (shutdown).
+    public func closeIdle() async {
+        let all = idle.withLock { idle in
+            defer { idle = [:] }
+            return idle.values.flatMap { $0 }
+        }
+        for entry in all { await entry.session.close() }
+    }
+
+    /// The most recently kept live connection to upstream `index` that can serve `client`.
+    private func takeIdle(_ index: Int, for client: ClientIdentity?) -> RelaySession? {
+        let limit = UInt64(max(upstreams[index].idleTimeout.nanoseconds, 0))
+        let now = DispatchTime.now().uptimeNanoseconds
+        while let entry = idle.withLock({ $0[index]?.popLast() }) {
+            if now - entry.since < limit, entry.session.adopt(for: client) { return entry.session }
+            Task { await entry.session.close() }
+        }
+        return nil
+    }
+
+    private func removeExpired(_ index: Int, timeout: TimeAmount) -> [IdleSession] {
+        let limit = UInt64(max(timeout.nanoseconds, 0))
+        let now = DispatchTime.now().uptimeNanoseconds
+        return idle.withLock { idle in
+            guard let list = idle[index] else { return [] }
+            let (expired, fresh) = (list.filter { now - $0.since >= limit }, list.filter { now - $0.since < limit })
+            idle[index] = fresh
+            return expired
+        }
     }
 
     private func open(_ configuration: UpstreamConfiguration, logger: Logger, client: ClientIdentity?) async throws(UpstreamError) -> RelaySession {

@@ -199,7 +199,9 @@ extension YAMLReader {
     }
 
     private mutating func upstream(_ node: Node) -> UpstreamConfiguration? {
-        let entries = mapping(node, "an upstream", keys: ["url", "tls", "verify_certificate", "helo_name", "auth", "timeouts", "forward_client"])
+        let entries = mapping(node, "an upstream", keys: [
+            "url", "tls", "verify_certificate", "helo_name", "auth", "timeouts", "forward_client", "idle_connections", "idle_timeout",
+        ])
         guard let urlNode = entries["url"] else {
             fail(node, "an upstream needs a url (smtp://HOST:PORT or maildir:PATH)")
             return nil
@@ -219,6 +221,8 @@ extension YAMLReader {
             }
         }
         if let entry = entries["helo_name"], let value = string(entry, "helo_name") { upstream.heloName = value }
+        if let entry = entries["idle_connections"], let value = integer(entry, "idle_connections", range: 0...10_000) { upstream.idleConnections = value }
+        if let entry = entries["idle_timeout"], let value = duration(entry, "idle_timeout") { upstream.idleTimeout = value }
         if let entry = entries["auth"] {
             let auth = mapping(entry, "auth", keys: ["username", "password"])
             if let user = auth["username"].flatMap({ string($0, "auth.username") }),
@@ -255,7 +259,7 @@ extension YAMLReader {
             "max_connections", "max_connections_per_ip", "junk_commands", "min_data_rate", "data_rate_grace",
         ])
         if let entry = entries["junk_commands"], let value = integer(entry, "junk_commands", range: 1...1_000_000) { limits.junkCommands = value }
-        if let entry = entries["min_data_rate"], let value = size(entry, "min_data_rate") { limits.minDataRate = value }
+        if let entry = entries["min_data_rate"], let value = integer(entry, "min_data_rate", range: 0...1_000_000_000) { limits.minDataRate = value }
         if let entry = entries["data_rate_grace"], let value = duration(entry, "data_rate_grace") { limits.dataRateGrace = value }
         if let entry = entries["command_line_length"], let value = integer(entry, "command_line_length", range: 512...65536) { limits.commandLineLength = value }
         if let entry = entries["text_line_length"], let value = integer(entry, "text_line_length", range: 1000...1_048_576) { limits.textLineLength = value }

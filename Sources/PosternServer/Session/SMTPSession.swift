@@ -171,8 +171,13 @@ final class SMTPSession {
         await commandLoop()
         recordAbandonedTransaction()
         releaseSlot()
-        await relay?.close()
-        relay = nil
+        if let relay {
+            self.relay = nil
+            // A clean connection serves the next client session (the pool decides).
+            if upstreamTransactionOpen { await relay.reset() }
+            upstreamTransactionOpen = false
+            await environment.pool.release(relay)
+        }
         logger.debug("session ended")
     }
 
@@ -289,9 +294,10 @@ final class SMTPSession {
         // A reused upstream connection may have been closed by the upstream while idle:
         // one retry on a fresh connection.
         for attempt in 0..<2 {
-            let reused = relay?.isUsable ?? false
+            var reused = relay?.isUsable ?? false
             do {
                 let session = try await openRelay()
+                reused = reused || session.isReused
                 let reply = try await session.mail(path, parameters)
                 if reused && attempt == 0 && reply.code == 421 {
                     // The upstream is closing the idle connection we kept: start afresh.
