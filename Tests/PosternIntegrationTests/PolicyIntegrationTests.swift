@@ -51,6 +51,8 @@ final class PolicyIntegrationTests: IntegrationTestCase, @unchecked Sendable {
         decision_log: \(decisionLog.path)
         quarantine: \(quarantine.path)
         log_level: debug
+        # The PROXY clients are documentation addresses, not trusted: mail for these only.
+        relay_domains: [example.test, client.test]
 
         """
         yaml += extra

@@ -56,6 +56,7 @@ final class PostfixUpstreamTests: IntegrationTestCase, @unchecked Sendable {
         let postfix = try startPostfix()
         var config = PosternConfig(port: try Net.freePort(), upstreams: ["smtp://127.0.0.1:\(postfix.port)"])
         config.listenerExtra = ["proxy_protocol: true"]
+        config.extra = "relay_domains: [postfix.test]"
         let postern = try startPostern(config)
         let client = try RawSMTPClient(port: postern.port)
         try client.send("PROXY TCP4 203.0.113.9 127.0.0.1 40009 25\r\n")

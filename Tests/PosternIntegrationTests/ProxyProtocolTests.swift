@@ -19,7 +19,10 @@ final class ProxyProtocolTests: IntegrationTestCase, @unchecked Sendable {
     }
 
     func testProxyV1AndV2HeadersGiveTheRealClientAddress() throws {
-        let (postern, sink) = try startPosternWithSink { $0.listenerExtra = ["proxy_protocol: true"] }
+        let (postern, sink) = try startPosternWithSink {
+            $0.listenerExtra = ["proxy_protocol: true"]
+            $0.extra = "relay_domains: [example.test]"
+        }
 
         let v1 = Array("PROXY TCP4 203.0.113.7 127.0.0.1 40001 25\r\n".utf8)
         XCTAssertEqual(try relay(through: postern, header: v1, marker: "v1").code, 250)

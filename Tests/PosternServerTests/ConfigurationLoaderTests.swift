@@ -107,6 +107,83 @@ final class ConfigurationLoaderTests: XCTestCase {
         XCTAssertEqual(configuration.metrics, PosternConfiguration.Listener(host: "127.0.0.1", port: 9125))
     }
 
+    func testTrustKeys() throws {
+        let credentials = NSTemporaryDirectory() + "postern-config-users-\(UUID().uuidString)"
+        try "alice:$6$abcdefgh$ltjgWl6579NluT/Vi1nwEvcil.G5Nbc4NiXZaNGStk8PSwGfQv72N2CKPPrVACtLtip/cZ/1GM/O6IND4WQhG.\n"
+            .write(toFile: credentials, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: credentials) }
+        let configuration = try load("""
+            listen:
+              - address: 127.0.0.1:2525
+                auth: always
+              - address: 127.0.0.1:2526
+            upstreams: [{url: "smtp://127.0.0.1:10025"}]
+            relay_domains: [example.org, .example.net, bücher.example]
+            trusted_networks: [192.0.2.0/24]
+            auth:
+              credentials: \(credentials)
+              failure_delay: 2s
+              lockout_failures: 7
+              lockout_window: 5m
+              lockout_duration: 1h
+            limits: { junk_commands: 20, min_data_rate: 1024, data_rate_grace: 10s }
+            timeouts: { session: 10m, greet_delay: 3s }
+            """)
+        XCTAssertEqual(configuration.relayDomains, ["example.org", ".example.net", "bücher.example"])
+        XCTAssertEqual(configuration.trustedNetworks, [IPNetwork("192.0.2.0/24")!])
+        XCTAssertEqual(configuration.authentication?.credentials, credentials)
+        XCTAssertEqual(configuration.authentication?.failureDelay, .seconds(2))
+        XCTAssertEqual(configuration.authentication?.lockoutFailures, 7)
+        XCTAssertEqual(configuration.authentication?.lockoutWindow, .minutes(5))
+        XCTAssertEqual(configuration.authentication?.lockoutDuration, .hours(1))
+        XCTAssertEqual(configuration.listeners.map { configuration.authenticationOffer(for: $0) }, [.always, .afterTLS])
+        XCTAssertEqual(configuration.limits.junkCommands, 20)
+        XCTAssertEqual(configuration.limits.minDataRate, 1024)
+        XCTAssertEqual(configuration.limits.dataRateGrace, .seconds(10))
+        XCTAssertEqual(configuration.timeouts.session, .minutes(10))
+        XCTAssertEqual(configuration.timeouts.greetDelay, .seconds(3))
+        XCTAssertEqual(configuration.serverConfiguration(for: configuration.listeners[0]).authentication, .always)
+    }
+
+    func testTrustDefaultsAreNoOpenRelay() throws {
+        let configuration = try load("upstreams: [{url: \"smtp://127.0.0.1:10025\"}]")
+        XCTAssertEqual(configuration.relayDomains, [])
+        XCTAssertEqual(configuration.trustedNetworks, [IPNetwork("127.0.0.0/8")!, IPNetwork("::1/128")!])
+        XCTAssertNil(configuration.authentication)
+        XCTAssertEqual(configuration.authenticationOffer(for: configuration.listeners[0]), .off)
+        XCTAssertEqual(configuration.timeouts.greetDelay, .zero)
+        XCTAssertEqual(configuration.limits.minDataRate, 0)
+    }
+
+    func testTrustKeyErrors() {
+        let problems = errors("""
+            listen: [{address: "127.0.0.1:2525", auth: sometimes}]
+            upstreams: [{url: "smtp://127.0.0.1:10025"}]
+            relay_domains: ["user@example.org", "example..org"]
+            trusted_networks: [not-a-network]
+            auth: {credentials: /nonexistent/users}
+            timeouts: {greet_delay: 10m}
+            """)
+        let joined = problems.joined(separator: "\n")
+        XCTAssertTrue(joined.contains("test.yaml:1:"), joined)
+        XCTAssertTrue(joined.contains("auth must be off, tls or always"), joined)
+        XCTAssertTrue(joined.contains("test.yaml:3:") && joined.contains("not a domain"), joined)
+        XCTAssertTrue(joined.contains("test.yaml:4:") && joined.contains("not an IP address or CIDR block"), joined)
+        XCTAssertTrue(joined.contains("cannot read the credentials file"), joined)
+        XCTAssertTrue(joined.contains("greet_delay longer than 5m"), joined)
+    }
+
+    func testAuthWithoutAnyWayToOfferItIsAnError() throws {
+        let credentials = NSTemporaryDirectory() + "postern-config-users-\(UUID().uuidString)"
+        try "".write(toFile: credentials, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: credentials) }
+        let problems = errors("""
+            upstreams: [{url: "smtp://127.0.0.1:10025"}]
+            auth: {credentials: \(credentials)}
+            """)
+        XCTAssertTrue(problems.contains { $0.contains("no tls: certificate is configured") }, "\(problems)")
+    }
+
     func testUnknownKeyIsReportedWithItsPosition() {
         XCTAssertEqual(errors("""
             upstreams:

@@ -69,7 +69,7 @@ final class AuthAndETRNStateMachineTests: XCTestCase {
         _ = m.receive(.mail(.null, MailParameters()))
         _ = m.mailReplied(SMTPReply(250, nil, "Ok"), path: .null, parameters: MailParameters())
         XCTAssertEqual(code(m.receive(.auth("PLAIN"))), 503, "in a transaction")
-        XCTAssertEqual(m.errorCount, 5)
+        XCTAssertEqual(m.errorCount, 6)
     }
 
     func testSuccessRecordsTheUserAndRefusesASecondAuth() {
