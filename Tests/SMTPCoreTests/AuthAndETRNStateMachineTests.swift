@@ -128,8 +128,10 @@ final class AuthAndETRNStateMachineTests: XCTestCase {
     }
 
     func testETRNWithoutArgumentIsASyntaxError() {
-        XCTAssertThrowsError(try SMTPCommandParser().parse(Array("ETRN".utf8))) { error in
-            XCTAssertEqual((error as? SMTPSyntaxError)?.reply.code, 501)
+        for line in ["ETRN", "ETRN ", "ETRN @", "ETRN #", "ETRN a b"] {
+            XCTAssertThrowsError(try SMTPCommandParser().parse(Array(line.utf8)), line) { error in
+                XCTAssertEqual((error as? SMTPSyntaxError)?.reply.code, 501, line)
+            }
         }
     }
 

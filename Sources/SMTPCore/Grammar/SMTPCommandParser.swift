@@ -69,7 +69,9 @@ public struct SMTPCommandParser: Sendable {
         case "ETRN":
             // RFC 1985 §3: ETRN [ "@" / "#" ] domain-or-queue, one argument.
             let node = argumentText()
-            guard !node.isEmpty, !node.contains(" "), node.utf8.count <= 255 else { throw SMTPSyntaxError(.syntax, "ETRN domain") }
+            guard !node.isEmpty, node != "@", node != "#", !node.contains(" "), node.utf8.count <= 255 else {
+                throw SMTPSyntaxError(.syntax, "ETRN domain")
+            }
             return .etrn(node)
         case "ATRN", "TURN", "SAML", "SEND", "SOML":
             return .notImplemented(verb)
