@@ -184,7 +184,11 @@ public final class PosternServer: Service, Sendable {
                         try await server.executeThenClose { connections in
                             try await withThrowingDiscardingTaskGroup { sessions in
                                 for try await connection in connections {
-                                    sessions.addTask { await Self.serve(connection, environment: environment) }
+                                    // The session runs on its connection's event loop: its
+                                    // awaits on the channel (and on the upstream, opened on
+                                    // the same loop) resume without a thread hop.
+                                    let executor = EventLoopTaskExecutor(connection.channel.eventLoop)
+                                    sessions.addTask(executorPreference: executor) { await Self.serve(connection, environment: environment) }
                                 }
                             }
                         }

@@ -36,6 +36,9 @@ public final class SMTPUpstreamSession: RelaySession {
 
     public var isUsable: Bool { !broken && channel.isActive }
 
+    /// The event loop the connection lives on.
+    public var eventLoop: EventLoop { channel.eventLoop }
+
     /// Connects, reads the greeting, says EHLO, upgrades to TLS and authenticates as configured.
     /// Any failure here means this upstream cannot take mail now.
     public static func open(

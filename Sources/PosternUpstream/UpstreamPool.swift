@@ -47,16 +47,18 @@ public final class UpstreamPool: Sendable {
     }
 
     /// Opens a session to the first upstream that takes one. Dead upstreams are tried last.
-    public func openSession(logger: Logger, client: ClientIdentity? = nil) async throws(UpstreamError) -> RelaySession {
+    /// `eventLoop`: where the new connection should live (the client's loop, so that a
+    /// session's I/O stays on one thread); any loop of the group when nil.
+    public func openSession(logger: Logger, client: ClientIdentity? = nil, eventLoop: EventLoop? = nil) async throws(UpstreamError) -> RelaySession {
         let now = DispatchTime.now().uptimeNanoseconds
         let dead = deadUntil.withLock { $0 }
         let order = upstreams.indices.filter { (dead[$0] ?? 0) <= now } + upstreams.indices.filter { (dead[$0] ?? 0) > now }
         var failures: [String] = []
         for index in order {
             let configuration = upstreams[index]
-            if let kept = takeIdle(index, for: client) { return kept }
+            if let kept = takeIdle(index, for: client, preferring: eventLoop) { return kept }
             do {
-                let session = try await open(configuration, logger: logger, client: client)
+                let session = try await open(configuration, logger: logger, client: client, eventLoop: eventLoop)
                 deadUntil.withLock { $0[index] = nil }
                 return session
             } catch {
@@ -107,10 +109,21 @@ public final class UpstreamPool: Sendable {
     }
 
     /// The most recently kept live connection to upstream `index` that can serve `client`.
-    private func takeIdle(_ index: Int, for client: ClientIdentity?) -> RelaySession? {
+    private func takeIdle(_ index: Int, for client: ClientIdentity?, preferring eventLoop: EventLoop?) -> RelaySession? {
         let limit = UInt64(max(upstreams[index].idleTimeout.nanoseconds, 0))
         let now = DispatchTime.now().uptimeNanoseconds
-        while let entry = idle.withLock({ $0[index]?.popLast() }) {
+        // The newest connection on the preferred loop, else the newest of all.
+        func next() -> IdleSession? {
+            idle.withLock { idle in
+                guard var list = idle[index], !list.isEmpty else { return nil }
+                defer { idle[index] = list }
+                if let eventLoop, let position = list.lastIndex(where: { $0.session.eventLoop === eventLoop }) {
+                    return list.remove(at: position)
+                }
+                return list.removeLast()
+            }
+        }
+        while let entry = next() {
             if now - entry.since < limit, entry.session.adopt(for: client) { return entry.session }
             Task { await entry.session.close() }
         }
@@ -128,14 +141,14 @@ public final class UpstreamPool: Sendable {
         }
     }
 
-    private func open(_ configuration: UpstreamConfiguration, logger: Logger, client: ClientIdentity?) async throws(UpstreamError) -> RelaySession {
+    private func open(_ configuration: UpstreamConfiguration, logger: Logger, client: ClientIdentity?, eventLoop: EventLoop?) async throws(UpstreamError) -> RelaySession {
         switch configuration.target {
         case .maildir(let path):
             return try MaildirRelaySession(path: path, hostname: defaultHeloName)
         case .smtp(let host, let port):
             return try await SMTPUpstreamSession.open(
                 configuration, host: host, port: port, heloName: configuration.heloName ?? defaultHeloName,
-                group: group, logger: logger, client: client)
+                group: eventLoop ?? group, logger: logger, client: client)
         }
     }
 }

@@ -67,6 +67,12 @@ public struct SMTPInputFramer: Sendable {
         }
     }
 
+    /// Lets go of the last read's storage once everything in it has been framed, so an
+    /// idle session holds no receive buffer while it waits (memory per idle connection).
+    public mutating func releaseStorageIfEmpty() {
+        if buffer.readableBytes == 0 && buffer.capacity > 0 { buffer = ByteBuffer() }
+    }
+
     /// Drops everything buffered: the bytes a client pipelined after STARTTLS (RFC 3207 §4.2)
     /// or after a reply that ends the session. Returns how many bytes were dropped.
     @discardableResult

@@ -34,6 +34,12 @@ public final class SMTPInboundEventHandler: ChannelDuplexHandler, RemovableChann
 
     private var timeout: TimeAmount
     private var timer: Scheduled<Void>?
+    /// When the read timeout expires. A read only moves the deadline; the timer, when it
+    /// fires early, re-arms itself for what is left. One scheduled task per timeout instead
+    /// of a cancel and a schedule per read.
+    private var deadline = NIODeadline.distantFuture
+    /// When the armed timer fires.
+    private var timerDeadline = NIODeadline.distantFuture
 
     public init(readTimeout: TimeAmount) {
         self.timeout = readTimeout
@@ -60,7 +66,8 @@ public final class SMTPInboundEventHandler: ChannelDuplexHandler, RemovableChann
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        restartTimer(context: context)
+        deadline = context.eventLoop.now + timeout
+        if timer == nil { arm(at: deadline, context: context) }
         context.fireChannelRead(wrapInboundOut(.bytes(unwrapInboundIn(data))))
     }
 
@@ -83,13 +90,31 @@ public final class SMTPInboundEventHandler: ChannelDuplexHandler, RemovableChann
         context.triggerUserOutboundEvent(event, promise: promise)
     }
 
+    /// Starts the read timeout afresh (a new timeout value, or the channel became active).
     private func restartTimer(context: ChannelHandlerContext) {
+        deadline = context.eventLoop.now + timeout
+        // A timer due no later than the new deadline re-arms itself when it fires; a
+        // shorter timeout needs an earlier timer.
+        if timer == nil || timerDeadline > deadline { arm(at: deadline, context: context) }
+    }
+
+    private func arm(at when: NIODeadline, context: ChannelHandlerContext) {
         timer?.cancel()
+        timerDeadline = when
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: timeout) {
+        timer = context.eventLoop.scheduleTask(deadline: when) {
             let (handler, context) = bound.value
             handler.timer = nil
-            handler.deliver(.timedOut, context: context)
+            handler.timerFired(context: context)
+        }
+    }
+
+    private func timerFired(context: ChannelHandlerContext) {
+        if context.eventLoop.now < deadline {
+            arm(at: deadline, context: context)  // reads came in meanwhile
+        } else {
+            deadline = .distantFuture
+            deliver(.timedOut, context: context)
         }
     }
 

@@ -335,7 +335,7 @@ final class SMTPSession {
         let identity = ClientIdentity(
             address: client.address, port: client.port, helo: machine.helloName,
             protocolName: machine.isExtended ? "ESMTP" : "SMTP", login: machine.authenticatedUser)
-        let session = try await environment.pool.openSession(logger: logger, client: identity)
+        let session = try await environment.pool.openSession(logger: logger, client: identity, eventLoop: channel.eventLoop)
         relay = session
         return session
     }
@@ -971,6 +971,7 @@ final class SMTPSession {
 
     /// Waits for the next event; bytes go to the framer.
     func readMore() async -> ReadOutcome {
+        framer.releaseStorageIfEmpty()
         switch await nextEvent() {
         case .bytes(let bytes):
             framer.append(bytes)
