@@ -107,6 +107,16 @@ let package = Package(
         ),
         // The policy micro-benchmark (make bench-policy): a release-mode harness, not a test.
         .executableTarget(name: "postern-policy-bench", dependencies: ["PosternFilters", "PosternPolicy", "SMTPCore"], path: "Benchmarks/PolicyBench"),
+        // Fuzz targets (issue 5) and their libFuzzer driver; `make fuzz` builds it with -sanitize=fuzzer.
+        .target(
+            name: "PosternFuzzTargets",
+            dependencies: [
+                "SMTPCore", "SMTPNIO", "PosternPolicy", "PosternFilters",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .executableTarget(name: "SMTPFuzzer", dependencies: ["PosternFuzzTargets"]),
         .testTarget(name: "SMTPCoreTests", dependencies: ["SMTPCore"]),
         .testTarget(
             name: "SMTPNIOTests",
@@ -135,6 +145,7 @@ let package = Package(
         .testTarget(name: "PosternLogTests", dependencies: ["PosternLog", "SMTPCore"]),
         .testTarget(name: "PosternPolicyTests", dependencies: ["PosternPolicy", "SMTPCore"]),
         .testTarget(name: "PosternFiltersTests", dependencies: ["PosternFilters", "PosternPolicy", "SMTPCore"]),
+        .testTarget(name: "PosternFuzzTests", dependencies: ["PosternFuzzTargets", "SMTPCore", "SMTPNIO", "PosternPolicy", "PosternFilters"]),
         .testTarget(
             name: "PosternIntegrationTests",
             dependencies: ["postern"],

@@ -11,6 +11,8 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses dotted-quad IPv4 or RFC 4291 IPv6 text (`::ffff:1.2.3.4` included).
     public init?(_ text: String) {
+        // inet_pton stops at a NUL: "192.0.2.1\0junk" must not parse (found by fuzzing).
+        guard !text.utf8.contains(0) else { return nil }
         var v4 = in_addr()
         if inet_pton(AF_INET, text, &v4) == 1 {
             self = .v4(UInt32(bigEndian: v4.s_addr))

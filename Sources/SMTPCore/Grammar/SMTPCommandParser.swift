@@ -28,6 +28,11 @@ public struct SMTPCommandParser: Sendable {
         let verb = String(decoding: bytes[bytes.startIndex..<space], as: UTF8.self).uppercased()
         let argument = space < bytes.endIndex ? bytes[(space + 1)...] : bytes[bytes.endIndex...]
         let argumentText = { () -> String in String(decoding: argument, as: UTF8.self).trimmingSpaces() }
+        // Free-text arguments must be UTF-8: decoding would silently turn bad bytes into U+FFFD
+        // (found by fuzzing). MAIL and RCPT check their own (bad address, 501 5.1.3).
+        if verb != "MAIL" && verb != "RCPT" && String(validating: argument, as: UTF8.self) == nil {
+            throw SMTPSyntaxError(.invalidCharacters, "invalid UTF-8")
+        }
 
         switch verb {
         case "EHLO", "HELO":

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Builds SMTPFuzzer with libFuzzer and AddressSanitizer, then fuzzes each target for
+# FUZZ_TIME seconds (default 60). Used by `make fuzz`; see Fuzz/README.md.
+#
+#   FUZZ_TIME=30 FUZZ_TARGETS="parser proxy" Fuzz/run.sh
+#
+# The committed seeds (Fuzz/corpus/<target>, Fuzz/regressions/<target>) are only read:
+# libFuzzer writes new inputs into the first corpus directory it is given, which is the
+# working copy .build-fuzz/corpus/<target>. Crash inputs land in .build-fuzz/artifacts/<target>.
+# Exits non-zero when any target crashed (or the build failed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SWIFT=${SWIFT:-swift}
+FUZZ_TIME=${FUZZ_TIME:-60}
+FUZZ_TARGETS=${FUZZ_TARGETS:-parser session proxy mime policy}
+SCRATCH=.build-fuzz
+FUZZER=$SCRATCH/release/SMTPFuzzer
+
+echo "==> building SMTPFuzzer (libFuzzer + ASan) in $SCRATCH"
+# -parse-as-library: the entry point is SMTPFuzzer_main (see Sources/SMTPFuzzer/SMTPFuzzer.swift);
+# --allow-multiple-definition: libclang_rt.fuzzer brings a main of its own.
+"$SWIFT" build -c release --scratch-path "$SCRATCH" --product SMTPFuzzer \
+    -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -DPOSTERN_LIBFUZZER \
+    -Xlinker --allow-multiple-definition
+
+dictionary_for() {
+    case "$1" in
+        parser|session) echo Fuzz/dictionaries/smtp.dict ;;
+        *) echo "Fuzz/dictionaries/$1.dict" ;;
+    esac
+}
+
+failed=0
+summary=()
+for target in $FUZZ_TARGETS; do
+    if [ ! -d "Fuzz/corpus/$target" ]; then
+        echo "unknown fuzz target '$target' (no Fuzz/corpus/$target)" >&2
+        exit 2
+    fi
+    work="$SCRATCH/corpus/$target"
+    artifacts="$SCRATCH/artifacts/$target"
+    log="$SCRATCH/logs/$target.log"
+    mkdir -p "$work" "$artifacts" "$SCRATCH/logs"
+    seeds=("Fuzz/corpus/$target")
+    [ -d "Fuzz/regressions/$target" ] && seeds+=("Fuzz/regressions/$target")
+    dict=$(dictionary_for "$target")
+    dict_flag=()
+    [ -f "$dict" ] && dict_flag=("-dict=$dict")
+    echo "==> fuzzing $target for ${FUZZ_TIME}s (log: $log)"
+    before=$(ls "$artifacts" | wc -l)
+    status=0
+    # SWIFT_BACKTRACE=enable=no: a trap ends the process at once, for libFuzzer to record.
+    # -timeout=10: an input that takes 10 s is a hang and is kept as timeout-*.
+    SWIFT_BACKTRACE=enable=no "$FUZZER" "$target" \
+        -max_total_time="$FUZZ_TIME" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        -artifact_prefix="$artifacts/" "${dict_flag[@]}" "$work" "${seeds[@]}" >"$log" 2>&1 || status=$?
+    executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+    last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
+    cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
+    ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
+    # libFuzzer stops at the first crash, leak, timeout or out-of-memory input and keeps it.
+    crashes=$(( $(ls "$artifacts" | wc -l) - before ))
+    if [ "$status" -ne 0 ] && [ "$crashes" -eq 0 ]; then crashes=1; fi
+    if [ "$crashes" -gt 0 ]; then
+        failed=1
+        echo "    CRASH in $target (exit $status); inputs kept in $artifacts:" $(ls -t "$artifacts" | head -"$crashes")
+        grep -E 'Fatal error|Precondition failed|==ERROR|SUMMARY' "$log" | head -5 | sed 's/^/    /'
+    fi
+    summary+=("$(printf '%-8s executions %-10s exec/s %-7s cov %-6s ft %-7s crashes %s' \
+        "$target" "${executions:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$crashes")")
+done
+
+echo "==> summary (FUZZ_TIME=${FUZZ_TIME}s per target)"
+printf '%s\n' "${summary[@]}"
+exit "$failed"

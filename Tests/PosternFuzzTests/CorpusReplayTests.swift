@@ -1,0 +1,53 @@
+import Foundation
+import PosternFuzzTargets
+import XCTest
+
+/// Replays every committed fuzz input (Fuzz/corpus/<target>/, Fuzz/regressions/<target>/)
+/// through the same functions `SMTPFuzzer` runs: each completes without tripping an
+/// invariant, so a fixed crash stays fixed in `make test`.
+final class CorpusReplayTests: XCTestCase {
+    /// The package root, from this file's path (Tests/PosternFuzzTests/ is two levels down).
+    static let packageRoot = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// The files of `Fuzz/<kind>/<target>/`, sorted.
+    static func inputs(_ kind: String, _ target: PosternFuzzTarget) throws -> [URL] {
+        let directory = packageRoot.appendingPathComponent("Fuzz/\(kind)/\(target.rawValue)")
+        guard FileManager.default.fileExists(atPath: directory.path) else { return [] }
+        return try FileManager.default.contentsOfDirectory(at: directory, includingPropertiesForKeys: nil)
+            .filter { !$0.lastPathComponent.hasPrefix(".") }
+            .sorted { $0.lastPathComponent < $1.lastPathComponent }
+    }
+
+    func testEveryTargetHasASeedCorpus() throws {
+        for target in PosternFuzzTarget.allCases {
+            XCTAssertGreaterThanOrEqual(try Self.inputs("corpus", target).count, 3, "Fuzz/corpus/\(target.rawValue)")
+        }
+    }
+
+    func testCorpusReplays() throws {
+        for target in PosternFuzzTarget.allCases {
+            for file in try Self.inputs("corpus", target) {
+                target.run(Array(try Data(contentsOf: file)))
+            }
+        }
+    }
+
+    func testRegressionsReplay() throws {
+        var count = 0
+        for target in PosternFuzzTarget.allCases {
+            for file in try Self.inputs("regressions", target) {
+                target.run(Array(try Data(contentsOf: file)))
+                count += 1
+            }
+        }
+        // Each fixed crash keeps its input (see Fuzz/README.md, "Adding a regression").
+        XCTAssertGreaterThanOrEqual(count, 2)
+    }
+
+    func testOversizedInputsAreIgnored() {
+        // Past the size cap no target does any work, so nothing can fail.
+        let huge = [UInt8](repeating: UInt8(ascii: "\n"), count: PosternFuzzTarget.maximumInputSize + 1)
+        for target in PosternFuzzTarget.allCases { target.run(huge) }
+    }
+}

@@ -1,0 +1,56 @@
+import NIOCore
+import SMTPCore
+import SMTPNIO
+import XCTest
+
+/// One test per crash the fuzzer found, asserting the corrected behaviour at the API level.
+/// The minimised inputs themselves are in Fuzz/regressions/ and replay in `CorpusReplayTests`.
+final class FuzzRegressionTests: XCTestCase {
+    // Fuzz/regressions/parser/help-invalid-utf8-grows-past-line-limit: `HELP`, `VRFY`,
+    // `EXPN`, `EHLO`… decoded their argument leniently, so each bad byte became U+FFFD (3
+    // octets). The command no longer matched what was sent, and re-encoded it could pass the
+    // 512-octet limit. Now a free-text argument that is not UTF-8 is 500 5.5.2.
+    func testFreeTextArgumentsMustBeUTF8() throws {
+        let parser = SMTPCommandParser()
+        for verb in ["HELP", "VRFY", "EXPN", "EHLO", "HELO", "AUTH", "ETRN", "NOOP"] {
+            let line = Array("\(verb) a".utf8) + [0xFF, 0xC3] + Array("b".utf8)
+            XCTAssertThrowsError(try parser.parse(line), verb) { error in
+                let error = error as? SMTPSyntaxError
+                XCTAssertEqual(error?.kind, .invalidCharacters, verb)
+                XCTAssertEqual(error?.reply.code, 500, verb)
+                XCTAssertEqual(error?.reply.enhanced, EnhancedStatusCode(5, 5, 2), verb)
+            }
+        }
+        // The minimised input itself: 170 bad octets after HELP, under the line limit as sent.
+        let minimised = Array("HELP MEXPNtaf".utf8) + [UInt8](repeating: 0xFF, count: 170)
+        XCTAssertThrowsError(try parser.parse(minimised)) { error in
+            XCTAssertEqual((error as? SMTPSyntaxError)?.kind, .invalidCharacters)
+        }
+        // Well-formed UTF-8 still parses, and addresses keep their own error (501 5.1.3).
+        XCTAssertEqual(try parser.parse(Array("EHLO bücher.example".utf8)), .ehlo("bücher.example"))
+        XCTAssertEqual(try parser.parse(Array("HELP été".utf8)), .help("été"))
+        let badAddress = Array("MAIL FROM:<a".utf8) + [0xFF] + Array("@b.example> SMTPUTF8".utf8)
+        XCTAssertThrowsError(try parser.parse(badAddress)) { error in
+            XCTAssertEqual((error as? SMTPSyntaxError)?.kind, .badAddress)
+        }
+    }
+
+    // Fuzz/regressions/proxy/v1-nul-after-address: `IPAddress(String)` hands the text to
+    // inet_pton, which stops at a NUL, so `PROXY TCP6 :: ::\0 1 2` was accepted with the
+    // bytes after the NUL ignored. Now text holding a NUL is not an address.
+    func testAddressTextWithNULIsRefused() {
+        var buffer = ByteBuffer(bytes: Array("PROXY TCP6 :: ::".utf8) + [0] + Array(" 1 2\r\n".utf8))
+        XCTAssertThrowsError(try ProxyProtocolParser.parse(&buffer)) { error in
+            XCTAssertEqual((error as? ProxyProtocolParser.Error)?.reason, "v1 addresses do not match TCP6")
+        }
+        var tcp4 = ByteBuffer(bytes: Array("PROXY TCP4 192.0.2.1".utf8) + [0, 0x41] + Array(" 198.51.100.1 1 25\r\n".utf8))
+        XCTAssertThrowsError(try ProxyProtocolParser.parse(&tcp4))
+        XCTAssertNil(IPAddress("192.0.2.1\0"))
+        XCTAssertNil(IPAddress("2001:db8::1\0junk"))
+        XCTAssertNil(IPNetwork("192.0.2.0\0/24"))
+        XCTAssertEqual(IPAddress("192.0.2.1"), .v4(0xC000_0201))
+        // A clean header still decodes.
+        var clean = ByteBuffer(string: "PROXY TCP6 :: ::1 1 2\r\n")
+        XCTAssertEqual(try ProxyProtocolParser.parse(&clean)?.source?.port, 1)
+    }
+}
