@@ -10,7 +10,7 @@ BUILD_PACKAGES := lib:libpcre2-8=libpcre2-dev lib:libmaxminddb=libmaxminddb-dev
 # Real peers the integration tests drive.
 TEST_PACKAGES := cmd:swaks=swaks cmd:smtp-sink=postfix cmd:openssl=openssl cmd:python3=python3
 
-.PHONY: all build run test check deps test-deps clean bench-policy
+.PHONY: all build run test check deps test-deps clean bench-policy bench fuzz
 
 all: build
 
@@ -38,6 +38,25 @@ test: test-deps
 bench-policy: deps
 	$(SWIFT) build -c release --product postern-policy-bench
 	.build/release/postern-policy-bench $(ARGS)
+
+# The whole-gateway benchmark: smtp-source straight to smtp-sink (the ceiling) and through a
+# release Postern, alternated; CPU, memory, latency; then the policy micro-benchmark. Writes
+# Benchmarks/results/ (see Benchmarks/README.md). QUICK=1 for a short run (under 2 minutes).
+QUICK ?=
+bench: deps
+	@.ci/ensure-packages.sh cmd:smtp-source=postfix cmd:smtp-sink=postfix cmd:python3=python3
+	@python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet matplotlib
+	$(SWIFT) build -c release --product postern
+	$(SWIFT) build -c release --product postern-policy-bench
+	QUICK=$(QUICK) BENCH_COMMAND="make bench$(if $(QUICK), QUICK=$(QUICK))" python3 Benchmarks/bench.py
+
+# libFuzzer targets (issue 5): builds SMTPFuzzer with -sanitize=fuzzer,address in .build-fuzz
+# and runs each target FUZZ_TIME seconds; fails on any crash. See Fuzz/README.md.
+#   make fuzz FUZZ_TIME=30 FUZZ_TARGETS="parser proxy"
+FUZZ_TIME ?= 60
+FUZZ_TARGETS ?= parser session proxy mime policy
+fuzz: deps
+	SWIFT="$(SWIFT)" FUZZ_TIME="$(FUZZ_TIME)" FUZZ_TARGETS="$(FUZZ_TARGETS)" Fuzz/run.sh
 
 clean:
 	rm -rf .build var
