@@ -43,4 +43,16 @@ final class ReceivedHeaderTests: XCTestCase {
         XCTAssertEqual(name(extended: true, tls: true, utf8: false), "ESMTPS")
         XCTAssertEqual(name(extended: true, tls: true, utf8: true), "UTF8SMTPS")
     }
+
+    func testIdentifiersAreTwelveCharactersAndDoNotRepeat() {
+        let allowed = Set("0123456789BCDFGHJKLMNPQRSTVWXYZ")
+        var seen = Set<String>()
+        for _ in 0..<100_000 {
+            let id = Identifier.make()
+            XCTAssertEqual(id.count, 12)
+            XCTAssertTrue(id.allSatisfy(allowed.contains), id)
+            seen.insert(id)
+        }
+        XCTAssertEqual(seen.count, 100_000, "an identifier repeated")
+    }
 }

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import PosternLog
 import SMTPCore
+import Synchronization
 
 /// The trace header Postern prepends (RFC 5321 §4.4, protocol names from RFC 3848 / 6531).
 struct ReceivedHeader {
@@ -61,10 +62,26 @@ struct ReceivedHeader {
 /// Transaction and session ids: 12 characters of a base-32 alphabet with no look-alikes.
 enum Identifier {
     private static let alphabet = Array("0123456789BCDFGHJKLMNPQRSTVWXYZ".utf8)
+    /// SplitMix64 state, seeded once from the system's generator: ids must be unique and
+    /// unguessable in practice, not cryptographic, and a getrandom(2) per id cost a
+    /// system call for every session and transaction.
+    private static let state = Mutex<UInt64>({
+        var system = SystemRandomNumberGenerator()
+        return system.next()
+    }())
+
+    private static func next() -> UInt64 {
+        var z = state.withLock { state -> UInt64 in
+            state &+= 0x9E37_79B9_7F4A_7C15
+            return state
+        }
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
 
     static func make() -> String {
-        var generator = SystemRandomNumberGenerator()
-        var value = generator.next() as UInt64
+        var value = next()
         var characters: [UInt8] = []
         for _ in 0..<12 {
             characters.append(alphabet[Int(value % UInt64(alphabet.count))])
