@@ -65,6 +65,10 @@ public final class SMTPClientHandler: ChannelDuplexHandler {
     /// Replies nobody asked for yet (the greeting; a 421 before shutdown). Bounded.
     private var unsolicited: [SMTPReply] = []
     private var timer: Scheduled<Void>?
+    /// When the timer fires; it re-arms itself for `deadline` when that has moved later.
+    private var timerDeadline = NIODeadline.distantFuture
+    /// When the oldest outstanding request times out.
+    private var deadline = NIODeadline.distantFuture
     private var failure: SMTPClientError?
 
     public init() {}
@@ -137,16 +141,33 @@ public final class SMTPClientHandler: ChannelDuplexHandler {
         }
     }
 
+    /// The oldest outstanding request's timeout starts now. The timer is not cancelled and
+    /// rescheduled for every reply: it fires at the earliest deadline it was armed for and
+    /// then re-arms itself for the current one, if any.
     private func restartTimer(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
-        guard let head = pending.first else { return }
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        let error = SMTPClientError(.timedOut, "no reply to \(head.stage) within \(head.timeout.nanoseconds / 1_000_000) ms")
-        timer = context.eventLoop.scheduleTask(in: head.timeout) {
-            let (handler, context) = bound.value
-            handler.fail(error, context: context)
+        guard let head = pending.first else {
+            deadline = .distantFuture
+            return
         }
+        deadline = context.eventLoop.now + head.timeout
+        if timer == nil || timerDeadline > deadline { arm(at: deadline, context: context) }
+    }
+
+    private func arm(at when: NIODeadline, context: ChannelHandlerContext) {
+        timer?.cancel()
+        timerDeadline = when
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(deadline: when) {
+            let (handler, context) = bound.value
+            handler.timer = nil
+            handler.timerFired(context: context)
+        }
+    }
+
+    private func timerFired(context: ChannelHandlerContext) {
+        guard let head = pending.first else { return }
+        guard context.eventLoop.now >= deadline else { return arm(at: deadline, context: context) }
+        fail(SMTPClientError(.timedOut, "no reply to \(head.stage) within \(head.timeout.nanoseconds / 1_000_000) ms"), context: context)
     }
 
     private func fail(_ error: SMTPClientError, context: ChannelHandlerContext) {
