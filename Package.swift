@@ -80,11 +80,22 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
+        // A small RESP client over NIO and the shared rate-limit store on Redis.
+        .target(
+            name: "PosternRedis",
+            dependencies: [
+                "PosternPolicy",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Listener, session coordinator, configuration, lifecycle.
         .target(
             name: "PosternServer",
             dependencies: [
-                "SMTPCore", "SMTPNIO", "PosternUpstream", "PosternLog", "PosternPolicy", "PosternFilters",
+                "SMTPCore", "SMTPNIO", "PosternUpstream", "PosternLog", "PosternPolicy", "PosternFilters", "PosternRedis",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -145,6 +156,16 @@ let package = Package(
         .testTarget(name: "PosternLogTests", dependencies: ["PosternLog", "SMTPCore"]),
         .testTarget(name: "PosternPolicyTests", dependencies: ["PosternPolicy", "SMTPCore"]),
         .testTarget(name: "PosternFiltersTests", dependencies: ["PosternFilters", "PosternPolicy", "SMTPCore"]),
+        .testTarget(
+            name: "PosternRedisTests",
+            dependencies: [
+                "PosternRedis", "PosternPolicy",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(name: "PosternFuzzTests", dependencies: ["PosternFuzzTargets", "SMTPCore", "SMTPNIO", "PosternPolicy", "PosternFilters"]),
         .testTarget(
             name: "PosternIntegrationTests",

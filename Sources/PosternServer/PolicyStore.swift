@@ -13,11 +13,13 @@ public final class PolicyStore: Sendable {
     private let current: Mutex<Policy>
     private let logger: Logger
     private let metrics: PosternMetrics
-    /// Rate-limit counts live here, not in a policy, so a reload keeps them.
-    private let compiler = BuiltinFilters.compiler(rateLimitStore: InMemoryRateLimitStore())
+    /// Rate-limit counts live in its store, not in a policy, so a reload keeps them.
+    private let compiler: PolicyCompiler
 
     /// Compiles the policy at `path` (no policy when nil); throws every error found.
-    init(path: String?, logger: Logger, metrics: PosternMetrics) throws(ConfigurationErrors) {
+    init(path: String?, logger: Logger, metrics: PosternMetrics,
+         rateLimitStore: any RateLimitStore = InMemoryRateLimitStore()) throws(ConfigurationErrors) {
+        self.compiler = BuiltinFilters.compiler(rateLimitStore: rateLimitStore)
         self.path = path
         self.logger = logger
         self.metrics = metrics

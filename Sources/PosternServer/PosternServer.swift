@@ -81,7 +81,8 @@ public final class PosternServer: Service, Sendable {
         signal(SIGHUP, SIG_IGN)
         signal(SIGUSR1, SIG_IGN)
         do {
-            policy = try PolicyStore(path: configuration.policy, logger: logger, metrics: metrics)
+            let rateLimitStore = configuration.limitsStore.makeStore(logger: logger, metrics: metrics)
+            policy = try PolicyStore(path: configuration.policy, logger: logger, metrics: metrics, rateLimitStore: rateLimitStore)
         } catch {
             throw StartupError(description: "the policy has errors:\n\(error.description)")
         }

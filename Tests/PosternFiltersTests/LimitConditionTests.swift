@@ -2,6 +2,7 @@ import Foundation
 import PosternFilters
 import PosternPolicy
 import SMTPCore
+import Synchronization
 import XCTest
 
 final class LimitConditionTests: XCTestCase {
@@ -73,6 +74,98 @@ final class LimitConditionTests: XCTestCase {
         result.clientAddress = IPAddress("198.51.100.1")!
         let verdict5 = await PolicyEngine.evaluate(policy, stage: .rcpt, facts: result)
         XCTAssertEqual(verdict5.outcome, .pass, "another /24")
+    }
+
+    /// A shared store that is down and configured to fail closed (it throws
+    /// `storeUnavailable`): 451 4.7.1 whatever the rule's action, and nothing remembered.
+    private final class UnavailableStore: RateLimitStore {
+        let calls = Mutex(0)
+        func consume(key: String, cost: Int, spec: RateLimitSpec) async throws -> RateLimitDecision {
+            calls.withLock { $0 += 1 }
+            throw RateLimitError.storeUnavailable("redis: timed out")
+        }
+    }
+
+    /// Any other store error fails open, silently (the store reports its own failures).
+    private struct BrokenStore: RateLimitStore {
+        func consume(key: String, cost: Int, spec: RateLimitSpec) async throws -> RateLimitDecision {
+            throw RateLimitError.negativeCost(cost)
+        }
+    }
+
+    private func compile(_ yaml: String, store: any RateLimitStore) throws -> Policy {
+        try yaml.write(toFile: fixture.directory + "/limits.yaml", atomically: true, encoding: .utf8)
+        return try BuiltinFilters.compiler(rateLimitStore: store).compile(path: fixture.directory + "/limits.yaml")
+    }
+
+    func testFailClosedStoreGivesTempfailWhateverTheAction() async throws {
+        for action in ["reject", "tempfail", "accept", "continue"] {
+            let store = UnavailableStore()
+            let policy = try compile("""
+                limits:
+                  per_sender: { key: sender, count: messages, rate: 3/1m }
+                rules:
+                  - { id: throttle, stage: rcpt, if: { limit: per_sender }, then: \(action) }
+                  - { id: later, stage: rcpt, if: { sender: "a@example.org" }, then: reject }
+                """, store: store)
+            let verdict = await PolicyEngine.evaluate(policy, stage: .rcpt, facts: transaction(1, recipient: "b@example.net"))
+            guard case .decided(.tempfail, let reply) = verdict.outcome else { XCTFail("\(action): \(verdict.outcome)"); continue }
+            XCTAssertEqual(reply.code, 451, action)
+            XCTAssertEqual(reply.enhanced, EnhancedStatusCode(4, 7, 1), action)
+            XCTAssertTrue(reply.text.hasPrefix("Rate limit store unavailable"), reply.text)
+            XCTAssertEqual(verdict.rule, "throttle", action)
+            XCTAssertEqual(verdict.reason, "limit per_sender: rate limit store unavailable")
+            // Not remembered for the transaction: the next recipient asks the store again.
+            _ = await PolicyEngine.evaluate(policy, stage: .rcpt, facts: transaction(1, recipient: "c@example.net"))
+            XCTAssertEqual(store.calls.withLock { $0 }, 2, action)
+        }
+    }
+
+    func testFailClosedStoreInShadowModeAndCombinators() async throws {
+        let shadow = try compile("""
+            limits:
+              l: { key: sender, count: messages, rate: 3/1m }
+            rules:
+              - { id: s, stage: rcpt, mode: shadow, if: { limit: l }, then: reject }
+            """, store: UnavailableStore())
+        let shadowVerdict = await PolicyEngine.evaluate(shadow, stage: .rcpt, facts: transaction(1, recipient: "b@example.net"))
+        XCTAssertEqual(shadowVerdict.outcome, .pass, "a shadow rule never changes the outcome")
+        XCTAssertEqual(shadowVerdict.shadowHits.map(\.rule), ["s"])
+
+        // not(unknown) is unknown; any(unknown, true) is true; all(unknown, false) is false.
+        let cases: [(String, PolicyVerdict.Outcome?)] = [
+            ("{ not: { limit: l } }", nil),
+            ("{ any: [ { limit: l }, { sender: \"a@example.org\" } ] }", .decided(.reject, SMTPReply(550, EnhancedStatusCode(5, 7, 1), "Message refused by policy (ref T1)"))),
+            ("{ any: [ { limit: l }, { sender: \"z@example.org\" } ] }", nil),
+            ("{ all: [ { limit: l }, { sender: \"z@example.org\" } ] }", .pass),
+            ("{ all: [ { limit: l }, { sender: \"a@example.org\" } ] }", nil),
+        ]
+        for (condition, expected) in cases {
+            let policy = try compile("""
+                limits:
+                  l: { key: sender, count: messages, rate: 3/1m }
+                rules:
+                  - { id: r, stage: rcpt, if: \(condition), then: reject }
+                """, store: UnavailableStore())
+            let verdict = await PolicyEngine.evaluate(policy, stage: .rcpt, facts: transaction(1, recipient: "b@example.net"))
+            if let expected {
+                XCTAssertEqual(verdict.outcome, expected, condition)
+            } else {
+                guard case .decided(.tempfail, let reply) = verdict.outcome else { XCTFail("\(condition): \(verdict.outcome)"); continue }
+                XCTAssertEqual(reply.code, 451, condition)
+            }
+        }
+    }
+
+    func testOtherStoreErrorsFailOpen() async throws {
+        let policy = try compile("""
+            limits:
+              l: { key: sender, count: messages, rate: 3/1m }
+            rules:
+              - { id: r, stage: rcpt, if: { limit: l }, then: reject }
+            """, store: BrokenStore())
+        let verdict = await PolicyEngine.evaluate(policy, stage: .rcpt, facts: transaction(1, recipient: "b@example.net"))
+        XCTAssertEqual(verdict.outcome, .pass)
     }
 
     func testLimitErrors() {

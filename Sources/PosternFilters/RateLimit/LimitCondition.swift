@@ -58,8 +58,15 @@ final class LimitCondition: RateLimitingCondition {
             return known  // This transaction was counted already: the same answer.
         }
         let cost = limit.counter == .bytes ? (facts.size ?? 0) : 1
-        guard let decision = try? await store.consume(key: key, cost: cost, spec: limit.spec) else {
-            return nil  // A store that fails never blocks mail (fail open).
+        let decision: RateLimitDecision
+        do {
+            decision = try await store.consume(key: key, cost: cost, spec: limit.spec)
+        } catch RateLimitError.storeUnavailable {
+            // A shared store configured to fail closed: undecided, so the engine answers 451
+            // (and nothing is remembered: the next recipient asks again).
+            return ConditionMatch("limit \(limit.name): rate limit store unavailable", isTemporaryFailure: true)
+        } catch {
+            return nil  // Any other store error never blocks mail (fail open).
         }
         let result = decision.allowed ? nil : over(key, retryAfter: decision.retryAfter)
         if limit.counter == .messages {

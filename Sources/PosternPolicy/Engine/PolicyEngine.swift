@@ -76,6 +76,16 @@ public enum PolicyEngine {
                 observe(rule, .matched(match, decided: false, reply: nil))
                 continue
             }
+            if match.isTemporaryFailure {
+                // Undecidable (a fail-closed limit store is down): 451 whatever the action.
+                let reply = ReplyTemplate.undecided.render(rule: rule.id, facts: facts)
+                verdict.outcome = .decided(.tempfail, reply)
+                verdict.rule = rule.id
+                verdict.reason = match.reason
+                observe(rule, .matched(match, decided: true, reply: reply))
+                for later in rules[(index + 1)...] { observe(later, later.mode == .off ? .off : .skipped(after: rule.id, accept: false)) }
+                return verdict
+            }
             switch rule.action {
             case .continue:
                 observe(rule, .matched(match, decided: false, reply: nil))
@@ -103,4 +113,10 @@ public enum PolicyEngine {
         }
         return verdict
     }
+}
+
+extension ReplyTemplate {
+    /// The reply to a rule whose condition could not be decided (``ConditionMatch/isTemporaryFailure``).
+    public static let undecided = ReplyTemplate(code: 451, enhanced: EnhancedStatusCode(4, 7, 1),
+                                                text: "Rate limit store unavailable, try again later (ref {id})")
 }

@@ -65,7 +65,13 @@ public struct TransactionFacts: Sendable {
 /// the pattern's id — never the message itself.
 public struct ConditionMatch: Hashable, Sendable {
     public var reason: String
-    public init(_ reason: String) { self.reason = reason }
+    /// The condition could not be decided (a shared rate-limit store is unavailable and
+    /// configured to fail closed): the engine answers 451 4.7.1 whatever the rule's action.
+    public var isTemporaryFailure: Bool
+    public init(_ reason: String, isTemporaryFailure: Bool = false) {
+        self.reason = reason
+        self.isTemporaryFailure = isTemporaryFailure
+    }
 }
 
 /// A detector. It reports whether it matches; the rule decides what a match means.
@@ -102,10 +108,13 @@ public struct AnyOfCondition: PolicyCondition {
     public var needsMessage: Bool { conditions.contains { $0.needsMessage } }
     public var filterName: String { "any" }
     public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
+        var undecided: ConditionMatch?
         for condition in conditions {
-            if let match = await condition.evaluate(facts) { return match }
+            guard let match = await condition.evaluate(facts) else { continue }
+            if !match.isTemporaryFailure { return match }
+            undecided = undecided ?? match  // unknown or false is unknown; unknown or true is true
         }
-        return nil
+        return undecided
     }
 }
 
@@ -117,11 +126,13 @@ public struct AllOfCondition: PolicyCondition {
     public var filterName: String { "all" }
     public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         var reasons: [String] = []
+        var undecided = false
         for condition in conditions {
             guard let match = await condition.evaluate(facts) else { return nil }
             reasons.append(match.reason)
+            undecided = undecided || match.isTemporaryFailure
         }
-        return ConditionMatch(reasons.joined(separator: " and "))
+        return ConditionMatch(reasons.joined(separator: " and "), isTemporaryFailure: undecided)
     }
 }
 
@@ -136,7 +147,8 @@ public struct NotCondition: PolicyCondition {
     public var needsMessage: Bool { condition.needsMessage }
     public var filterName: String { "not" }
     public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
-        await condition.evaluate(facts) == nil ? ConditionMatch("not \(description)") : nil
+        guard let match = await condition.evaluate(facts) else { return ConditionMatch("not \(description)") }
+        return match.isTemporaryFailure ? match : nil  // not unknown is unknown
     }
 }
 

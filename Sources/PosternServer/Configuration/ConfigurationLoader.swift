@@ -58,7 +58,7 @@ extension YAMLReader {
         }
         let top = mapping(root, "the configuration", keys: [
             "hostname", "listen", "proxy_trusted_networks", "relay_domains", "trusted_networks", "auth", "tls", "upstreams", "upstream_retry_after", "limits",
-            "timeouts", "bare_line_endings", "spool", "shutdown_grace_period", "log_level", "log_format", "decision_log", "metrics", "policy", "quarantine",
+            "timeouts", "bare_line_endings", "spool", "shutdown_grace_period", "log_level", "log_format", "decision_log", "metrics", "policy", "quarantine", "limits_store",
         ])
         if let node = top["hostname"], let value = string(node, "hostname") {
             if value.isEmpty || value.contains(" ") { fail(node, "hostname must be a domain name") } else { configuration.hostname = value }
@@ -160,6 +160,7 @@ extension YAMLReader {
             configuration.policy = path.hasPrefix("/") || file.hasPrefix("<")
                 ? path : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(path).path
         }
+        if let node = top["limits_store"], let store = limitsStore(node) { configuration.limitsStore = store }
         if let node = top["quarantine"], let path = string(node, "quarantine") {
             configuration.quarantine = path
         }

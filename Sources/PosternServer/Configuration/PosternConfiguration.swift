@@ -136,6 +136,8 @@ public struct PosternConfiguration: Sendable {
     public var logFormat = "logfmt"
     /// The policy file (YAML); no policy when nil: every transaction the protocol allows is relayed.
     public var policy: String?
+    /// Where `limit:` rules count (`limits_store`): memory (default) or a shared Redis.
+    public var limitsStore: LimitsStore = .memory
     /// The Maildir that `quarantine` rules keep messages in.
     public var quarantine: String?
     /// Where `/metrics`, `/healthz` and `/readyz` are served; off when nil.
