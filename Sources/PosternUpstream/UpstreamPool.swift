@@ -20,6 +20,10 @@ public final class UpstreamPool: Sendable {
     private struct IdleSession: @unchecked Sendable {
         let session: SMTPUpstreamSession
         let since: UInt64
+
+        /// How long it has been kept, at `now`. Another thread may have kept it after `now`
+        /// was read: that is zero, not an underflow.
+        func age(at now: UInt64) -> UInt64 { now > since ? now - since : 0 }
     }
 
     public init(upstreams: [UpstreamConfiguration], retryAfter: TimeAmount, heloName: String, group: EventLoopGroup) {
@@ -124,7 +128,7 @@ public final class UpstreamPool: Sendable {
             }
         }
         while let entry = next() {
-            if now - entry.since < limit, entry.session.adopt(for: client) { return entry.session }
+            if entry.age(at: now) < limit, entry.session.adopt(for: client) { return entry.session }
             Task { await entry.session.close() }
         }
         return nil
@@ -135,7 +139,7 @@ public final class UpstreamPool: Sendable {
         let now = DispatchTime.now().uptimeNanoseconds
         return idle.withLock { idle in
             guard let list = idle[index] else { return [] }
-            let (expired, fresh) = (list.filter { now - $0.since >= limit }, list.filter { now - $0.since < limit })
+            let (expired, fresh) = (list.filter { $0.age(at: now) >= limit }, list.filter { $0.age(at: now) < limit })
             idle[index] = fresh
             return expired
         }
