@@ -1,5 +1,4 @@
 import Dispatch
-import Glibc
 import Logging
 import PosternFilters
 import PosternPolicy
@@ -55,61 +54,11 @@ public final class PolicyStore: Sendable {
         }
     }
 
-    /// How often the policy's files are checked for changes.
-    static let watchInterval: DispatchTimeInterval = .seconds(2)
-
-    /// Reloads when any file the policy was built from changes (mtime, inode or size), once the
-    /// change has been stable for one interval, so a file being written is not read half-way.
+    /// Reloads when any file the policy was built from changes (see ``FileWatch``).
     func watchFiles() -> DispatchSourceTimer {
-        let timer = DispatchSource.makeTimerSource(queue: .global())
-        let state = Mutex<(seen: [String: FileStamp], pending: [String: FileStamp]?)>((Self.stamps(policy.files), nil))
-        timer.schedule(deadline: .now() + Self.watchInterval, repeating: Self.watchInterval)
-        timer.setEventHandler { [self] in
-            let now = Self.stamps(policy.files)
-            let reload: Bool = state.withLock { state in
-                if now == state.seen { state.pending = nil; return false }
-                // Changed: wait one more interval for it to settle.
-                guard let pending = state.pending, pending == now else { state.pending = now; return false }
-                state.seen = now
-                state.pending = nil
-                return true
-            }
-            if reload {
-                logger.notice("policy files changed: reloading")
-                self.reload()
-                let after = Self.stamps(policy.files)
-                state.withLock { $0.seen = after }
-            }
-        }
-        timer.resume()
-        return timer
-    }
-
-    struct FileStamp: Equatable {
-        var modified: Int
-        var inode: UInt64
-        var size: Int64
-    }
-
-    static func stamps(_ files: [String]) -> [String: FileStamp] {
-        var result: [String: FileStamp] = [:]
-        for path in files {
-            var info = stat()
-            guard stat(path, &info) == 0 else { continue }
-            result[path] = FileStamp(modified: info.st_mtim.tv_sec * 1_000_000_000 + info.st_mtim.tv_nsec, inode: UInt64(info.st_ino), size: Int64(info.st_size))
-        }
-        return result
-    }
-
-    /// Reloads on SIGHUP until the returned source is cancelled.
-    func watchSIGHUP() -> DispatchSourceSignal {
-        signal(SIGHUP, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
-        source.setEventHandler { [self] in
-            logger.notice("SIGHUP: reloading the policy")
+        FileWatch.watch({ [self] in policy.files }) { [self] in
+            logger.notice("policy files changed: reloading")
             reload()
         }
-        source.resume()
-        return source
     }
 }

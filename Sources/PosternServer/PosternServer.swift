@@ -154,8 +154,15 @@ public final class PosternServer: Service, Sendable {
         }
         onListening?(addresses)
 
-        let sighup = policy.watchSIGHUP()
-        let credentialWatch = authenticator?.watch() ?? []
+        // SIGHUP (systemctl reload) rereads the policy and the AUTH credentials.
+        let sighup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        sighup.setEventHandler { [policy, authenticator, logger] in
+            logger.notice("SIGHUP: reloading the policy\(authenticator == nil ? "" : " and the credentials")")
+            policy.reload()
+            authenticator?.reload()
+        }
+        sighup.resume()
+        let credentialWatch = authenticator?.watchFile()
         let fileWatch = configuration.policy != nil ? policy.watchFiles() : nil
         // SIGUSR1: reopen the decision log (logrotate's postrotate).
         let sigusr1 = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
@@ -167,7 +174,7 @@ public final class PosternServer: Service, Sendable {
         defer {
             sighup.cancel()
             fileWatch?.cancel()
-            for source in credentialWatch { source.cancel() }
+            credentialWatch?.cancel()
             sigusr1.cancel()
         }
         let serverChannels = servers.map { $0.1.channel }

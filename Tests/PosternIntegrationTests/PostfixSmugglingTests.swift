@@ -48,12 +48,7 @@ final class PostfixSmugglingTests: IntegrationTestCase, @unchecked Sendable {
     func testSmugglingSequencesNeverReachPostfix() throws {
         let (postern, postfix) = try start()
         for (name, sequence) in SmugglingTests.sequences {
-            let client = try RawSMTPClient.greeted(port: postern.port)
-            XCTAssertEqual(try client.command("MAIL FROM:<sender@client.test>").code, 250, name)
-            XCTAssertEqual(try client.command("RCPT TO:<alice@postfix.test>").code, 250, name)
-            XCTAssertEqual(try client.command("DATA").code, 354, name)
-            try client.send(Self.payload(sequence))
-            let final = try client.readReply(timeout: 20)
+            let (client, final) = try SmugglingTests.attempt(port: postern.port, recipient: "alice@postfix.test", content: Self.payload(sequence), name: name)
             XCTAssertEqual(final.code, 550, "\(name): \(final.text)")
             XCTAssertEqual(final.enhancedCode, "5.6.0", "\(name): \(final.text)")
             XCTAssertEqual(client.drainReplies(quiet: 0.5).map(\.text), [], "\(name): extra replies")
@@ -87,12 +82,7 @@ final class PostfixSmugglingTests: IntegrationTestCase, @unchecked Sendable {
         let (postern, postfix) = try start("bare_line_endings: normalise\n")
         var accepted = 0
         for (name, sequence) in SmugglingTests.sequences {
-            let client = try RawSMTPClient.greeted(port: postern.port)
-            XCTAssertEqual(try client.command("MAIL FROM:<sender@client.test>").code, 250, name)
-            XCTAssertEqual(try client.command("RCPT TO:<alice@postfix.test>").code, 250, name)
-            XCTAssertEqual(try client.command("DATA").code, 354, name)
-            try client.send(Self.payload(sequence))
-            let final = try client.readReply(timeout: 20)
+            let (client, final) = try SmugglingTests.attempt(port: postern.port, recipient: "alice@postfix.test", content: Self.payload(sequence), name: name)
             if final.code == 250 { accepted += 1 }
             XCTAssertEqual(client.drainReplies(quiet: 0.5).map(\.text), [], "\(name): extra replies")
             _ = try? client.command("QUIT")

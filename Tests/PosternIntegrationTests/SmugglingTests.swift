@@ -11,6 +11,18 @@ final class SmugglingTests: IntegrationTestCase, @unchecked Sendable {
         ("<CR><LF>.<LF>", "\r\n.\n"),
     ]
 
+    /// A transaction to `recipient` with `content` (a ``payload(_:)``) after DATA: the
+    /// greeted client and Postern's final reply to the content.
+    static func attempt(port: Int, recipient: String, content: String, name: String,
+                        file: StaticString = #filePath, line: UInt = #line) throws -> (client: RawSMTPClient, final: SMTPReply) {
+        let client = try RawSMTPClient.greeted(port: port)
+        XCTAssertEqual(try client.command("MAIL FROM:<sender@client.test>").code, 250, name, file: file, line: line)
+        XCTAssertEqual(try client.command("RCPT TO:<\(recipient)>").code, 250, name, file: file, line: line)
+        XCTAssertEqual(try client.command("DATA").code, 354, name, file: file, line: line)
+        try client.send(content)
+        return (client, try client.readReply(timeout: 20))
+    }
+
     static func payload(_ sequence: String) -> String {
         "From: <sender@client.test>\r\nSubject: innocent\r\n\r\nhello" + sequence
             + "MAIL FROM:<ceo@victim.test>\r\nRCPT TO:<target@example.test>\r\nDATA\r\n"
@@ -20,12 +32,7 @@ final class SmugglingTests: IntegrationTestCase, @unchecked Sendable {
     func testSmugglingSequencesAreRejectedAndNeverRelayed() throws {
         let (postern, sink) = try startPosternWithSink()
         for (name, sequence) in Self.sequences {
-            let client = try RawSMTPClient.greeted(port: postern.port)
-            XCTAssertEqual(try client.command("MAIL FROM:<sender@client.test>").code, 250, name)
-            XCTAssertEqual(try client.command("RCPT TO:<rcpt@example.test>").code, 250, name)
-            XCTAssertEqual(try client.command("DATA").code, 354, name)
-            try client.send(Self.payload(sequence))
-            let final = try client.readReply(timeout: 20)
+            let (client, final) = try Self.attempt(port: postern.port, recipient: "rcpt@example.test", content: Self.payload(sequence), name: name)
             XCTAssertEqual(final.code, 550, "\(name): \(final.text)")
             XCTAssertEqual(final.enhancedCode, "5.6.0", "\(name): \(final.text)")
             // Nothing else may be answered: the smuggled MAIL/RCPT/DATA were message content.
@@ -67,12 +74,8 @@ final class SmugglingTests: IntegrationTestCase, @unchecked Sendable {
     func testNormaliseModeNeverSplitsAMessage() throws {
         let (postern, sink) = try startPosternWithSink { $0.extra = "bare_line_endings: normalise\n" }
         for (name, sequence) in Self.sequences {
-            let client = try RawSMTPClient.greeted(port: postern.port)
-            XCTAssertEqual(try client.command("MAIL FROM:<sender@client.test>").code, 250, name)
-            XCTAssertEqual(try client.command("RCPT TO:<rcpt@example.test>").code, 250, name)
-            XCTAssertEqual(try client.command("DATA").code, 354, name)
-            try client.send(Self.payload(sequence))
-            _ = try client.readReply(timeout: 20)  // accepted (normalised) or refused: either way ONE reply
+            // Accepted (normalised) or refused: either way ONE reply.
+            let (client, _) = try Self.attempt(port: postern.port, recipient: "rcpt@example.test", content: Self.payload(sequence), name: name)
             XCTAssertEqual(client.drainReplies(quiet: 0.5).map(\.text), [], "\(name): extra replies")
             _ = try? client.command("QUIT")
         }

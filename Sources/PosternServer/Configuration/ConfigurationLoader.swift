@@ -157,8 +157,7 @@ extension YAMLReader {
             if ["logfmt", "json"].contains(text) { configuration.logFormat = text } else { fail(node, "log_format must be logfmt or json") }
         }
         if let node = top["policy"], let path = string(node, "policy") {
-            configuration.policy = path.hasPrefix("/") || file.hasPrefix("<")
-                ? path : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(path).path
+            configuration.policy = resolvedPath(path)
         }
         if let node = top["limits_store"], let store = limitsStore(node) { configuration.limitsStore = store }
         if let node = top["quarantine"], let path = string(node, "quarantine") {
@@ -272,6 +271,13 @@ extension YAMLReader {
         return limits
     }
 
+    /// A path from the configuration: relative ones are relative to the configuration
+    /// file's directory (not to where Postern was started).
+    func resolvedPath(_ path: String) -> String {
+        path.hasPrefix("/") || file.hasPrefix("<")
+            ? path : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(path).path
+    }
+
     private mutating func networks(_ node: Node, _ name: String) -> [IPNetwork] {
         sequence(node, name).compactMap { entry in
             guard let text = string(entry, "a network"), let network = IPNetwork(text) else {
@@ -288,8 +294,7 @@ extension YAMLReader {
             fail(node, "auth needs credentials: (a file of user:crypt-hash lines)")
             return nil
         }
-        let resolved = path.hasPrefix("/") || file.hasPrefix("<")
-            ? path : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(path).path
+        let resolved = resolvedPath(path)
         var auth = PosternConfiguration.Authentication(credentials: resolved)
         do {
             _ = try CredentialsFile.load(path: resolved)

@@ -141,8 +141,7 @@ extension YAMLReader {
         }
         if let entry = entries["pool_size"], let value = integer(entry, "limits_store.pool_size", range: 1...256) { settings.poolSize = value }
         if let entry = entries["ca_file"], let path = string(entry, "limits_store.ca_file") {
-            let resolved = path.hasPrefix("/") || file.hasPrefix("<")
-                ? path : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(path).path
+            let resolved = resolvedPath(path)
             if !endpoint.tls {
                 fail(entry, "limits_store.ca_file needs a rediss:// url")
             } else if FileManager.default.isReadableFile(atPath: resolved) {

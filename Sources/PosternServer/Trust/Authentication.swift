@@ -178,28 +178,14 @@ public final class Authenticator: Sendable {
         failures.withLock { _ = $0.removeValue(forKey: address) }
     }
 
-    /// Reloads on SIGHUP and when the file changes, until the sources are cancelled.
-    func watch() -> [any DispatchSourceProtocol] {
-        let signalSource = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
-        signalSource.setEventHandler { [self] in reload() }
-        signalSource.resume()
-        let timer = DispatchSource.makeTimerSource(queue: .global())
+    /// Reloads when the credentials file changes (see ``FileWatch``); SIGHUP is the
+    /// server's, which reloads the policy and the credentials together.
+    func watchFile() -> DispatchSourceTimer {
         let path = settings.credentials
-        let seen = Mutex(PolicyStore.stamps([path]))
-        timer.schedule(deadline: .now() + PolicyStore.watchInterval, repeating: PolicyStore.watchInterval)
-        timer.setEventHandler { [self] in
-            let now = PolicyStore.stamps([path])
-            let changed = seen.withLock { seen in
-                defer { seen = now }
-                return seen != now
-            }
-            if changed {
-                logger.notice("credentials file changed: reloading")
-                reload()
-            }
+        return FileWatch.watch({ [path] }) { [self] in
+            logger.notice("credentials file changed: reloading")
+            reload()
         }
-        timer.resume()
-        return [signalSource, timer]
     }
 }
 
