@@ -21,7 +21,7 @@ let package = Package(
             name: "SMTPCore",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
         ),
-        // Channel handlers and wire-level decoders (PROXY protocol, inbound events).
+        // Channel handlers: inbound events for the session driver, the SMTP client's request/reply matching.
         .target(
             name: "SMTPNIO",
             dependencies: [
@@ -41,6 +41,12 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+        // The MIME parser (RFC 5322 headers, RFC 2045-2047 encodings, charsets, parts,
+        // attachments) and the one header scan per message.
+        .target(
+            name: "PosternMIME",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
         ),
         // The decision record and its JSON-lines writer.
         .target(
@@ -75,7 +81,7 @@ let package = Package(
         .target(
             name: "PosternFilters",
             dependencies: [
-                "PosternPolicy", "PosternNative", "SMTPCore",
+                "PosternPolicy", "PosternNative", "PosternMIME", "SMTPCore",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
             ]
@@ -91,11 +97,21 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Listener, session coordinator, configuration, lifecycle.
+        // The gateway session with no I/O: the SessionMachine (inputs in, actions out), the
+        // decision record under construction, reply texts, the Received header, identifiers.
+        .target(
+            name: "PosternSession",
+            dependencies: [
+                "SMTPCore", "PosternPolicy", "PosternMIME", "PosternLog",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        // The connection driver, listener and status services, configuration, metrics.
         .target(
             name: "PosternServer",
             dependencies: [
                 "SMTPCore", "SMTPNIO", "PosternUpstream", "PosternLog", "PosternPolicy", "PosternFilters", "PosternRedis",
+                "PosternSession", "PosternMIME",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -109,7 +125,7 @@ let package = Package(
         .executableTarget(
             name: "postern",
             dependencies: [
-                "PosternServer", "PosternFilters", "PosternPolicy", "PosternLog", "SMTPCore",
+                "PosternServer", "PosternFilters", "PosternPolicy", "PosternLog", "PosternMIME", "SMTPCore",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -117,12 +133,12 @@ let package = Package(
             ]
         ),
         // The policy micro-benchmark (make bench-policy): a release-mode harness, not a test.
-        .executableTarget(name: "postern-policy-bench", dependencies: ["PosternFilters", "PosternPolicy", "SMTPCore"], path: "Benchmarks/PolicyBench"),
-        // Fuzz targets (issue 5) and their libFuzzer driver; `make fuzz` builds it with -sanitize=fuzzer.
+        .executableTarget(name: "postern-policy-bench", dependencies: ["PosternFilters", "PosternPolicy", "PosternMIME", "SMTPCore"], path: "Benchmarks/PolicyBench"),
+        // Fuzz targets and their libFuzzer driver; `make fuzz` builds it with -sanitize=fuzzer.
         .target(
             name: "PosternFuzzTargets",
             dependencies: [
-                "SMTPCore", "SMTPNIO", "PosternPolicy", "PosternFilters",
+                "SMTPCore", "PosternPolicy", "PosternFilters", "PosternMIME", "PosternSession",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
             ]
@@ -153,6 +169,14 @@ let package = Package(
             resources: [.copy("Fixtures")]
         ),
         .testTarget(name: "PosternServerTests", dependencies: ["PosternServer"]),
+        .testTarget(name: "PosternMIMETests", dependencies: ["PosternMIME"]),
+        .testTarget(
+            name: "PosternSessionTests",
+            dependencies: [
+                "PosternSession", "PosternPolicy", "PosternFilters", "PosternLog", "PosternMIME", "SMTPCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "PosternLogTests", dependencies: ["PosternLog", "SMTPCore"]),
         .testTarget(name: "PosternPolicyTests", dependencies: ["PosternPolicy", "SMTPCore"]),
         .testTarget(name: "PosternFiltersTests", dependencies: ["PosternFilters", "PosternPolicy", "SMTPCore"]),
@@ -166,7 +190,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "PosternFuzzTests", dependencies: ["PosternFuzzTargets", "SMTPCore", "SMTPNIO", "PosternPolicy", "PosternFilters"]),
+        .testTarget(name: "PosternFuzzTests", dependencies: ["PosternFuzzTargets", "SMTPCore", "PosternPolicy", "PosternFilters"]),
         .testTarget(
             name: "PosternIntegrationTests",
             dependencies: ["postern"],

@@ -15,6 +15,7 @@
 // Every generated rule is built not to match the sample transaction, so every rule runs;
 // the harness checks that before timing. This is a benchmark, not a test: nothing fails on
 // a slow machine.
+import PosternMIME
 import Foundation
 import PosternFilters
 import PosternPolicy

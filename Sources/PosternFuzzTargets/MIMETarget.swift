@@ -1,3 +1,4 @@
+import PosternMIME
 import PosternFilters
 
 /// Parses `input` as a message with the default limits and, for odd-sized inputs, with

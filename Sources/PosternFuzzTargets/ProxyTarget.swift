@@ -1,6 +1,5 @@
 import NIOCore
 import SMTPCore
-import SMTPNIO
 
 /// Decodes `input` as the start of a PROXY-protocol connection, whole and in two reads.
 ///

@@ -177,30 +177,6 @@ public struct UpstreamConfiguration: Hashable, Sendable {
     }
 }
 
-/// Why relaying to the upstream failed. The server turns these into 4xx replies.
-public struct UpstreamError: Error, Hashable, Sendable, CustomStringConvertible {
-    public enum Kind: Hashable, Sendable {
-        /// No upstream could be reached or would take a session.
-        case unavailable
-        /// The upstream did not answer in time.
-        case timedOut
-        /// The connection broke, or the upstream spoke nonsense, mid-transaction.
-        case connectionLost
-        /// Local trouble (spool, maildir write).
-        case localError
-    }
-
-    public var kind: Kind
-    public var detail: String
-
-    public init(_ kind: Kind, _ detail: String) {
-        self.kind = kind
-        self.detail = detail
-    }
-
-    public var description: String { "\(kind): \(detail)" }
-}
-
 /// What the client session relays through: one upstream session, reused across transactions.
 public protocol RelaySession: AnyObject {
     /// The upstream's name for logs and decision records.

@@ -1,3 +1,4 @@
+import PosternMIME
 import ArgumentParser
 import Foundation
 import PosternFilters

@@ -1,3 +1,4 @@
+import PosternMIME
 import PosternFilters
 import PosternPolicy
 import SMTPCore

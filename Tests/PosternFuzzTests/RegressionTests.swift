@@ -1,6 +1,5 @@
 import NIOCore
 import SMTPCore
-import SMTPNIO
 import XCTest
 
 /// One test per crash the fuzzer found, asserting the corrected behaviour at the API level.

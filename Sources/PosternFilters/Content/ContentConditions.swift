@@ -1,3 +1,4 @@
+import PosternMIME
 import NIOPosix
 import PosternNative
 import PosternPolicy

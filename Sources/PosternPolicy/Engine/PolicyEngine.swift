@@ -58,7 +58,7 @@ public enum PolicyEngine {
         _ policy: Policy, stage: PolicyStage, facts: TransactionFacts, observe: (PolicyRule, Step) -> Void
     ) async -> PolicyVerdict {
         var verdict = PolicyVerdict()
-        let rules = policy.rules.filter { $0.stage == stage }
+        let rules = policy.rules(at: stage)
         for (index, rule) in rules.enumerated() {
             guard rule.mode != .off else {
                 observe(rule, .off)

@@ -77,7 +77,7 @@ public enum PolicyExplainer {
 
     /// Every rule of `stage` as skipped for `why` (the stage did not run); `off` rules say "mode off".
     public static func skipped(_ policy: Policy, stage: PolicyStage, why: String) -> [RuleExplanation] {
-        policy.rules.filter { $0.stage == stage }.map { rule in
+        policy.rules(at: stage).map { rule in
             RuleExplanation(rule: rule.id, stage: stage, mode: rule.mode, action: rule.action,
                             outcome: .skipped(rule.mode == .off ? modeOff : why))
         }

@@ -6,8 +6,19 @@ import SMTPCore
 public enum PolicyStage: String, CaseIterable, Comparable, Sendable {
     case connect, helo, mail, rcpt, data
 
+    /// The stage's place in a session, from 0 (connect).
+    public var ordinal: Int {
+        switch self {
+        case .connect: return 0
+        case .helo: return 1
+        case .mail: return 2
+        case .rcpt: return 3
+        case .data: return 4
+        }
+    }
+
     public static func < (lhs: PolicyStage, rhs: PolicyStage) -> Bool {
-        allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
+        lhs.ordinal < rhs.ordinal
     }
 }
 
@@ -44,6 +55,8 @@ public struct TransactionFacts: Sendable {
     public var message: (any PolicyMessage)?
     /// Where the client is, when the policy has `geoip:` databases.
     public var location: ClientLocation?
+    /// What the pipeline's checks found at this stage, by check name.
+    public var checks: [String: CheckOutcome] = [:]
 
     public init(transactionID: String, clientAddress: IPAddress, clientPort: Int, helo: String? = nil, tls: Bool = false,
                 authUser: String? = nil, sender: ReversePath? = nil, recipient: ForwardPath? = nil,
@@ -327,34 +340,43 @@ public struct PolicyGeoIP: Sendable {
 public struct Policy: Sendable {
     /// A content hash of the policy's files: the same files give the same version.
     public var version: String
-    public var rules: [PolicyRule]
+    /// Every rule, in policy order.
+    public let rules: [PolicyRule]
+    /// The rules of each stage in policy order (`off` ones included), split once when the
+    /// policy compiles; indexed by `PolicyStage.ordinal`.
+    private let byStage: [[PolicyRule]]
     /// Every file the policy was built from (the policy, includes, lists, GeoIP databases):
     /// a change to any of them is a reason to reload.
     public var files: [String]
     /// The policy's GeoIP databases, when it has any.
     public var geoip: PolicyGeoIP?
+    /// True when some rule reads the message's content: the session then parses it.
+    public let needsMessage: Bool
+    /// True when some rule quarantines (the server then needs a quarantine Maildir).
+    public let quarantines: Bool
 
     public init(version: String, rules: [PolicyRule], files: [String] = [], geoip: PolicyGeoIP? = nil) {
         self.version = version
         self.rules = rules
+        var byStage = [[PolicyRule]](repeating: [], count: PolicyStage.allCases.count)
+        for rule in rules { byStage[rule.stage.ordinal].append(rule) }
+        self.byStage = byStage
         self.files = files
         self.geoip = geoip
+        needsMessage = rules.contains { $0.mode != .off && $0.condition.needsMessage }
+        quarantines = rules.contains { $0.mode == .enforce && $0.action == .quarantine }
     }
 
     /// A policy with no rules: everything passes.
     public static let empty = Policy(version: "none", rules: [])
 
-    /// True when some rule reads the message's content: the session then parses it.
-    public var needsMessage: Bool {
-        rules.contains { $0.mode != .off && $0.condition.needsMessage }
+    /// The rules of `stage`, in policy order, `off` ones included.
+    public func rules(at stage: PolicyStage) -> [PolicyRule] {
+        byStage[stage.ordinal]
     }
 
-    /// True when some rule quarantines (the server then needs a quarantine Maildir).
-    public var quarantines: Bool {
-        rules.contains { $0.mode == .enforce && $0.action == .quarantine }
-    }
-
-    public func rules(for stage: PolicyStage) -> [PolicyRule] {
-        rules.filter { $0.stage == stage && $0.mode != .off }
+    /// Whether `stage` has a rule that runs (not `off`).
+    public func hasActiveRules(at stage: PolicyStage) -> Bool {
+        byStage[stage.ordinal].contains { $0.mode != .off }
     }
 }

@@ -12,7 +12,7 @@ enum ReplyMapping {
         case .timedOut, .connectionLost:
             // RFC 3463 4.4.2: bad connection.
             return SMTPReply(451, EnhancedStatusCode(4, 4, 2), "Upstream connection failed, try again later")
-        case .localError:
+        case .localError, .unsupported:
             return SMTPReply(451, EnhancedStatusCode(4, 3, 0), "Local error in processing, try again later")
         }
     }

@@ -1,3 +1,4 @@
+import PosternMIME
 import Foundation
 import Logging
 import NIOCore

@@ -1,5 +1,5 @@
 import XCTest
-@testable import PosternFilters
+@testable import PosternMIME
 
 final class MIMEHeaderTests: XCTestCase {
     /// RFC 2047 encoded words in Subject: (raw, decoded, malformations).

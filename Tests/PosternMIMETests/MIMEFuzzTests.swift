@@ -1,5 +1,5 @@
 import XCTest
-@testable import PosternFilters
+@testable import PosternMIME
 
 /// Random and mutated inputs never crash the parser, and limits hold on all of them.
 final class MIMEFuzzTests: XCTestCase {

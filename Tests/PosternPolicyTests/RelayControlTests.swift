@@ -1,7 +1,8 @@
+import PosternPolicy
 import SMTPCore
 import XCTest
 
-@testable import PosternServer
+
 
 final class RelayControlTests: XCTestCase {
     private func path(_ local: String, _ domain: String) -> ForwardPath { .mailbox(Mailbox(localPart: local, domain: domain)) }

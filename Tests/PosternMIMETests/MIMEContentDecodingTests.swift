@@ -1,5 +1,5 @@
 import XCTest
-@testable import PosternFilters
+@testable import PosternMIME
 
 final class MIMEContentDecodingTests: XCTestCase {
     private func textPart(_ headers: [String], body: [String]) -> MIMEMessage {

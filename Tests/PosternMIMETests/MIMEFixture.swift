@@ -1,5 +1,5 @@
 import XCTest
-@testable import PosternFilters
+@testable import PosternMIME
 
 /// Builds test messages: lines joined with CRLF (or bare LF), parsed with default limits.
 enum MIMEFixture {

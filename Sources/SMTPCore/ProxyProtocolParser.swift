@@ -1,5 +1,4 @@
 import NIOCore
-import SMTPCore
 
 /// An address and port, as a PROXY header gives them.
 public struct ProxyEndpoint: Hashable, Sendable {

@@ -1,5 +1,5 @@
 import XCTest
-@testable import PosternFilters
+@testable import PosternMIME
 
 /// Every limit in `MIMELimits`, stressed.
 final class MIMELimitTests: XCTestCase {

@@ -1,6 +1,5 @@
+@testable import SMTPCore
 import NIOCore
-import SMTPCore
-import SMTPNIO
 import XCTest
 
 final class ProxyProtocolParserTests: XCTestCase {

@@ -1,7 +1,7 @@
 import NIOCore
 import XCTest
 
-@testable import SMTPCore
+@testable import PosternMIME
 
 final class MessageHeaderCollectorTests: XCTestCase {
     func collect(_ text: String, byteByByte: Bool = false) -> MessageHeaderCollector {

@@ -1,5 +1,5 @@
 import XCTest
-@testable import PosternFilters
+@testable import PosternMIME
 
 final class MIMEParameterTests: XCTestCase {
     /// File names from Content-Disposition and Content-Type: (headers, filename, all names).

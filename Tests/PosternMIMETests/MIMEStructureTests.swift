@@ -1,5 +1,5 @@
 import XCTest
-@testable import PosternFilters
+@testable import PosternMIME
 
 final class MIMEStructureTests: XCTestCase {
     func testSimpleTextMessage() {
