@@ -5,15 +5,18 @@ import Foundation
 struct MIMEEntityWalker {
     let raw: [UInt8]
     let limits: MIMELimits
+    /// The top-level header section's line table, when a `MessageHeaderSection` already has it.
+    let topLevelLineEnds: [Int]?
     private var log = MIMEMalformationLog()
     private var headers: [MIMEHeader] = []
     private var parts: [MIMEPart] = []
     private var attachments: [MIMEAttachment] = []
     private var entityCount = 0
 
-    init(raw: [UInt8], limits: MIMELimits) {
+    init(raw: [UInt8], limits: MIMELimits, topLevelLineEnds: [Int]? = nil) {
         self.raw = raw
         self.limits = limits
+        self.topLevelLineEnds = topLevelLineEnds
     }
 
     /// The media type of an entity that declares none.
@@ -43,7 +46,8 @@ struct MIMEEntityWalker {
     private mutating func visit(_ entity: Entity, stack: inout [Entity]) {
         var partLog = MIMEMalformationLog()
         defer { log.merge(partLog) }
-        let section = MIMEHeaderSection.parse(entity.bytes, isTopLevel: entity.isTopLevel, limits: limits, log: &partLog)
+        let section = MIMEHeaderSection.parse(entity.bytes, isTopLevel: entity.isTopLevel, limits: limits, log: &partLog,
+                                              lineEnds: entity.isTopLevel ? topLevelLineEnds : nil)
         let fieldHeaders = section.fields.map { $0.header(log: &partLog) }
         if entity.isTopLevel { headers = fieldHeaders }
 

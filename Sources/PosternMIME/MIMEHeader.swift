@@ -46,51 +46,84 @@ struct MIMEHeaderSection {
     /// the first empty line). A line that is neither a field nor a continuation also ends the
     /// header section (flagged), and so does the end of input. Bare LF ends lines as CRLF does.
     /// A leading mbox "From " line of the top-level message is skipped.
+    ///
+    /// `lineEnds`, the offsets just past each LF from the start of `entity` (a
+    /// `MessageHeaderSection`'s line table), spares the search for line ends in those lines;
+    /// the fields are assembled from them exactly as from lines found here.
     static func parse(
         _ entity: ArraySlice<UInt8>,
         isTopLevel: Bool,
         limits: MIMELimits,
-        log: inout MIMEMalformationLog
+        log: inout MIMEMalformationLog,
+        lineEnds: [Int]? = nil
     ) -> MIMEHeaderSection {
-        var section = MIMEHeaderSection(body: entity[entity.endIndex...])
-        let end = entity.endIndex
+        var assembler = Assembler(entity: entity, isTopLevel: isTopLevel, limits: limits)
         var lineStart = entity.startIndex
+        for next in lineEnds ?? [] {
+            let next = entity.startIndex + next
+            if let section = assembler.line(from: lineStart, newline: next - 1, log: &log) { return section }
+            lineStart = next
+        }
+        while lineStart < entity.endIndex {
+            let newline = entity[lineStart...].firstIndex(of: MIMEByte.lf)
+            if let section = assembler.line(from: lineStart, newline: newline, log: &log) { return section }
+            lineStart = newline.map { $0 + 1 } ?? entity.endIndex
+        }
+        return assembler.finish()
+    }
+
+    /// Builds the fields one line at a time, whoever found the lines.
+    private struct Assembler {
+        let entity: ArraySlice<UInt8>
+        let isTopLevel: Bool
+        let limits: MIMELimits
+        let budgetEnd: Int
+        var section: MIMEHeaderSection
         var storing = true
         var current: MIMERawField?
-        let budgetEnd = entity.startIndex + min(limits.maximumHeaderBytes, entity.count)
 
-        func flush(_ field: inout MIMERawField?, into section: inout MIMEHeaderSection) {
-            if let done = field { section.fields.append(done) }
-            field = nil
+        init(entity: ArraySlice<UInt8>, isTopLevel: Bool, limits: MIMELimits) {
+            self.entity = entity
+            self.isTopLevel = isTopLevel
+            self.limits = limits
+            self.budgetEnd = entity.startIndex + min(limits.maximumHeaderBytes, entity.count)
+            self.section = MIMEHeaderSection(body: entity[entity.endIndex...])
         }
 
-        // A single line longer than the budget is cut at it.
-        func clamp(_ index: Int) -> Int {
+        private mutating func flush() {
+            if let done = current { section.fields.append(done) }
+            current = nil
+        }
+
+        /// A single line longer than the budget is cut at it.
+        private func clamp(_ index: Int, log: inout MIMEMalformationLog) -> Int {
             if index > budgetEnd { log.note(MIMEMalformation.headerSectionTooLarge(limits.maximumHeaderBytes)) }
             return Swift.min(index, budgetEnd)
         }
 
-        while lineStart < end {
-            let newline = entity[lineStart...].firstIndex(of: MIMEByte.lf)
+        /// Takes the line starting at `lineStart` and ending at `newline` (nil: at the end of
+        /// input). Returns the section when this line ends it.
+        mutating func line(from lineStart: Int, newline: Int?, log: inout MIMEMalformationLog) -> MIMEHeaderSection? {
+            let end = entity.endIndex
             var contentEnd = newline ?? end
             if contentEnd > lineStart, entity[contentEnd - 1] == MIMEByte.cr { contentEnd -= 1 }
             let next = newline.map { $0 + 1 } ?? end
 
             if contentEnd == lineStart {
                 // Empty line: the body follows.
-                flush(&current, into: &section)
+                flush()
                 section.body = entity[next...]
                 return section
             }
             if storing, lineStart - entity.startIndex >= limits.maximumHeaderBytes {
                 storing = false
-                flush(&current, into: &section)
+                flush()
                 log.note(MIMEMalformation.headerSectionTooLarge(limits.maximumHeaderBytes))
             }
             let first = entity[lineStart]
             if first == MIMEByte.space || first == MIMEByte.tab {
                 if current != nil {
-                    if storing { current!.value.append(contentsOf: entity[lineStart..<clamp(contentEnd)]) }
+                    if storing { current!.value.append(contentsOf: entity[lineStart..<clamp(contentEnd, log: &log)]) }
                 } else if storing {
                     // A continuation with nothing to continue: not a header section after all.
                     log.note(MIMEMalformation.missingHeaderSeparator)
@@ -98,30 +131,34 @@ struct MIMEHeaderSection {
                     return section
                 }
             } else if let colon = entity[lineStart..<contentEnd].firstIndex(of: MIMEByte.colon),
-                      let name = fieldName(entity[lineStart..<colon]) {
-                flush(&current, into: &section)
+                      let name = MIMEHeaderSection.fieldName(entity[lineStart..<colon]) {
+                flush()
                 if storing {
                     current = MIMERawField(name: name, lowercasedName: name.lowercased(),
-                                           value: Array(entity[(colon + 1)..<max(colon + 1, clamp(contentEnd))]))
+                                           value: Array(entity[(colon + 1)..<max(colon + 1, clamp(contentEnd, log: &log))]))
                 }
             } else if isTopLevel, section.fields.isEmpty, current == nil, lineStart == entity.startIndex,
                       entity[lineStart..<contentEnd].starts(with: MIMEByte.mboxFrom) {
                 // mbox separator line: not part of the message.
             } else {
-                flush(&current, into: &section)
+                flush()
                 log.note(MIMEMalformation.missingHeaderSeparator)
                 section.body = entity[lineStart...]
                 return section
             }
-            lineStart = next
+            return nil
         }
-        flush(&current, into: &section)
-        return section
+
+        /// The end of input ended the section.
+        mutating func finish() -> MIMEHeaderSection {
+            flush()
+            return section
+        }
     }
 
     /// RFC 5322 §3.6.8 field-name: printable ASCII except colon; obsolete syntax allows
     /// whitespace before the colon (RFC 5322 §4.5).
-    private static func fieldName(_ bytes: ArraySlice<UInt8>) -> String? {
+    fileprivate static func fieldName(_ bytes: ArraySlice<UInt8>) -> String? {
         var end = bytes.endIndex
         while end > bytes.startIndex, MIMEByte.isWhitespace(bytes[end - 1]) { end -= 1 }
         guard end > bytes.startIndex else { return nil }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// A parsed Internet message (RFC 5322) with its MIME structure (RFC 2045, RFC 2046)
 /// flattened into leaf parts, for the `data`-stage content conditions.
 ///
@@ -25,6 +27,31 @@ public struct MIMEMessage: Sendable {
     where Bytes.Element == UInt8 {
         var walker = MIMEEntityWalker(raw: Array(bytes), limits: limits)
         return walker.run()
+    }
+
+    /// Parses `bytes` as `parse(_:limits:)` does, with the top-level header fields taken from
+    /// `headerSection` (the one header scan per message) when it is complete and is the start
+    /// of `bytes`; otherwise they are scanned here. The result is the same either way.
+    public static func parse<Bytes: Collection>(
+        _ bytes: Bytes, headerSection: MessageHeaderSection?, limits: MIMELimits = .init()
+    ) -> MIMEMessage where Bytes.Element == UInt8 {
+        let raw = Array(bytes)
+        var walker = MIMEEntityWalker(raw: raw, limits: limits, topLevelLineEnds: headerLineTable(headerSection, for: raw))
+        return walker.run()
+    }
+
+    /// The section's line table if it can stand for the start of `raw`. Comparing the octets
+    /// (a memory compare, at most the collector's cap) guards against a section from another
+    /// message, or from content that was changed since.
+    static func headerLineTable(_ section: MessageHeaderSection?, for raw: [UInt8]) -> [Int]? {
+        guard let section, section.isComplete, raw.count >= section.length,
+              raw.withUnsafeBytes({ message in
+                  section.bytes.withUnsafeBytes { header in
+                      header.isEmpty || memcmp(message.baseAddress!, header.baseAddress!, header.count) == 0
+                  }
+              })
+        else { return nil }
+        return section.lineEnds
     }
 
     /// Decoded values of every message header field called `name` (case-insensitive).

@@ -83,7 +83,7 @@ final class MIMEContentDecodingTests: XCTestCase {
         for (charset, bytes, text, malformations) in cases {
             var header = "Content-Type: text/plain"
             if let charset { header += "; charset=\"\(charset)\"" }
-            let message = MIMEMessage.parse(Array("\(header)\r\nContent-Transfer-Encoding: 8bit\r\n\r\n".utf8) + bytes)
+            let message = MIMEFixture.parse(bytes: Array("\(header)\r\nContent-Transfer-Encoding: 8bit\r\n\r\n".utf8) + bytes)
             XCTAssertEqual(message.textBodies, [text], "\(charset ?? "none")")
             XCTAssertEqual(message.malformations, malformations, "\(charset ?? "none")")
         }
@@ -91,8 +91,8 @@ final class MIMEContentDecodingTests: XCTestCase {
 
     func testPlatformCharsets() throws {
         // Charsets beyond the built-in table come from CoreFoundation where present.
-        let koi8 = MIMEMessage.parse(Array("Content-Type: text/plain; charset=koi8-r\r\n\r\n".utf8) + [0xF0, 0xD2, 0xC9, 0xD7, 0xC5, 0xD4])
-        let shiftJIS = MIMEMessage.parse(Array("Content-Type: text/plain; charset=shift_jis\r\n\r\n".utf8) + [0x82, 0xA0])
+        let koi8 = MIMEFixture.parse(bytes: Array("Content-Type: text/plain; charset=koi8-r\r\n\r\n".utf8) + [0xF0, 0xD2, 0xC9, 0xD7, 0xC5, 0xD4])
+        let shiftJIS = MIMEFixture.parse(bytes: Array("Content-Type: text/plain; charset=shift_jis\r\n\r\n".utf8) + [0x82, 0xA0])
         #if canImport(CoreFoundation)
         XCTAssertEqual(koi8.textBodies, ["Привет"])
         XCTAssertEqual(shiftJIS.textBodies, ["あ"])

@@ -26,7 +26,7 @@ final class MIMEFuzzTests: XCTestCase {
                 default: bytes += Self.tokens.randomElement(using: &generator)!
                 }
             }
-            let message = MIMEMessage.parse(bytes, limits: round.isMultiple(of: 2) ? limits : .init())
+            let message = MIMEFixture.parse(bytes: bytes, limits: round.isMultiple(of: 2) ? limits : .init())
             check(message, limits: round.isMultiple(of: 2) ? limits : .init(), input: bytes)
         }
     }
@@ -77,7 +77,7 @@ final class MIMEFuzzTests: XCTestCase {
                 }
                 if bytes.isEmpty { bytes = [0x0A] }
             }
-            check(MIMEMessage.parse(bytes), limits: .init(), input: bytes)
+            check(MIMEFixture.parse(bytes: bytes), limits: .init(), input: bytes)
         }
     }
 

@@ -75,7 +75,7 @@ final class MIMEHeaderTests: XCTestCase {
     func testEightBitHeaders() {
         var bytes = Array("Subject: caf".utf8) + [0xC3, 0xA9] + Array("\r\nX-Latin: caf".utf8) + [0xE9]
         bytes += Array("\r\n\r\nbody".utf8)
-        let message = MIMEMessage.parse(bytes)
+        let message = MIMEFixture.parse(bytes: bytes)
         XCTAssertEqual(message.subject, "café")
         XCTAssertEqual(message.values(of: "x-latin"), ["café"])
         XCTAssertEqual(message.malformations, ["header bytes not utf-8"])
