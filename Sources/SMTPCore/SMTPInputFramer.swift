@@ -23,6 +23,9 @@ public struct SMTPInputFramer: Sendable {
         public var bareLineFeed = false
         /// A line longer than the text line limit (RFC 5321 §4.5.3.1.6).
         public var overlongLine = false
+        /// A NUL octet: never relayed, since a receiver that drops NULs could read
+        /// `<NUL>.` CRLF as the end of the message.
+        public var nul = false
         public init() {}
         public var hasBareLineEnding: Bool { bareCarriageReturn || bareLineFeed }
     }
@@ -85,36 +88,57 @@ public struct SMTPInputFramer: Sendable {
 
     /// The next command line, nil when more bytes are needed.
     /// `maximumLength` counts the CRLF (RFC 5321 §4.5.3.1.4).
+    ///
+    /// Only CRLF ends a line (RFC 5321 §2.3.8): `MAIL FROM:<a@b.example>` LF `NOOP` CRLF is
+    /// one line, refused as a whole (`invalidCharacters`, "bare LF"), so it gets one reply,
+    /// never two. A bare CR inside a line is left for the command parser to refuse.
     public mutating func nextCommandLine(maximumLength: Int) -> CommandLineEvent? {
-        let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n"))
+        let end = lineEnd()
         if discardingOverlongLine {
-            guard let newline else {
-                discardBufferedInput()
+            guard let end else {
+                discardKeepingTrailingCR()
                 return nil
             }
-            buffer.moveReaderIndex(to: newline + 1)
+            buffer.moveReaderIndex(to: end + 2)
             discardingOverlongLine = false
             return .failure(SMTPSyntaxError(.lineTooLong, "maximum \(maximumLength) octets"))
         }
-        guard let newline else {
+        guard let end else {
             if buffer.readableBytes >= maximumLength {
                 discardingOverlongLine = true
-                discardBufferedInput()
+                discardKeepingTrailingCR()
             }
             return nil
         }
-        let length = newline - buffer.readerIndex
-        guard length + 1 <= maximumLength else {
-            buffer.moveReaderIndex(to: newline + 1)
+        let length = end - buffer.readerIndex
+        guard length + 2 <= maximumLength else {
+            buffer.moveReaderIndex(to: end + 2)
             return .failure(SMTPSyntaxError(.lineTooLong, "maximum \(maximumLength) octets"))
         }
-        guard length > 0, buffer.getInteger(at: newline - 1, as: UInt8.self) == UInt8(ascii: "\r") else {
-            buffer.moveReaderIndex(to: newline + 1)
+        let line = buffer.readSlice(length: length)!
+        buffer.moveReaderIndex(forwardBy: 2)
+        if line.readableBytesView.contains(UInt8(ascii: "\n")) {
             return .failure(SMTPSyntaxError(.invalidCharacters, "bare LF"))
         }
-        let line = buffer.readSlice(length: length - 1)!
-        buffer.moveReaderIndex(forwardBy: 2)
         return .line(line)
+    }
+
+    /// Where the first CRLF starts (the index of its CR), if the buffer holds one.
+    private func lineEnd() -> Int? {
+        let view = buffer.readableBytesView
+        var from = view.startIndex
+        while let newline = view[from...].firstIndex(of: UInt8(ascii: "\n")) {
+            if newline > view.startIndex && view[newline - 1] == UInt8(ascii: "\r") { return newline - 1 }
+            from = newline + 1
+        }
+        return nil
+    }
+
+    /// Drops an over-long line's bytes as they arrive; a final CR may start the CRLF that ends it.
+    private mutating func discardKeepingTrailingCR() {
+        let keep = buffer.readableBytesView.last == UInt8(ascii: "\r") ? 1 : 0
+        buffer.moveReaderIndex(forwardBy: buffer.readableBytes - keep)
+        buffer.discardReadBytes()
     }
 
     /// Call after the 354 reply to DATA: content starts at the beginning of a line.
@@ -201,6 +225,10 @@ public struct SMTPInputFramer: Sendable {
                     if normalise { return (index, .bareLineEnding) }
                     state.previousLineEndedWithCRLF = false
                     state.lineLength = 0
+                case 0:
+                    state.findings.nul = true
+                    state.lineLength += 1
+                    if state.lineLength > contentLimit { state.findings.overlongLine = true }
                 default:
                     state.lineLength += 1
                     if state.lineLength > contentLimit { state.findings.overlongLine = true }
@@ -238,6 +266,10 @@ public struct LineEndingInspector: Sendable {
             switch byte {
             case UInt8(ascii: "\r"): lastWasCR = true
             case UInt8(ascii: "\n"): findings.bareLineFeed = true; lineLength = 0
+            case 0:
+                findings.nul = true
+                lineLength += 1
+                if lineLength > contentLimit { findings.overlongLine = true }
             default:
                 lineLength += 1
                 if lineLength > contentLimit { findings.overlongLine = true }

@@ -126,8 +126,8 @@ public struct SMTPServerStateMachine: Sendable {
         /// or `authenticationFailed(_:)`. `initialResponse` is the base64 text after the
         /// mechanism (`=` for an empty one), when the client sent one.
         case authenticate(SASLMechanism, initialResponse: String?)
-        /// ETRN (RFC 1985) in sequence: the session decides whether this client may use it,
-        /// passes it to the upstream or answers `refuse(_:)`.
+        /// ETRN (RFC 1985) in sequence from a client it is offered to (`offersETRN`): pass it
+        /// to the upstream and send its reply.
         case etrn(String)
     }
 
@@ -144,6 +144,9 @@ public struct SMTPServerStateMachine: Sendable {
     public private(set) var authenticatedUser: String?
     /// Junk commands (NOOP, RSET, VRFY, EXPN, HELP, ETRN) since the last message.
     public private(set) var junkCount = 0
+    /// ETRN is served to this client (RFC 1985; Postern: clients in `trusted_networks`).
+    /// Others get 502 5.5.1, and HELP does not list it.
+    public var offersETRN = false
 
     public init(configuration: SMTPServerConfiguration) {
         self.configuration = configuration
@@ -213,12 +216,13 @@ public struct SMTPServerStateMachine: Sendable {
         case .expn:
             return error(SMTPReply(502, EnhancedStatusCode(5, 5, 1), "EXPN not available"))
         case .help:
-            return .reply(prepare(SMTPReply(214, EnhancedStatusCode(2, 0, 0), "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS")))
+            return .reply(prepare(SMTPReply(214, EnhancedStatusCode(2, 0, 0), helpText)))
         case .starttls:
             return startTLS()
         case .auth(let arguments):
             return auth(arguments)
         case .etrn(let node):
+            guard offersETRN else { return error(SMTPReply(502, EnhancedStatusCode(5, 5, 1), "Error: command not implemented")) }
             guard phase != .awaitingHello else { return error(SMTPReply(503, EnhancedStatusCode(5, 5, 1), "Error: send HELO/EHLO first")) }
             guard transaction == nil else { return error(SMTPReply(503, EnhancedStatusCode(5, 5, 1), "Error: ETRN not allowed in a mail transaction")) }
             return .etrn(node)
@@ -317,6 +321,15 @@ public struct SMTPServerStateMachine: Sendable {
     }
 
     // MARK: Commands
+
+    /// HELP (RFC 5321 §4.1.1.8): the commands this session offers now.
+    private var helpText: String {
+        var commands = ["EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "HELP"]
+        if configuration.tlsAvailable && !isTLSActive { commands.append("STARTTLS") }
+        if offersAuthentication { commands.append("AUTH") }
+        if offersETRN { commands.append("ETRN") }
+        return "Commands: " + commands.joined(separator: " ")
+    }
 
     private func helloReply(name: String) -> SMTPReply {
         guard isExtended else { return SMTPReply(250, nil, configuration.hostname) }

@@ -14,6 +14,17 @@ public struct UpstreamError: Error, Hashable, Sendable, CustomStringConvertible 
         /// The transaction needs something this upstream does not offer; the connection
         /// itself is fine.
         case unsupported(UpstreamFeature)
+
+        /// The kind's name in metrics and decision records.
+        public var name: String {
+            switch self {
+            case .unavailable: return "unavailable"
+            case .timedOut: return "timedOut"
+            case .connectionLost: return "connectionLost"
+            case .localError: return "localError"
+            case .unsupported: return "unsupported"
+            }
+        }
     }
 
     public var kind: Kind

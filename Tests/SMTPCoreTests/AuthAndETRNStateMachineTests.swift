@@ -118,6 +118,7 @@ final class AuthAndETRNStateMachineTests: XCTestCase {
 
     func testETRNIsRefusedInATransaction() {
         var m = machine(.off)
+        m.offersETRN = true
         _ = m.receive(.ehlo("client.example"))
         guard case .etrn("example.org") = m.receive(.etrn("example.org")) else { return XCTFail("ETRN outside a transaction") }
         _ = m.receive(.mail(.null, MailParameters()))
@@ -125,6 +126,33 @@ final class AuthAndETRNStateMachineTests: XCTestCase {
         XCTAssertEqual(code(m.receive(.etrn("example.org"))), 503)
         XCTAssertEqual(code(m.refuse(SMTPReply(502, EnhancedStatusCode(5, 5, 1), "no"))), 502)
         XCTAssertEqual(m.errorCount, 2)
+    }
+
+    func testETRNIsNotServedWhereItIsNotOffered() {
+        var m = machine(.off)
+        _ = m.receive(.ehlo("client.example"))
+        XCTAssertEqual(code(m.receive(.etrn("example.org"))), 502)
+        XCTAssertEqual(m.errorCount, 1, "a refused ETRN is a client error")
+    }
+
+    func testHELPListsWhatTheSessionOffers() {
+        func help(_ m: inout SMTPServerStateMachine) -> String? {
+            guard case .reply(let reply) = m.receive(.help(nil)) else { return nil }
+            return reply.text
+        }
+        var plain = SMTPServerStateMachine(configuration: SMTPServerConfiguration(hostname: "mx.example"))
+        XCTAssertEqual(help(&plain), "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP")
+        var everything = SMTPServerStateMachine(configuration: SMTPServerConfiguration(
+            hostname: "mx.example", tlsAvailable: true, authentication: .always))
+        everything.offersETRN = true
+        XCTAssertEqual(help(&everything), "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH ETRN")
+        // AUTH only after TLS on a `tls` listener; STARTTLS no more once TLS is active.
+        var tls = SMTPServerStateMachine(configuration: SMTPServerConfiguration(hostname: "mx.example", tlsAvailable: true, authentication: .afterTLS))
+        XCTAssertEqual(help(&tls), "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS")
+        _ = tls.receive(.ehlo("c.example"))
+        guard case .startTLS = tls.receive(.starttls) else { return XCTFail("STARTTLS") }
+        tls.tlsEstablished()
+        XCTAssertEqual(help(&tls), "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP AUTH")
     }
 
     func testETRNWithoutArgumentIsASyntaxError() {

@@ -111,7 +111,9 @@ final class DotStufferTests: XCTestCase {
                     }
                 }
             }
-            XCTAssertEqual(findings, SMTPInputFramer.DataFindings(), "run \(run)")
+            var expected = SMTPInputFramer.DataFindings()
+            expected.nul = content.contains(0)  // random content may hold NUL, which the scan reports
+            XCTAssertEqual(findings, expected, "run \(run)")
             XCTAssertEqual(framed, content, "run \(run)")
             XCTAssertEqual(framer.bufferedBytes, 0, "run \(run): the terminator is the last thing on the wire")
         }

@@ -93,8 +93,12 @@ final class SMTPInputFramerTests: XCTestCase {
             ("\r\n", [.line("")], 0),
             ("NOOP\r\nNOOP\r\nQUIT\r\n", [.line("NOOP"), .line("NOOP"), .line("QUIT")], 0),
             ("NOOP\r\nQUI", [.line("NOOP")], 3),
-            ("NOOP\nQUIT\r\n", [.failure(.invalidCharacters), .line("QUIT")], 0),
-            ("\nQUIT\r\n", [.failure(.invalidCharacters), .line("QUIT")], 0),
+            // Only CRLF ends a line: a bare LF is inside it, and the line is refused once.
+            ("NOOP\nQUIT\r\n", [.failure(.invalidCharacters)], 0),
+            ("\nQUIT\r\n", [.failure(.invalidCharacters)], 0),
+            ("MAIL FROM:<a@b.example>\nNOOP\r\nQUIT\r\n", [.failure(.invalidCharacters), .line("QUIT")], 0),
+            ("NOOP\n", [], 5),
+            ("NOOP\n\r\n", [.failure(.invalidCharacters)], 0),
             // A bare CR inside a line is left for the command parser to refuse.
             ("NO\rOP\r\n", [.line("NO\rOP")], 0),
             ("NOOP\r\r\n", [.line("NOOP\r")], 0),
@@ -256,11 +260,26 @@ final class SMTPInputFramerTests: XCTestCase {
         content += Array("Grüße aus Köln 日本語".utf8)
         content += [0xFF, 0xFE, 0x80, 0x00, 0x7F, 0x01] + bytes("\r\n")
         content += (0...255).map { UInt8($0) }.filter { $0 != 13 && $0 != 10 } + bytes("\r\n")
+        // The framer keeps every octet; it reports the NUL, which the session refuses.
+        var expected = Findings()
+        expected.nul = true
         for pieces in feedings(of: content + bytes(".\r\n"), randomRuns: 10) {
             let result = readData(pieces)
             XCTAssertEqual(result.content, content)
-            XCTAssertEqual(result.findings, Findings())
+            XCTAssertEqual(result.findings, expected)
         }
+    }
+
+    func testNULIsReportedWhereverItIs() {
+        for input in ["\0\r\n.\r\n", "a\0b\r\n.\r\n", "a\r\n\0.\r\n.\r\n", "..\0\r\n.\r\n"] {
+            let result = readData([bytes(input)])
+            XCTAssertEqual(result.findings?.nul, true, input.debugDescription)
+            XCTAssertEqual(result.findings?.hasBareLineEnding, false, input.debugDescription)
+        }
+        XCTAssertEqual(readData([bytes("clean\r\n.\r\n")]).findings?.nul, false)
+        var inspector = LineEndingInspector(maximumLineLength: 1000)
+        inspector.inspect(ByteBuffer(bytes: [0x61, 0x00, 0x0D, 0x0A]))
+        XCTAssertEqual(inspector.finish().nul, true, "BDAT content too")
     }
 
     /// RFC 5321 §4.1.1.4 and the 2023 SMTP smuggling advisories: only CRLF.CRLF ends a message.

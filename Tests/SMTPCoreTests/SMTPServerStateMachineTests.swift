@@ -115,6 +115,7 @@ final class SMTPServerStateMachineTests: XCTestCase {
     func run(_ rows: [Row], phaseName: String, setUp: (inout Machine) -> Void, file: StaticString = #filePath, line: UInt = #line) {
         for row in rows {
             var machine = Machine(configuration: configuration())
+            machine.offersETRN = true  // a trusted client's session; refusal elsewhere is tested apart
             setUp(&machine)
             let errorsBefore = machine.errorCount
             let action = machine.receive(row.command)
