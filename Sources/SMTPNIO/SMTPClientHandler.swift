@@ -1,4 +1,5 @@
 import NIOCore
+import NIOSSL
 import SMTPCore
 
 /// Why an exchange with an SMTP server failed.
@@ -64,11 +65,8 @@ public final class SMTPClientHandler: ChannelDuplexHandler {
     private var pending: CircularBuffer<Pending> = []
     /// Replies nobody asked for yet (the greeting; a 421 before shutdown). Bounded.
     private var unsolicited: [SMTPReply] = []
-    private var timer: Scheduled<Void>?
-    /// When the timer fires; it re-arms itself for `deadline` when that has moved later.
-    private var timerDeadline = NIODeadline.distantFuture
     /// When the oldest outstanding request times out.
-    private var deadline = NIODeadline.distantFuture
+    private var timer = DeadlineTimer()
     private var failure: SMTPClientError?
 
     public init() {}
@@ -113,12 +111,12 @@ public final class SMTPClientHandler: ChannelDuplexHandler {
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: Error) {
-        let kind: SMTPClientError.Kind = String(describing: type(of: error)).contains("SSL") ? .tls : .connectionClosed
+        let kind: SMTPClientError.Kind = error is NIOSSLError || error is BoringSSLError ? .tls : .connectionClosed
         fail(SMTPClientError(kind, "\(error)"), context: context)
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
+        timer.cancel()
     }
 
     private func deliver(_ reply: SMTPReply, context: ChannelHandlerContext) {
@@ -141,39 +139,39 @@ public final class SMTPClientHandler: ChannelDuplexHandler {
         }
     }
 
-    /// The oldest outstanding request's timeout starts now. The timer is not cancelled and
-    /// rescheduled for every reply: it fires at the earliest deadline it was armed for and
-    /// then re-arms itself for the current one, if any.
+    /// The oldest outstanding request's timeout starts now (a reply came, or it is the first).
     private func restartTimer(context: ChannelHandlerContext) {
         guard let head = pending.first else {
-            deadline = .distantFuture
+            _ = timer.move(to: .distantFuture)
             return
         }
-        deadline = context.eventLoop.now + head.timeout
-        if timer == nil || timerDeadline > deadline { arm(at: deadline, context: context) }
+        if let when = timer.move(to: context.eventLoop.now + head.timeout) { schedule(at: when, context: context) }
     }
 
-    private func arm(at when: NIODeadline, context: ChannelHandlerContext) {
-        timer?.cancel()
-        timerDeadline = when
+    private func schedule(at when: NIODeadline, context: ChannelHandlerContext) {
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(deadline: when) {
+        let task = context.eventLoop.scheduleTask(deadline: when) {
             let (handler, context) = bound.value
-            handler.timer = nil
             handler.timerFired(context: context)
         }
+        timer.armed(task, at: when)
     }
 
     private func timerFired(context: ChannelHandlerContext) {
-        guard let head = pending.first else { return }
-        guard context.eventLoop.now >= deadline else { return arm(at: deadline, context: context) }
-        fail(SMTPClientError(.timedOut, "no reply to \(head.stage) within \(head.timeout.nanoseconds / 1_000_000) ms"), context: context)
+        switch timer.fired(now: context.eventLoop.now) {
+        case .rearm(let when):
+            schedule(at: when, context: context)
+        case .expired:
+            guard let head = pending.first else { return }
+            fail(SMTPClientError(.timedOut, "no reply to \(head.stage) within \(head.timeout.nanoseconds / 1_000_000) ms"), context: context)
+        case .idle:
+            break
+        }
     }
 
     private func fail(_ error: SMTPClientError, context: ChannelHandlerContext) {
         if failure == nil { failure = error }
-        timer?.cancel()
-        timer = nil
+        timer.cancel()
         let outstanding = pending
         pending.removeAll()
         for request in outstanding { request.promise?.fail(error) }

@@ -6,16 +6,17 @@ public enum SMTPInboundEvent: Sendable {
     case bytes(ByteBuffer)
     /// The TLS handshake finished; bytes after this one were encrypted on the wire.
     case tlsEstablished
-    /// No byte arrived within the read timeout in force.
+    /// The session's deadline passed.
     case timedOut
     /// The server is shutting down and asks the session to finish.
     case drain
 }
 
-/// Sent down the pipeline (`triggerUserOutboundEvent`) to change the read timeout.
-public struct SMTPReadTimeout: Sendable {
-    public var timeout: TimeAmount
-    public init(_ timeout: TimeAmount) { self.timeout = timeout }
+/// Sent down the pipeline (`triggerUserOutboundEvent`) to set the session's deadline: at it,
+/// `.timedOut` arrives in the stream. `.distantFuture`: no deadline.
+public struct SMTPSessionDeadline: Sendable {
+    public var deadline: NIODeadline
+    public init(_ deadline: NIODeadline) { self.deadline = deadline }
 }
 
 /// Fired into the pipeline (`fireUserInboundEventTriggered`) to ask a session to drain.
@@ -23,51 +24,30 @@ public struct SMTPDrainRequest: Sendable {
     public init() {}
 }
 
-/// Turns bytes and the events a session must see in order (TLS handshake done, read
-/// timeout, drain) into one stream of `SMTPInboundEvent`s. The read timeout restarts with
-/// every read.
+/// Turns bytes and the events a session must see in order (TLS handshake done, the
+/// session's deadline, drain) into one stream of `SMTPInboundEvent`s. The session machine
+/// computes its deadline (command, data, session, data rate…); this handler only keeps the
+/// one timer for it.
 public final class SMTPInboundEventHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = SMTPInboundEvent
     public typealias OutboundIn = ByteBuffer
     public typealias OutboundOut = ByteBuffer
 
-    private var timeout: TimeAmount
-    private var timer: Scheduled<Void>?
-    /// When the read timeout expires. A read only moves the deadline; the timer, when it
-    /// fires early, re-arms itself for what is left. One scheduled task per timeout instead
-    /// of a cancel and a schedule per read.
-    private var deadline = NIODeadline.distantFuture
-    /// When the armed timer fires.
-    private var timerDeadline = NIODeadline.distantFuture
+    private var timer = DeadlineTimer()
 
-    public init(readTimeout: TimeAmount) {
-        self.timeout = readTimeout
-    }
-
-    public func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { restartTimer(context: context) }
-    }
-
-    public func channelActive(context: ChannelHandlerContext) {
-        restartTimer(context: context)
-        context.fireChannelActive()
-    }
+    public init() {}
 
     public func channelInactive(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        timer.cancel()
         context.fireChannelInactive()
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        timer.cancel()
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        deadline = context.eventLoop.now + timeout
-        if timer == nil { arm(at: deadline, context: context) }
         context.fireChannelRead(wrapInboundOut(.bytes(unwrapInboundIn(data))))
     }
 
@@ -81,40 +61,28 @@ public final class SMTPInboundEventHandler: ChannelDuplexHandler, RemovableChann
     }
 
     public func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
-        if let change = event as? SMTPReadTimeout {
-            timeout = change.timeout
-            restartTimer(context: context)
+        if let change = event as? SMTPSessionDeadline {
+            if let when = timer.move(to: change.deadline) { schedule(at: when, context: context) }
             promise?.succeed()
             return
         }
         context.triggerUserOutboundEvent(event, promise: promise)
     }
 
-    /// Starts the read timeout afresh (a new timeout value, or the channel became active).
-    private func restartTimer(context: ChannelHandlerContext) {
-        deadline = context.eventLoop.now + timeout
-        // A timer due no later than the new deadline re-arms itself when it fires; a
-        // shorter timeout needs an earlier timer.
-        if timer == nil || timerDeadline > deadline { arm(at: deadline, context: context) }
-    }
-
-    private func arm(at when: NIODeadline, context: ChannelHandlerContext) {
-        timer?.cancel()
-        timerDeadline = when
+    private func schedule(at when: NIODeadline, context: ChannelHandlerContext) {
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(deadline: when) {
+        let task = context.eventLoop.scheduleTask(deadline: when) {
             let (handler, context) = bound.value
-            handler.timer = nil
             handler.timerFired(context: context)
         }
+        timer.armed(task, at: when)
     }
 
     private func timerFired(context: ChannelHandlerContext) {
-        if context.eventLoop.now < deadline {
-            arm(at: deadline, context: context)  // reads came in meanwhile
-        } else {
-            deadline = .distantFuture
-            deliver(.timedOut, context: context)
+        switch timer.fired(now: context.eventLoop.now) {
+        case .expired: deliver(.timedOut, context: context)
+        case .rearm(let when): schedule(at: when, context: context)
+        case .idle: break
         }
     }
 

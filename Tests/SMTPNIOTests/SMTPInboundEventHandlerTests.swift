@@ -32,7 +32,7 @@ final class SMTPInboundEventHandlerTests: XCTestCase {
 
     override func setUp() {
         recorder = InboundRecorder()
-        channel = EmbeddedChannel(handlers: [SMTPInboundEventHandler(readTimeout: .seconds(30)), recorder])
+        channel = EmbeddedChannel(handlers: [SMTPInboundEventHandler(), recorder])
         activate(channel)
     }
 
@@ -59,50 +59,70 @@ final class SMTPInboundEventHandlerTests: XCTestCase {
         XCTAssertEqual(recorder.log, ["bytes(x)", "readComplete"])
     }
 
-    func testTimeoutFiresAfterTheConfiguredTimeAndNotBefore() {
+    /// Sets the session's deadline `amount` from the loop's now.
+    private func deadline(in amount: TimeAmount) {
+        let done = FutureOutcome(channel.pipeline.triggerUserOutboundEvent(SMTPSessionDeadline(channel.embeddedEventLoop.now + amount)))
+        XCTAssertNotNil(done.value, "the handler completes the event itself")
+    }
+
+    func testNoDeadlineNoTimeout() {
+        channel.embeddedEventLoop.advanceTime(by: .hours(2))
+        XCTAssertEqual(recorder.log, [])
+    }
+
+    func testTimeoutFiresAtTheDeadlineAndNotBefore() {
+        deadline(in: .seconds(30))
         channel.embeddedEventLoop.advanceTime(by: .seconds(30) - .nanoseconds(1))
         XCTAssertEqual(recorder.log, [])
         channel.embeddedEventLoop.advanceTime(by: .nanoseconds(1))
         XCTAssertEqual(recorder.log, ["timedOut", "readComplete"])
     }
 
-    func testTimeoutFiresOnce() {
+    func testTimeoutFiresOnceUntilANewDeadlineIsSet() {
+        deadline(in: .seconds(30))
         channel.embeddedEventLoop.advanceTime(by: .minutes(5))
+        XCTAssertEqual(recorder.timeouts, 1)
+        deadline(in: .seconds(1))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        XCTAssertEqual(recorder.timeouts, 2)
+    }
+
+    func testReadsDoNotMoveTheDeadline() {
+        // The session machine decides what a read means for its deadline.
+        deadline(in: .seconds(30))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(20))
+        read(".")
+        channel.embeddedEventLoop.advanceTime(by: .seconds(10))
         XCTAssertEqual(recorder.timeouts, 1)
     }
 
-    func testEveryReadRestartsTheTimeout() throws {
+    func testMovingTheDeadlineLaterDefersTheTimeout() {
+        deadline(in: .seconds(30))
         for _ in 0..<5 {
             channel.embeddedEventLoop.advanceTime(by: .seconds(20))
-            read(".")
+            deadline(in: .seconds(30))
         }
-        XCTAssertEqual(recorder.timeouts, 0, "100 s passed, but never 30 s without a read")
+        XCTAssertEqual(recorder.timeouts, 0, "100 s passed, but the deadline was always 30 s ahead")
         channel.embeddedEventLoop.advanceTime(by: .seconds(29))
         XCTAssertEqual(recorder.timeouts, 0)
         channel.embeddedEventLoop.advanceTime(by: .seconds(1))
         XCTAssertEqual(recorder.timeouts, 1)
     }
 
-    func testReadTimeoutEventShortensTheTimeout() throws {
-        let done = FutureOutcome(channel.pipeline.triggerUserOutboundEvent(SMTPReadTimeout(.seconds(5))))
-        XCTAssertNotNil(done.value, "the handler completes the event itself")
+    func testMovingTheDeadlineEarlierBringsTheTimeoutForward() {
+        deadline(in: .minutes(10))
+        deadline(in: .seconds(5))
         channel.embeddedEventLoop.advanceTime(by: .seconds(4))
         XCTAssertEqual(recorder.timeouts, 0)
         channel.embeddedEventLoop.advanceTime(by: .seconds(1))
         XCTAssertEqual(recorder.timeouts, 1)
     }
 
-    func testReadTimeoutEventLengthensTheTimeoutAndAppliesToLaterReads() throws {
-        channel.embeddedEventLoop.advanceTime(by: .seconds(10))
-        channel.pipeline.triggerUserOutboundEvent(SMTPReadTimeout(.minutes(10)), promise: nil)
-        // Counted from the change, not from the last read.
-        channel.embeddedEventLoop.advanceTime(by: .minutes(10) - .seconds(1))
+    func testNoDeadlineCancelsAPendingOne() {
+        deadline(in: .seconds(5))
+        channel.pipeline.triggerUserOutboundEvent(SMTPSessionDeadline(.distantFuture), promise: nil)
+        channel.embeddedEventLoop.advanceTime(by: .minutes(5))
         XCTAssertEqual(recorder.timeouts, 0)
-        read("DATA\r\n")
-        channel.embeddedEventLoop.advanceTime(by: .minutes(10) - .seconds(1))
-        XCTAssertEqual(recorder.timeouts, 0, "the new timeout stays in force after a read")
-        channel.embeddedEventLoop.advanceTime(by: .seconds(1))
-        XCTAssertEqual(recorder.timeouts, 1)
     }
 
     func testDrainRequestBecomesDrainFollowedByReadComplete() {
@@ -129,6 +149,7 @@ final class SMTPInboundEventHandlerTests: XCTestCase {
     }
 
     func testInactiveChannelCancelsTheTimer() {
+        deadline(in: .seconds(30))
         channel.embeddedEventLoop.advanceTime(by: .seconds(10))
         channel.pipeline.fireChannelInactive()
         channel.embeddedEventLoop.advanceTime(by: .minutes(5))
@@ -136,37 +157,18 @@ final class SMTPInboundEventHandlerTests: XCTestCase {
     }
 
     func testClosingTheChannelCancelsTheTimer() throws {
+        deadline(in: .seconds(30))
         try channel.close().wait()
         channel.embeddedEventLoop.advanceTime(by: .minutes(5))
         XCTAssertEqual(recorder.log, [])
     }
 
-    func testTimerStartsWhenAddedToAnActiveChannel() throws {
-        let recorder = InboundRecorder()
-        let channel = EmbeddedChannel()
-        activate(channel)
-        try channel.pipeline.syncOperations.addHandlers([SMTPInboundEventHandler(readTimeout: .seconds(3)), recorder])
-        channel.embeddedEventLoop.advanceTime(by: .seconds(3))
-        XCTAssertEqual(recorder.log, ["timedOut", "readComplete"])
-        _ = try? channel.finish()
-    }
-
-    func testNoTimerBeforeTheChannelIsActive() throws {
-        let recorder = InboundRecorder()
-        let channel = EmbeddedChannel(handlers: [SMTPInboundEventHandler(readTimeout: .seconds(3)), recorder])
-        channel.embeddedEventLoop.advanceTime(by: .seconds(10))
-        XCTAssertEqual(recorder.log, [])
-        activate(channel)
-        channel.embeddedEventLoop.advanceTime(by: .seconds(3))
-        XCTAssertEqual(recorder.log, ["timedOut", "readComplete"])
-        _ = try? channel.finish()
-    }
-
     func testRemovingTheHandlerCancelsTheTimer() throws {
-        let handler = SMTPInboundEventHandler(readTimeout: .seconds(3))
+        let handler = SMTPInboundEventHandler()
         let recorder = InboundRecorder()
         let channel = EmbeddedChannel(handlers: [handler, recorder])
         activate(channel)
+        channel.pipeline.triggerUserOutboundEvent(SMTPSessionDeadline(channel.embeddedEventLoop.now + .seconds(3)), promise: nil)
         try channel.pipeline.syncOperations.removeHandler(handler).wait()
         channel.embeddedEventLoop.advanceTime(by: .seconds(10))
         XCTAssertEqual(recorder.log, [])
