@@ -102,7 +102,26 @@ public struct DecisionRecord: Sendable, Equatable {
     public var upstream: Upstream?
     /// Shadow rules that matched: what they would have done.
     public var shadow: [Shadow]
+    /// What the pipeline's checks (DNS lists, external engines) found; written only when
+    /// some check ran, so records of a policy without checks keep their layout.
+    public var checks: [Check]
     public var timings: Timings
+
+    public struct Check: Sendable, Equatable {
+        public var check: String
+        public var stage: String
+        /// pass, reject, tempfail, timeout or error.
+        public var result: String
+        public var detail: String
+        public var milliseconds: Int
+        public init(check: String, stage: String, result: String, detail: String, milliseconds: Int) {
+            self.check = check
+            self.stage = stage
+            self.result = result
+            self.detail = detail
+            self.milliseconds = milliseconds
+        }
+    }
 
     public struct Shadow: Sendable, Equatable {
         public var rule: String
@@ -117,9 +136,10 @@ public struct DecisionRecord: Sendable, Equatable {
         timestamp: Int64, id: String, session: String, policyVersion: String? = nil, client: Client,
         mailFrom: String? = nil, recipients: [Recipient] = [], size: Int? = nil, messageID: String? = nil, subject: String? = nil,
         decision: Decision, stage: Stage, rule: String? = nil, reason: String? = nil, reply: Reply? = nil,
-        upstream: Upstream? = nil, shadow: [Shadow] = [], timings: Timings
+        upstream: Upstream? = nil, shadow: [Shadow] = [], checks: [Check] = [], timings: Timings
     ) {
         self.shadow = shadow
+        self.checks = checks
         self.timestamp = timestamp
         self.id = id
         self.session = session
@@ -189,6 +209,15 @@ public struct DecisionRecord: Sendable, Equatable {
         json.array("shadow", shadow) { object, hit in
             object.field("rule", hit.rule)
             object.field("action", hit.action)
+        }
+        if !checks.isEmpty {
+            json.array("checks", checks) { object, check in
+                object.field("check", check.check)
+                object.field("stage", check.stage)
+                object.field("result", check.result)
+                object.field("detail", check.detail)
+                object.field("ms", check.milliseconds)
+            }
         }
         json.object("timings") { object in
             object.field("total_ms", timings.totalMilliseconds)
