@@ -15,6 +15,8 @@ public struct PolicyVerdict: Sendable {
     public var outcome: Outcome = .pass
     /// The rule that decided.
     public var rule: String?
+    /// The limit (`limits:` name) of the deciding rule, when its condition is a rate limit.
+    public var rateLimit: String?
     public var reason: String?
     /// `add_header` and `tag_subject` actions of enforced rules that matched, in order.
     public var headerActions: [RuleAction] = []
@@ -82,6 +84,7 @@ public enum PolicyEngine {
                 verdict.outcome = .decided(.tempfail, reply)
                 verdict.rule = rule.id
                 verdict.reason = match.reason
+                verdict.rateLimit = (rule.condition as? any RateLimitingCondition)?.limitName
                 observe(rule, .matched(match, decided: true, reply: reply))
                 for later in rules[(index + 1)...] { observe(later, later.mode == .off ? .off : .skipped(after: rule.id, accept: false)) }
                 return verdict
@@ -106,6 +109,7 @@ public enum PolicyEngine {
                 verdict.outcome = .decided(rule.action, reply)
                 verdict.rule = rule.id
                 verdict.reason = match.reason
+                verdict.rateLimit = (rule.condition as? any RateLimitingCondition)?.limitName
                 observe(rule, .matched(match, decided: true, reply: reply))
                 for later in rules[(index + 1)...] { observe(later, later.mode == .off ? .off : .skipped(after: rule.id, accept: false)) }
                 return verdict

@@ -367,6 +367,10 @@ public struct Policy: Sendable {
         quarantines = rules.contains { $0.mode == .enforce && $0.action == .quarantine }
     }
 
+    /// Content rules look at no more than this much of a message (its start: the headers and
+    /// first parts); each decoded part is further capped by the MIME parser's limits.
+    public static let contentScanLimit = 10 * 1024 * 1024
+
     /// A policy with no rules: everything passes.
     public static let empty = Policy(version: "none", rules: [])
 

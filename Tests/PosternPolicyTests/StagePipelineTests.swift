@@ -1,0 +1,162 @@
+import PosternPolicy
+import SMTPCore
+import Synchronization
+import XCTest
+
+/// A clock that moves only when the test says so; sleepers wake when it passes their deadline.
+final class ManualClock: Clock, Sendable {
+    struct Instant: InstantProtocol {
+        var offset: Duration
+        func advanced(by duration: Duration) -> Instant { Instant(offset: offset + duration) }
+        func duration(to other: Instant) -> Duration { other.offset - offset }
+        static func < (lhs: Instant, rhs: Instant) -> Bool { lhs.offset < rhs.offset }
+    }
+
+    private struct Sleeper {
+        var id: Int
+        var deadline: Instant
+        var continuation: CheckedContinuation<Void, any Error>
+    }
+
+    private let state = Mutex<(now: Instant, next: Int, sleepers: [Sleeper])>((Instant(offset: .zero), 0, []))
+
+    var now: Instant { state.withLock { $0.now } }
+    var minimumResolution: Duration { .zero }
+    var sleeping: Int { state.withLock { $0.sleepers.count } }
+
+    func sleep(until deadline: Instant, tolerance: Duration?) async throws {
+        let id = state.withLock { state -> Int in
+            state.next += 1
+            return state.next
+        }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let ready = state.withLock { state -> Bool in
+                    if deadline <= state.now || Task.isCancelled { return true }
+                    state.sleepers.append(Sleeper(id: id, deadline: deadline, continuation: continuation))
+                    return false
+                }
+                if ready { Task.isCancelled ? continuation.resume(throwing: CancellationError()) : continuation.resume() }
+            }
+        } onCancel: {
+            let cancelled = state.withLock { state -> Sleeper? in
+                guard let index = state.sleepers.firstIndex(where: { $0.id == id }) else { return nil }
+                return state.sleepers.remove(at: index)
+            }
+            cancelled?.continuation.resume(throwing: CancellationError())
+        }
+    }
+
+    func advance(by duration: Duration) {
+        let due = state.withLock { state -> [Sleeper] in
+            state.now = state.now.advanced(by: duration)
+            let now = state.now
+            let due = state.sleepers.filter { $0.deadline <= now }
+            state.sleepers.removeAll { $0.deadline <= now }
+            return due
+        }
+        for sleeper in due { sleeper.continuation.resume() }
+    }
+
+    /// Waits (by yielding, never sleeping) until `count` sleepers are waiting.
+    func waitForSleepers(_ count: Int) async {
+        while sleeping < count { await Task.yield() }
+    }
+}
+
+final class StagePipelineTests: XCTestCase {
+    struct Check: StageCheck {
+        var name: String
+        var stages: Set<PolicyStage> = [.rcpt]
+        var timeout: Duration = .seconds(5)
+        var failureMode: CheckFailureMode = .ignore
+        var body: @Sendable () async throws -> CheckFinding
+
+        func check(_ stage: PolicyStage, facts: TransactionFacts) async throws -> CheckFinding { try await body() }
+    }
+
+    /// Matches when the check `name` found `result`.
+    struct Found: PolicyCondition {
+        var name: String
+        var result: CheckOutcome.Result
+        var earliestStage: PolicyStage { .connect }
+        func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
+            facts.checks[name]?.result == result ? ConditionMatch("\(name) said \(result.rawValue)") : nil
+        }
+    }
+
+    static let facts = TransactionFacts(transactionID: "T1", clientAddress: IPAddress("192.0.2.1")!, clientPort: 1)
+    static let spam = SMTPReply(550, EnhancedStatusCode(5, 7, 1), "Spam")
+
+    func testChecksOfAStageRunConcurrently() async {
+        let clock = ManualClock()
+        let slow = { @Sendable in
+            try await clock.sleep(for: .seconds(1))
+            return CheckFinding(.pass, detail: "fine")
+        }
+        let pipeline = StagePipeline(policy: .empty, checks: [Check(name: "a", body: slow), Check(name: "b", body: slow)], clock: clock)
+        async let verdict = pipeline.evaluate(.rcpt, facts: Self.facts)
+        // Both checks and both their timeouts wait at once: neither waited for the other.
+        await clock.waitForSleepers(4)
+        clock.advance(by: .seconds(1))
+        let result = await verdict
+        XCTAssertEqual(result.checks.map(\.check), ["a", "b"], "in configured order")
+        XCTAssertEqual(result.checks.map(\.result), [.pass, .pass])
+        XCTAssertEqual(result.verdict.outcome, .pass)
+        XCTAssertEqual(clock.sleeping, 0, "the timeouts were cancelled")
+    }
+
+    func testOnlyTheChecksOfTheStageRun() async {
+        let pipeline = StagePipeline(policy: .empty, checks: [Check(name: "rcpt-only", stages: [.rcpt]) { CheckFinding(.reject(Self.spam), detail: "x") }])
+        let mail = await pipeline.evaluate(.mail, facts: Self.facts)
+        XCTAssertEqual(mail.checks, [])
+        XCTAssertEqual(mail.verdict.outcome, .pass)
+        XCTAssertEqual(pipeline.checkedStages, [.rcpt])
+    }
+
+    func testATimeoutIsIgnoredOrTempfailsAsConfigured() async {
+        for mode in [CheckFailureMode.ignore, .tempfail] {
+            let clock = ManualClock()
+            let hangs = Check(name: "engine", timeout: .seconds(2), failureMode: mode) {
+                try await clock.sleep(for: .seconds(3600))
+                return CheckFinding(.pass, detail: "late")
+            }
+            let pipeline = StagePipeline(policy: .empty, checks: [hangs], clock: clock)
+            async let verdict = pipeline.evaluate(.rcpt, facts: Self.facts)
+            await clock.waitForSleepers(2)
+            clock.advance(by: .seconds(2))
+            let result = await verdict
+            XCTAssertEqual(result.checks.first?.result, .timeout, "\(mode)")
+            XCTAssertEqual(clock.sleeping, 0, "the check was cancelled")
+            if mode == .ignore {
+                XCTAssertEqual(result.verdict.outcome, .pass)
+            } else {
+                XCTAssertEqual(result.verdict.outcome, .decided(.tempfail, SMTPReply(451, EnhancedStatusCode(4, 7, 1),
+                    "Temporary failure in a content or sender check, try again later (ref T1)")))
+                XCTAssertEqual(result.verdict.rule, "check:engine")
+            }
+        }
+    }
+
+    func testAThrowingCheckIsAnError() async {
+        struct Down: Error {}
+        let pipeline = StagePipeline(policy: .empty, checks: [Check(name: "engine", failureMode: .tempfail) { throw Down() }])
+        let result = await pipeline.evaluate(.rcpt, facts: Self.facts)
+        XCTAssertEqual(result.checks.first?.result, .error)
+        XCTAssertEqual(result.verdict.rule, "check:engine")
+    }
+
+    func testACheckDecidesOnlyWhenNoRuleDoes() async {
+        let reject = Check(name: "engine") { CheckFinding(.reject(Self.spam), detail: "score 15") }
+        let alone = await StagePipeline(policy: .empty, checks: [reject]).evaluate(.rcpt, facts: Self.facts)
+        XCTAssertEqual(alone.verdict.outcome, .decided(.reject, Self.spam))
+        XCTAssertEqual(alone.verdict.reason, "score 15")
+
+        let accept = PolicyRule(id: "vip", stage: .rcpt, condition: Found(name: "engine", result: .reject), action: .accept, mode: .enforce, reply: nil)
+        let overruled = await StagePipeline(policy: Policy(version: "v", rules: [accept]), checks: [reject]).evaluate(.rcpt, facts: Self.facts)
+        XCTAssertEqual(overruled.verdict.outcome, .accept, "the rule saw the finding and decided")
+        XCTAssertEqual(overruled.verdict.rule, "vip")
+        XCTAssertEqual(overruled.verdict.reason, "engine said reject")
+        XCTAssertEqual(overruled.checks.first?.result, .reject, "the finding is still recorded")
+    }
+}
