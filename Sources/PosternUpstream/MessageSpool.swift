@@ -42,22 +42,44 @@ public final class MessageSpool {
         size += count
     }
 
-    /// Calls `body` with the content in order, in pieces of at most `chunkSize` bytes.
-    public func forEachChunk(chunkSize: Int = 64 * 1024, _ body: (ByteBuffer) async throws -> Void) async throws {
-        guard fileDescriptor >= 0 else {
-            var content = memory
-            while content.readableBytes > 0 {
-                try await body(content.readSlice(length: min(chunkSize, content.readableBytes))!)
-            }
-            return
+    /// Calls `body` with the content in order, from octet `offset` on, in pieces of at most
+    /// `chunkSize` bytes.
+    public func forEachChunk(from offset: Int = 0, chunkSize: Int = 64 * 1024, _ body: (ByteBuffer) async throws -> Void) async throws {
+        var position = offset
+        while let chunk = try chunk(at: &position, chunkSize: chunkSize) { try await body(chunk) }
+    }
+
+    /// `forEachChunk` for blocking callers (NIO's thread pool): the same pieces, synchronously.
+    public func forEachChunkSynchronously(from offset: Int = 0, chunkSize: Int = 64 * 1024, _ body: (ByteBuffer) throws -> Void) throws {
+        var position = offset
+        while let chunk = try chunk(at: &position, chunkSize: chunkSize) { try body(chunk) }
+    }
+
+    /// The first `limit` octets (fewer when the message is shorter), read synchronously.
+    public func prefix(_ limit: Int) throws -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(min(size, limit))
+        try forEachChunkSynchronously { chunk in
+            guard bytes.count < limit else { return }
+            bytes.append(contentsOf: chunk.readableBytesView.prefix(limit - bytes.count))
         }
-        var offset: off_t = 0
+        return bytes
+    }
+
+    /// The piece at `position` (moved past it), or nil at the end.
+    private func chunk(at position: inout Int, chunkSize: Int) throws -> ByteBuffer? {
+        guard position < size else { return nil }
+        guard fileDescriptor >= 0 else {
+            let length = min(chunkSize, size - position)
+            defer { position += length }
+            return memory.getSlice(at: memory.readerIndex + position, length: length)
+        }
         var chunk = ByteBuffer()
-        while offset < size {
+        while true {
             chunk.clear(minimumCapacity: chunkSize)
             var readError: Int32 = 0
             let count = chunk.writeWithUnsafeMutableBytes(minimumWritableBytes: chunkSize) { pointer in
-                let result = pread(fileDescriptor, pointer.baseAddress, chunkSize, offset)
+                let result = pread(fileDescriptor, pointer.baseAddress, min(chunkSize, size - position), off_t(position))
                 if result < 0 { readError = errno }
                 return max(result, 0)
             }
@@ -66,8 +88,8 @@ public final class MessageSpool {
             guard readError == 0, count > 0 else {
                 throw Error(description: "cannot read the spool file: \(readError == 0 ? "unexpected end" : String(cString: strerror(readError)))")
             }
-            offset += off_t(count)
-            try await body(chunk)
+            position += count
+            return chunk
         }
     }
 
@@ -93,16 +115,10 @@ public final class MessageSpool {
     }
 
     private func writeAll(_ bytes: ByteBuffer) throws(Error) {
-        var remaining = bytes
-        while remaining.readableBytes > 0 {
-            let written = remaining.withUnsafeReadableBytes { pointer in
-                Glibc.write(fileDescriptor, pointer.baseAddress, pointer.count)
-            }
-            if written < 0 {
-                if errno == EINTR { continue }
-                throw Error(description: "cannot write the spool file: \(String(cString: strerror(errno)))")
-            }
-            remaining.moveReaderIndex(forwardBy: written)
+        do {
+            try FileDescriptorWriter.writeAll(bytes, to: fileDescriptor)
+        } catch {
+            throw Error(description: "cannot write the spool file: \(error)")
         }
     }
 }

@@ -8,7 +8,7 @@ import SMTPNIO
 
 /// An SMTP client session to one upstream (RFC 5321 as client; RFC 3207, 4954, 3030, 2920).
 /// Opened at the client's first MAIL and reused for its later transactions.
-public final class SMTPUpstreamSession: RelaySession {
+public final class SMTPUpstreamSession: UpstreamConnection {
     public let configuration: UpstreamConfiguration
     public let upstreamName: String
     /// EHLO keywords, upper-cased, with their parameters.
@@ -179,12 +179,13 @@ public final class SMTPUpstreamSession: RelaySession {
     // MARK: Transactions
 
     public func mail(_ path: ReversePath, _ parameters: MailParameters) async throws(UpstreamError) -> SMTPReply {
+        // Not a failure of the connection: it stays usable for another transaction.
         let needsUTF8 = parameters.smtpUTF8 || !(path.mailbox?.isASCII ?? true)
         if needsUTF8 && capabilities["SMTPUTF8"] == nil {
-            return SMTPReply(553, EnhancedStatusCode(5, 6, 7), "The upstream server does not support SMTPUTF8")
+            throw UpstreamError(.unsupported(.smtpUTF8), "\(upstreamName) does not offer SMTPUTF8")
         }
         if parameters.body == .eightBitMIME && capabilities["8BITMIME"] == nil {
-            return SMTPReply(554, EnhancedStatusCode(5, 6, 3), "Conversion required but not supported (upstream lacks 8BITMIME)")
+            throw UpstreamError(.unsupported(.eightBitMIME), "\(upstreamName) does not offer 8BITMIME")
         }
         if let xforward {
             var forwardCommand = ByteBuffer()
@@ -205,16 +206,16 @@ public final class SMTPUpstreamSession: RelaySession {
         return try await exchange(command, timeout: configuration.timeouts.rcpt, stage: "RCPT")
     }
 
-    public func message(header: ByteBuffer, content: MessageSpool, chunked: Bool) async throws(UpstreamError) -> SMTPReply {
+    public func message(_ message: OutgoingMessage) async throws(UpstreamError) -> SMTPReply {
         let timeouts = configuration.timeouts
-        if chunked && capabilities["CHUNKING"] != nil {
-            // RFC 3030: one BDAT LAST chunk carrying header and content, no stuffing.
+        if message.chunked && capabilities["CHUNKING"] != nil {
+            // RFC 3030: one BDAT LAST chunk carrying prefix and content, no stuffing.
             var command = ByteBuffer()
-            SMTPCommand.bdat(size: header.readableBytes + content.size, last: true).encode(into: &command)
+            SMTPCommand.bdat(size: message.size, last: true).encode(into: &command)
             try await send(command, stage: "BDAT")
-            try await send(header, stage: "BDAT")
+            try await send(message.prefix, stage: "BDAT")
             do {
-                try await content.forEachChunk { chunk in try await self.send(chunk, stage: "BDAT") }
+                try await message.content.forEachChunk(from: message.skipping) { chunk in try await self.send(chunk, stage: "BDAT") }
             } catch let error as UpstreamError { throw error } catch { throw UpstreamError(.localError, "\(error)") }
             return try await exchange(nil, timeout: timeouts.dataTermination, stage: "end of BDAT")
         }
@@ -222,9 +223,9 @@ public final class SMTPUpstreamSession: RelaySession {
         guard start.code == 354 else { return start }
         var stuffer = DotStuffer()
         var output = ByteBuffer()
-        stuffer.stuff(header, into: &output)
+        stuffer.stuff(message.prefix, into: &output)
         do {
-            try await content.forEachChunk { chunk in
+            try await message.content.forEachChunk(from: message.skipping) { chunk in
                 stuffer.stuff(chunk, into: &output)
                 if output.readableBytes >= 64 * 1024 {
                     try await self.send(output, stage: "DATA content")
@@ -239,6 +240,8 @@ public final class SMTPUpstreamSession: RelaySession {
     /// Whether this session may serve another client session: usable, and not bound to
     /// one client by XCLIENT.
     var isReusable: Bool { isUsable && forwardedWith != "xclient" }
+
+    var keepable: SMTPUpstreamSession? { isReusable ? self : nil }
 
     /// Takes the session out of the idle pool for a new client: XFORWARD (when used) now
     /// describes that client. False when the session cannot serve it.

@@ -177,23 +177,26 @@ public struct UpstreamConfiguration: Hashable, Sendable {
     }
 }
 
-/// What the client session relays through: one upstream session, reused across transactions.
-public protocol RelaySession: AnyObject {
+/// One connection to one destination (an SMTP upstream, a Maildir), reused across a client
+/// session's transactions. `RelayTarget` and `MaildirTarget` hand out `Delivery`s over it.
+protocol UpstreamConnection: AnyObject {
     /// The upstream's name for logs and decision records.
     var upstreamName: String { get }
     /// False once the connection is known to be broken.
     var isUsable: Bool { get }
+    /// True when the connection came from the idle pool and has not answered since: the
+    /// upstream may have closed it meanwhile, so a failure of its first command deserves one
+    /// retry on a new connection.
+    var isReused: Bool { get }
+    /// The connection as the idle pool keeps it, when it can be kept for another session.
+    var keepable: SMTPUpstreamSession? { get }
     func mail(_ path: ReversePath, _ parameters: MailParameters) async throws(UpstreamError) -> SMTPReply
     func recipient(_ path: ForwardPath, _ parameters: RecipientParameters) async throws(UpstreamError) -> SMTPReply
-    /// Sends `header` followed by the spooled message; returns the upstream's final reply.
-    func message(header: ByteBuffer, content: MessageSpool, chunked: Bool) async throws(UpstreamError) -> SMTPReply
+    /// Sends the message; returns the upstream's final reply.
+    func message(_ message: OutgoingMessage) async throws(UpstreamError) -> SMTPReply
     /// Abandons the current transaction (RSET).
     func reset() async
     func close() async
-    /// True when the session came from the idle pool: the upstream may have closed it
-    /// meanwhile, so a failure of its first command deserves one retry on a new connection.
-    var isReused: Bool { get }
     /// Passes `ETRN node` (RFC 1985) outside a transaction; returns the upstream's reply.
     func etrn(_ node: String) async throws(UpstreamError) -> SMTPReply
 }
-

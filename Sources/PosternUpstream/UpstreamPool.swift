@@ -51,10 +51,15 @@ public final class UpstreamPool: Sendable {
         return upstreams.indices.map { (upstreams[$0].target.name, (dead[$0] ?? 0) <= now) }
     }
 
+    /// The configured upstreams for one client session.
+    public func makeTarget(logger: Logger, eventLoop: EventLoop? = nil) -> RelayTarget {
+        RelayTarget(pool: self, logger: logger, eventLoop: eventLoop)
+    }
+
     /// Opens a session to the first upstream that takes one. Dead upstreams are tried last.
     /// `eventLoop`: where the new connection should live (the client's loop, so that a
     /// session's I/O stays on one thread); any loop of the group when nil.
-    public func openSession(logger: Logger, client: ClientIdentity? = nil, eventLoop: EventLoop? = nil) async throws(UpstreamError) -> RelaySession {
+    func openSession(logger: Logger, client: ClientIdentity? = nil, eventLoop: EventLoop? = nil) async throws(UpstreamError) -> any UpstreamConnection {
         let now = DispatchTime.now().uptimeNanoseconds
         let dead = deadUntil.withLock { $0 }
         let order = upstreams.indices.filter { (dead[$0] ?? 0) <= now } + upstreams.indices.filter { (dead[$0] ?? 0) > now }
@@ -82,8 +87,8 @@ public final class UpstreamPool: Sendable {
     /// Gives a client session's upstream connection back when the client session ends:
     /// kept for the next session when it is clean (no transaction open), reusable, and
     /// there is room; otherwise closed (QUIT).
-    public func release(_ session: RelaySession) async {
-        guard let smtp = session as? SMTPUpstreamSession, smtp.isReusable,
+    func release(_ session: any UpstreamConnection) async {
+        guard let smtp = session.keepable,
               let index = upstreams.firstIndex(where: { $0.target == smtp.configuration.target }) else {
             return await session.close()
         }
@@ -114,7 +119,7 @@ public final class UpstreamPool: Sendable {
     }
 
     /// The most recently kept live connection to upstream `index` that can serve `client`.
-    private func takeIdle(_ index: Int, for client: ClientIdentity?, preferring eventLoop: EventLoop?) -> RelaySession? {
+    private func takeIdle(_ index: Int, for client: ClientIdentity?, preferring eventLoop: EventLoop?) -> (any UpstreamConnection)? {
         let limit = UInt64(max(upstreams[index].idleTimeout.nanoseconds, 0))
         let now = DispatchTime.now().uptimeNanoseconds
         // The newest connection on the preferred loop, else the newest of all.
@@ -146,7 +151,7 @@ public final class UpstreamPool: Sendable {
         }
     }
 
-    private func open(_ configuration: UpstreamConfiguration, logger: Logger, client: ClientIdentity?, eventLoop: EventLoop?) async throws(UpstreamError) -> RelaySession {
+    private func open(_ configuration: UpstreamConfiguration, logger: Logger, client: ClientIdentity?, eventLoop: EventLoop?) async throws(UpstreamError) -> any UpstreamConnection {
         switch configuration.target {
         case .maildir(let path):
             return try MaildirRelaySession(path: path, hostname: defaultHeloName)

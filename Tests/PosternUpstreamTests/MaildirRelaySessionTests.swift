@@ -1,6 +1,6 @@
 import Foundation
 import NIOCore
-import PosternUpstream
+@testable import PosternUpstream
 import SMTPCore
 import XCTest
 
@@ -52,9 +52,9 @@ final class MaildirRelaySessionTests: XCTestCase {
         _ = try await session.recipient(.mailbox(mailbox("bob@example.net")), RecipientParameters())
         let rcpt = try await session.recipient(.mailbox(mailbox("carol@example.com")), RecipientParameters())
         XCTAssertEqual(rcpt.code, 250)
-        let reply = try await session.message(
-            header: ByteBuffer(string: "Received: from client by gw.example\r\n"),
-            content: try spool("Subject: hello\r\n\r\nline one\r\nline two\r\n"), chunked: false)
+        let reply = try await session.message(OutgoingMessage(
+            prefix: ByteBuffer(string: "Received: from client by gw.example\r\n"),
+            content: try spool("Subject: hello\r\n\r\nline one\r\nline two\r\n"), chunked: false))
         XCTAssertEqual(reply.code, 250)
         XCTAssertEqual(reply.enhanced, EnhancedStatusCode(2, 0, 0))
         XCTAssertEqual(directoryEntries(maildir + "/tmp"), [])
@@ -72,14 +72,14 @@ final class MaildirRelaySessionTests: XCTestCase {
         let session = try MaildirRelaySession(path: maildir, hostname: "gw.example")
         _ = try await session.mail(.null, MailParameters())
         _ = try await session.recipient(.postmaster, RecipientParameters())
-        _ = try await session.message(header: ByteBuffer(), content: try spool("Subject: bounce\r\n\r\n"), chunked: false)
+        _ = try await session.message(OutgoingMessage(prefix: ByteBuffer(), content: try spool("Subject: bounce\r\n\r\n"), chunked: false))
         XCTAssertEqual(try deliveredMessages(), ["Return-Path: <>\nDelivered-To: postmaster\nSubject: bounce\n\n"])
     }
 
     func testCRLFSplitBetweenHeaderAndContentIsConverted() async throws {
         let session = try MaildirRelaySession(path: maildir, hostname: "gw.example")
         _ = try await session.mail(.null, MailParameters())
-        _ = try await session.message(header: ByteBuffer(string: "X-Trace: 1\r"), content: try spool("\nSubject: s\r\n\r\nbody\r\n"), chunked: true)
+        _ = try await session.message(OutgoingMessage(prefix: ByteBuffer(string: "X-Trace: 1\r"), content: try spool("\nSubject: s\r\n\r\nbody\r\n"), chunked: true))
         XCTAssertEqual(try deliveredMessages(), ["Return-Path: <>\nX-Trace: 1\nSubject: s\n\nbody\n"])
     }
 
@@ -97,7 +97,7 @@ final class MaildirRelaySessionTests: XCTestCase {
             _ = try await session.mail(.null, MailParameters())
             let spool = try spool(content, threshold: threshold)
             XCTAssertEqual(spool.isOnDisk, threshold == 1024)
-            _ = try await session.message(header: ByteBuffer(), content: spool, chunked: false)
+            _ = try await session.message(OutgoingMessage(prefix: ByteBuffer(), content: spool, chunked: false))
             let expected = "Return-Path: <>\nSubject: big\n\n" + String(repeating: "a", count: chunkSize - 1 - 16) + "\nsecond line\n"
             let delivered = try deliveredMessages()
             XCTAssertEqual(delivered.count, 1)
@@ -108,7 +108,7 @@ final class MaildirRelaySessionTests: XCTestCase {
     func testLoneCRAndLFAreKept() async throws {
         let session = try MaildirRelaySession(path: maildir, hostname: "gw.example")
         _ = try await session.mail(.null, MailParameters())
-        _ = try await session.message(header: ByteBuffer(), content: try spool("a\rb\nc\r\n\rd\r"), chunked: false)
+        _ = try await session.message(OutgoingMessage(prefix: ByteBuffer(), content: try spool("a\rb\nc\r\n\rd\r"), chunked: false))
         XCTAssertEqual(try deliveredMessages(), ["Return-Path: <>\na\rb\nc\n\rd\r"])
     }
 
@@ -116,10 +116,10 @@ final class MaildirRelaySessionTests: XCTestCase {
         let session = try MaildirRelaySession(path: maildir, hostname: "gw.example")
         _ = try await session.mail(.mailbox(mailbox("a@example.org")), MailParameters())
         _ = try await session.recipient(.mailbox(mailbox("one@example.net")), RecipientParameters())
-        _ = try await session.message(header: ByteBuffer(), content: try spool("X: 1\r\n"), chunked: false)
+        _ = try await session.message(OutgoingMessage(prefix: ByteBuffer(), content: try spool("X: 1\r\n"), chunked: false))
         _ = try await session.mail(.mailbox(mailbox("b@example.org")), MailParameters())
         _ = try await session.recipient(.mailbox(mailbox("two@example.net")), RecipientParameters())
-        _ = try await session.message(header: ByteBuffer(), content: try spool("X: 2\r\n"), chunked: false)
+        _ = try await session.message(OutgoingMessage(prefix: ByteBuffer(), content: try spool("X: 2\r\n"), chunked: false))
         XCTAssertEqual(Set(try deliveredMessages()), [
             "Return-Path: <a@example.org>\nDelivered-To: one@example.net\nX: 1\n",
             "Return-Path: <b@example.org>\nDelivered-To: two@example.net\nX: 2\n",
@@ -133,7 +133,7 @@ final class MaildirRelaySessionTests: XCTestCase {
         _ = try await session.recipient(.mailbox(mailbox("one@example.net")), RecipientParameters())
         await session.reset()
         _ = try await session.recipient(.mailbox(mailbox("two@example.net")), RecipientParameters())
-        _ = try await session.message(header: ByteBuffer(), content: try spool("X: 1\r\n"), chunked: false)
+        _ = try await session.message(OutgoingMessage(prefix: ByteBuffer(), content: try spool("X: 1\r\n"), chunked: false))
         XCTAssertEqual(try deliveredMessages(), ["Return-Path: <>\nDelivered-To: two@example.net\nX: 1\n"])
     }
 
@@ -151,7 +151,7 @@ final class MaildirRelaySessionTests: XCTestCase {
         _ = try await session.mail(.null, MailParameters())
         let content = try spool("X: 1\r\n")
         do {
-            _ = try await session.message(header: ByteBuffer(), content: content, chunked: false)
+            _ = try await session.message(OutgoingMessage(prefix: ByteBuffer(), content: content, chunked: false))
             XCTFail("delivery without a tmp directory succeeded")
         } catch {
             XCTAssertEqual(error.kind, .localError)
@@ -167,7 +167,7 @@ final class MaildirRelaySessionTests: XCTestCase {
         _ = try await session.mail(.null, MailParameters())
         let content = try spool("X: 1\r\n")
         do {
-            _ = try await session.message(header: ByteBuffer(), content: content, chunked: false)
+            _ = try await session.message(OutgoingMessage(prefix: ByteBuffer(), content: content, chunked: false))
             XCTFail("delivery into a file named new succeeded")
         } catch {
             XCTAssertEqual(error.kind, .localError)

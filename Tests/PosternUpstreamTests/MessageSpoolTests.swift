@@ -1,5 +1,5 @@
 import NIOCore
-import PosternUpstream
+@testable import PosternUpstream
 import XCTest
 
 final class MessageSpoolTests: XCTestCase {
@@ -146,5 +146,25 @@ final class MessageSpoolTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("does-not-exist"), "\(error)")
         }
         XCTAssertFalse(spool.isOnDisk)
+    }
+
+    func testReadingFromAnOffsetAndThePrefixInMemoryAndOnDisk() async throws {
+        let content = pseudoRandomBytes(count: 200_000, seed: 9)
+        for threshold in [1 << 20, 1024] {
+            let spool = MessageSpool(memoryThreshold: threshold, directory: directory)
+            try spool.append(ByteBuffer(bytes: content))
+            XCTAssertEqual(spool.isOnDisk, threshold == 1024)
+            for offset in [0, 1, 65_535, 65_536, 199_999, 200_000, 250_000] {
+                var asynchronous: [UInt8] = []
+                try await spool.forEachChunk(from: offset) { asynchronous += $0.readableBytesView }
+                var synchronous: [UInt8] = []
+                try spool.forEachChunkSynchronously(from: offset, chunkSize: 7_000) { synchronous += $0.readableBytesView }
+                let expected = Array(content.dropFirst(offset))
+                XCTAssertEqual(asynchronous, expected, "from \(offset), threshold \(threshold)")
+                XCTAssertEqual(synchronous, expected, "from \(offset), threshold \(threshold)")
+            }
+            XCTAssertEqual(try spool.prefix(1000), Array(content.prefix(1000)))
+            XCTAssertEqual(try spool.prefix(1 << 30), content, "a prefix longer than the message is the message")
+        }
     }
 }

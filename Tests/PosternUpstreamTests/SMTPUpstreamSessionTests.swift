@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
-import PosternUpstream
+@testable import PosternUpstream
 import SMTPCore
 import XCTest
 
@@ -151,12 +151,16 @@ final class SMTPUpstreamSessionTests: XCTestCase {
 
     func testSMTPUTF8ToAServerWithoutItIsRefusedWithoutContactingIt() async throws {
         let session = try await open(FakeSMTPServer.Script())
-        let flagged = try await session.mail(.mailbox(mailbox("alice")), MailParameters(smtpUTF8: true))
-        XCTAssertEqual(flagged.code, 553)
-        XCTAssertEqual(flagged.enhanced, EnhancedStatusCode(5, 6, 7))
-        let nonASCII = try await session.mail(.mailbox(mailbox("jörg")), MailParameters())
-        XCTAssertEqual(nonASCII.code, 553)
-        XCTAssertEqual(nonASCII.enhanced, EnhancedStatusCode(5, 6, 7))
+        // A typed error, not a reply made up as if the server had sent it.
+        for (path, parameters) in [(mailbox("alice"), MailParameters(smtpUTF8: true)), (mailbox("jörg"), MailParameters())] {
+            do {
+                _ = try await session.mail(.mailbox(path), parameters)
+                XCTFail("\(path) was sent")
+            } catch {
+                XCTAssertEqual(error.kind, .unsupported(.smtpUTF8))
+            }
+        }
+        XCTAssertTrue(session.isUsable, "the connection is fine")
         await session.reset()
         XCTAssertEqual(transcript.commands, ["EHLO gw.example", "RSET"], "no MAIL reached the server")
         await session.close()
@@ -174,9 +178,13 @@ final class SMTPUpstreamSessionTests: XCTestCase {
 
     func testEightBitMIMEToAServerWithoutItIsRefusedLocally() async throws {
         let session = try await open(FakeSMTPServer.Script())
-        let reply = try await session.mail(.mailbox(mailbox("alice")), MailParameters(body: .eightBitMIME))
-        XCTAssertEqual(reply.code, 554)
-        XCTAssertEqual(reply.enhanced, EnhancedStatusCode(5, 6, 3))
+        do {
+            _ = try await session.mail(.mailbox(mailbox("alice")), MailParameters(body: .eightBitMIME))
+            XCTFail("BODY=8BITMIME was sent")
+        } catch {
+            XCTAssertEqual(error.kind, .unsupported(.eightBitMIME))
+        }
+        XCTAssertTrue(session.isUsable)
         await session.reset()
         XCTAssertEqual(transcript.commands, ["EHLO gw.example", "RSET"])
         await session.close()
@@ -212,7 +220,7 @@ final class SMTPUpstreamSessionTests: XCTestCase {
         _ = try await session.mail(.mailbox(mailbox("alice")), MailParameters())
         _ = try await session.recipient(.mailbox(mailbox("bob")), RecipientParameters())
         let content = try spool(Array(".hidden\r\n..two\r\nmiddle.dot\r\n.\r\nlast line".utf8))
-        let reply = try await session.message(header: ByteBuffer(string: "Received: by gw.example\r\n"), content: content, chunked: false)
+        let reply = try await session.message(OutgoingMessage(prefix: ByteBuffer(string: "Received: by gw.example\r\n"), content: content, chunked: false))
         XCTAssertEqual(reply.code, 250)
         XCTAssertTrue(transcript.commands.contains("DATA"))
         XCTAssertEqual(transcript.messages.map { String(decoding: $0, as: UTF8.self) }, [
@@ -235,7 +243,7 @@ final class SMTPUpstreamSessionTests: XCTestCase {
             line += 1
         }
         let header = Array("Subject: big\r\n\r\n".utf8)
-        let reply = try await session.message(header: ByteBuffer(bytes: header), content: try spool(content, threshold: 64 * 1024), chunked: false)
+        let reply = try await session.message(OutgoingMessage(prefix: ByteBuffer(bytes: header), content: try spool(content, threshold: 64 * 1024), chunked: false))
         XCTAssertEqual(reply.code, 250)
         XCTAssertEqual(transcript.messages.count, 1)
         XCTAssertTrue(transcript.messages.first == referenceStuffed(header + content), "the wire matches RFC 5321 §4.5.2 stuffing")
@@ -250,7 +258,7 @@ final class SMTPUpstreamSessionTests: XCTestCase {
         _ = try await session.recipient(.postmaster, RecipientParameters())
         let header = Array("Received: by gw.example\r\n".utf8)
         let content = Array(".hidden\r\n.\r\nno final line end".utf8)
-        let reply = try await session.message(header: ByteBuffer(bytes: header), content: try spool(content), chunked: true)
+        let reply = try await session.message(OutgoingMessage(prefix: ByteBuffer(bytes: header), content: try spool(content), chunked: true))
         XCTAssertEqual(reply.code, 250)
         XCTAssertEqual(transcript.commands.last, "BDAT \(header.count + content.count) LAST")
         XCTAssertFalse(transcript.commands.contains("DATA"))
@@ -265,7 +273,7 @@ final class SMTPUpstreamSessionTests: XCTestCase {
         _ = try await session.mail(.null, MailParameters())
         _ = try await session.recipient(.postmaster, RecipientParameters())
         let content = pseudoRandomBytes(count: 300_000, seed: 9)
-        let reply = try await session.message(header: ByteBuffer(), content: try spool(content, threshold: 1024), chunked: true)
+        let reply = try await session.message(OutgoingMessage(prefix: ByteBuffer(), content: try spool(content, threshold: 1024), chunked: true))
         XCTAssertEqual(reply.code, 250)
         XCTAssertEqual(transcript.commands.last, "BDAT 300000 LAST")
         XCTAssertTrue(transcript.messages == [content])
@@ -277,7 +285,7 @@ final class SMTPUpstreamSessionTests: XCTestCase {
         script.capabilities = ["CHUNKING"]
         let session = try await open(script)
         _ = try await session.mail(.null, MailParameters())
-        _ = try await session.message(header: ByteBuffer(), content: try spool(Array("x\r\n".utf8)), chunked: false)
+        _ = try await session.message(OutgoingMessage(prefix: ByteBuffer(), content: try spool(Array("x\r\n".utf8)), chunked: false))
         XCTAssertTrue(transcript.commands.contains("DATA"))
         XCTAssertFalse(transcript.commands.contains { $0.hasPrefix("BDAT") })
         XCTAssertEqual(transcript.messages, [Array("x\r\n.\r\n".utf8)])
@@ -287,7 +295,7 @@ final class SMTPUpstreamSessionTests: XCTestCase {
     func testDATAIsUsedWhenTheServerLacksCHUNKING() async throws {
         let session = try await open(FakeSMTPServer.Script())
         _ = try await session.mail(.null, MailParameters())
-        _ = try await session.message(header: ByteBuffer(), content: try spool(Array("x\r\n".utf8)), chunked: true)
+        _ = try await session.message(OutgoingMessage(prefix: ByteBuffer(), content: try spool(Array("x\r\n".utf8)), chunked: true))
         XCTAssertTrue(transcript.commands.contains("DATA"))
         XCTAssertFalse(transcript.commands.contains { $0.hasPrefix("BDAT") })
         await session.close()
@@ -298,7 +306,7 @@ final class SMTPUpstreamSessionTests: XCTestCase {
         for index in 0..<3 {
             _ = try await session.mail(.mailbox(mailbox("sender\(index)")), MailParameters())
             _ = try await session.recipient(.postmaster, RecipientParameters())
-            let reply = try await session.message(header: ByteBuffer(), content: try spool(Array("n: \(index)\r\n".utf8)), chunked: false)
+            let reply = try await session.message(OutgoingMessage(prefix: ByteBuffer(), content: try spool(Array("n: \(index)\r\n".utf8)), chunked: false))
             XCTAssertEqual(reply.code, 250)
         }
         XCTAssertEqual(transcript.messages.count, 3)

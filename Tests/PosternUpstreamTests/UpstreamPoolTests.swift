@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
-import PosternUpstream
+@testable import PosternUpstream
 import XCTest
 
 final class UpstreamPoolTests: XCTestCase {
