@@ -6,6 +6,7 @@ import NIOPosix
 import NIOSSL
 import PosternLog
 import PosternPolicy
+import PosternSession
 import PosternUpstream
 import SMTPCore
 import SMTPNIO
@@ -114,7 +115,6 @@ public final class PosternServer: Service, Sendable {
         typealias Connection = NIOAsyncChannel<SMTPInboundEvent, ByteBuffer>
         var servers: [(PosternConfiguration.Listener, NIOAsyncChannel<Connection, Never>)] = []
         for listener in configuration.listeners {
-            let commandTimeout = configuration.timeouts.command
             do {
                 let server = try await ServerBootstrap(group: group)
                     .serverChannelOption(.backlog, value: 512)
@@ -122,7 +122,7 @@ public final class PosternServer: Service, Sendable {
                     .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                     .bind(host: listener.host, port: listener.port) { channel in
                         channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(SMTPInboundEventHandler(readTimeout: commandTimeout))
+                            try channel.pipeline.syncOperations.addHandler(SMTPInboundEventHandler())
                             return try Connection(wrappingChannelSynchronously: channel)
                         }
                     }
@@ -178,16 +178,15 @@ public final class PosternServer: Service, Sendable {
             sigusr1.cancel()
         }
         let serverChannels = servers.map { $0.1.channel }
+        // One task executor per event loop, shared by the sessions on it.
+        let executors = Dictionary(uniqueKeysWithValues: group.makeIterator().map { (ObjectIdentifier($0), EventLoopTaskExecutor($0)) })
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { tasks in
                 if let statusServer {
                     tasks.addTask { try await statusServer.run() }
                 }
                 for (listener, server) in servers {
-                    let environment = SessionEnvironment(
-                        configuration: configuration, listener: listener, pool: pool, limiter: limiter,
-                        registry: registry, tlsContext: tlsContext, decisionLog: decisionLog, metrics: metrics,
-                        policy: policy, relayControl: relayControl, authenticator: authenticator, logger: logger)
+                    let context = makeContext(for: listener)
                     tasks.addTask {
                         try await server.executeThenClose { connections in
                             try await withThrowingDiscardingTaskGroup { sessions in
@@ -195,8 +194,9 @@ public final class PosternServer: Service, Sendable {
                                     // The session runs on its connection's event loop: its
                                     // awaits on the channel (and on the upstream, opened on
                                     // the same loop) resume without a thread hop.
-                                    let executor = EventLoopTaskExecutor(connection.channel.eventLoop)
-                                    sessions.addTask(executorPreference: executor) { await Self.serve(connection, environment: environment) }
+                                    let loop = connection.channel.eventLoop
+                                    let executor = executors[ObjectIdentifier(loop)] ?? EventLoopTaskExecutor(loop)
+                                    sessions.addTask(executorPreference: executor) { await Self.serve(connection, context: context) }
                                 }
                             }
                         }
@@ -219,18 +219,40 @@ public final class PosternServer: Service, Sendable {
         logger.notice("stopped")
     }
 
+    /// What `listener`'s sessions share.
+    private func makeContext(for listener: PosternConfiguration.Listener) -> ListenerContext {
+        var timeouts = SessionTimeouts()
+        timeouts.command = configuration.timeouts.command
+        timeouts.data = configuration.timeouts.data
+        timeouts.proxyHeader = configuration.timeouts.proxyHeader
+        timeouts.session = configuration.timeouts.session
+        timeouts.greetDelay = configuration.timeouts.greetDelay
+        timeouts.tlsHandshake = configuration.timeouts.command
+        let session = SessionConfiguration(
+            server: configuration.serverConfiguration(for: listener), timeouts: timeouts, bareLineEndings: configuration.bareLineEndings,
+            minimumDataRate: configuration.limits.minDataRate, dataRateGrace: configuration.limits.dataRateGrace,
+            proxyProtocol: listener.proxyProtocol, proxyTrustedNetworks: configuration.proxyTrustedNetworks, relayControl: relayControl,
+            authFailureDelay: configuration.authentication?.failureDelay ?? .zero,
+            forbidImproperPipelining: configuration.forbidImproperPipelining)
+        return ListenerContext(
+            session: session, pool: pool, limiter: limiter, registry: registry, tlsContext: tlsContext, decisionLog: decisionLog,
+            metrics: metrics, policy: policy, authenticator: authenticator, quarantine: configuration.quarantine,
+            hostname: configuration.hostname, spool: configuration.spool, logger: logger)
+    }
+
     /// One connection, start to end. Never throws: one bad connection never takes the server down.
-    private static func serve(_ connection: NIOAsyncChannel<SMTPInboundEvent, ByteBuffer>, environment: SessionEnvironment) async {
+    private static func serve(_ connection: NIOAsyncChannel<SMTPInboundEvent, ByteBuffer>, context: ListenerContext) async {
         let remote = connection.channel.remoteAddress
         let address = remote?.ipAddress.flatMap(IPAddress.init) ?? .v4(0)
-        let client = ClientEndpoint(address: address, port: remote?.port ?? 0)
+        let peer = ClientEndpoint(address: address, port: remote?.port ?? 0)
         do {
-            try await connection.executeThenClose { inbound, _ in
-                let session = SMTPSession(channel: connection.channel, inbound: inbound.makeAsyncIterator(), client: client, environment: environment)
+            try await connection.executeThenClose { inbound, outbound in
+                var session = SMTPConnection(
+                    channel: connection.channel, inbound: inbound.makeAsyncIterator(), outbound: outbound, peer: peer, context: context)
                 await session.run()
             }
         } catch {
-            environment.logger.debug("connection ended with error", metadata: ["error": "\(error)"])
+            context.logger.debug("connection ended with error", metadata: ["error": "\(error)"])
         }
     }
 }

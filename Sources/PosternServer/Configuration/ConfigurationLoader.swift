@@ -25,6 +25,12 @@ public enum ConfigurationLoader {
         metrics: 127.0.0.1:9125
         """
 
+    /// The configuration file at `path`, or the bundled default when there is none.
+    public static func load(fileOrBundled path: String?) throws(ConfigurationErrors) -> PosternConfiguration {
+        guard let path else { return try load(yaml: bundledDefault, file: "<bundled default>") }
+        return try load(path: path)
+    }
+
     public static func load(path: String) throws(ConfigurationErrors) -> PosternConfiguration {
         let text: String
         do {
@@ -58,7 +64,7 @@ extension YAMLReader {
         }
         let top = mapping(root, "the configuration", keys: [
             "hostname", "listen", "proxy_trusted_networks", "relay_domains", "trusted_networks", "auth", "tls", "upstreams", "upstream_retry_after", "limits",
-            "timeouts", "bare_line_endings", "spool", "shutdown_grace_period", "log_level", "log_format", "decision_log", "metrics", "policy", "quarantine", "limits_store",
+            "timeouts", "bare_line_endings", "forbid_improper_pipelining", "spool", "shutdown_grace_period", "log_level", "log_format", "decision_log", "metrics", "policy", "quarantine", "limits_store",
         ])
         if let node = top["hostname"], let value = string(node, "hostname") {
             if value.isEmpty || value.contains(" ") { fail(node, "hostname must be a domain name") } else { configuration.hostname = value }
@@ -115,6 +121,9 @@ extension YAMLReader {
             if let entry = entries["command"], let value = duration(entry, "timeouts.command") { configuration.timeouts.command = value }
             if let entry = entries["data"], let value = duration(entry, "timeouts.data") { configuration.timeouts.data = value }
             if let entry = entries["proxy_header"], let value = duration(entry, "timeouts.proxy_header") { configuration.timeouts.proxyHeader = value }
+        }
+        if let node = top["forbid_improper_pipelining"], let value = bool(node, "forbid_improper_pipelining") {
+            configuration.forbidImproperPipelining = value
         }
         if let node = top["bare_line_endings"], let text = string(node, "bare_line_endings") {
             if let value = SMTPInputFramer.BareLineEndingPolicy(rawValue: text) { configuration.bareLineEndings = value } else {

@@ -124,6 +124,9 @@ public struct PosternConfiguration: Sendable {
     public var limits = Limits()
     public var timeouts = Timeouts()
     public var bareLineEndings: SMTPInputFramer.BareLineEndingPolicy = .reject
+    /// Commands pipelined before the greeting or after EHLO/HELO end the session with
+    /// 554 5.5.0 (RFC 2920 §3.1; Postfix's `smtpd_forbid_unauth_pipelining`).
+    public var forbidImproperPipelining = true
     public var spool = Spool()
     public var shutdownGracePeriod: TimeAmount = .seconds(30)
     /// Where decision records go, one JSON line each: a file path, or `-` for standard output.

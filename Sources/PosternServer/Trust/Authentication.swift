@@ -188,38 +188,3 @@ public final class Authenticator: Sendable {
         }
     }
 }
-
-/// Decoding of the SASL responses Postern serves (RFC 4616 PLAIN, and LOGIN).
-public enum SASL {
-    /// What a client response line was.
-    public enum Response: Equatable, Sendable {
-        case data([UInt8])
-        /// `*`: the client cancelled the exchange (RFC 4954 §4).
-        case cancelled
-        case undecodable
-    }
-
-    /// A base64 response line; `=` is an empty response.
-    public static func decode(_ line: String) -> Response {
-        if line == "*" { return .cancelled }
-        if line == "=" { return .data([]) }
-        guard let data = Data(base64Encoded: line) else { return .undecodable }
-        return .data(Array(data))
-    }
-
-    /// PLAIN: `[authzid] NUL authcid NUL passwd`. An authorisation identity other than the
-    /// user's own is refused (nil), as is anything malformed.
-    public static func plain(_ bytes: [UInt8]) -> (user: String, password: String)? {
-        let parts = bytes.split(separator: 0, omittingEmptySubsequences: false)
-        guard parts.count == 3, !parts[1].isEmpty,
-              let authzid = String(validating: parts[0], as: UTF8.self),
-              let user = String(validating: parts[1], as: UTF8.self),
-              let password = String(validating: parts[2], as: UTF8.self) else { return nil }
-        guard authzid.isEmpty || authzid == user else { return nil }
-        return (user, password)
-    }
-
-    /// LOGIN's prompts, base64 of "Username:" and "Password:".
-    public static let usernamePrompt = "VXNlcm5hbWU6"
-    public static let passwordPrompt = "UGFzc3dvcmQ6"
-}

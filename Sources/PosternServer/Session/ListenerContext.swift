@@ -1,0 +1,138 @@
+import Logging
+import NIOCore
+import NIOSSL
+import PosternLog
+import PosternPolicy
+import PosternSession
+import PosternUpstream
+import SMTPCore
+
+/// What one listener's sessions share: built once when the server starts, held by
+/// reference by every connection (no per-session copy of the configuration).
+final class ListenerContext: Sendable {
+    let session: SessionConfiguration
+    let pool: UpstreamPool
+    let limiter: ConnectionLimiter
+    let registry: SessionRegistry
+    let tlsContext: NIOSSLContext?
+    let decisionLog: DecisionLogWriter?
+    let metrics: PosternMetrics
+    let policy: PolicyStore
+    let authenticator: Authenticator?
+    /// The quarantine Maildir, when one is configured.
+    let quarantine: String?
+    let hostname: String
+    let spool: PosternConfiguration.Spool
+    let logger: Logger
+
+    init(
+        session: SessionConfiguration, pool: UpstreamPool, limiter: ConnectionLimiter, registry: SessionRegistry,
+        tlsContext: NIOSSLContext?, decisionLog: DecisionLogWriter?, metrics: PosternMetrics, policy: PolicyStore,
+        authenticator: Authenticator?, quarantine: String?, hostname: String, spool: PosternConfiguration.Spool, logger: Logger
+    ) {
+        self.session = session
+        self.pool = pool
+        self.limiter = limiter
+        self.registry = registry
+        self.tlsContext = tlsContext
+        self.decisionLog = decisionLog
+        self.metrics = metrics
+        self.policy = policy
+        self.authenticator = authenticator
+        self.quarantine = quarantine
+        self.hostname = hostname
+        self.spool = spool
+        self.logger = logger
+    }
+
+    /// Takes a connection slot for `client` (connection limits, shutdown). An admitted
+    /// session must call `release` with the key.
+    func admit(_ client: ClientEndpoint, channel: Channel) -> (Admission, key: Int?) {
+        if let refusal = limiter.acquire(client.address) {
+            switch refusal {
+            case .total(let limit): return (.tooManyConnections(limit: limit), nil)
+            case .perAddress(let limit): return (.tooManyFromAddress(limit: limit), nil)
+            }
+        }
+        let (key, draining) = registry.register(channel)
+        if draining {
+            registry.unregister(key)
+            limiter.release(client.address)
+            return (.shuttingDown, nil)
+        }
+        metrics.sessionsTotal.increment()
+        metrics.sessionsCurrent.increment()
+        return (.admitted, key)
+    }
+
+    func release(_ key: Int, client: ClientEndpoint) {
+        metrics.sessionsCurrent.decrement()
+        registry.unregister(key)
+        limiter.release(client.address)
+    }
+
+    /// Runs a stage and counts what it did: time per filter, rules and shadow rules that
+    /// matched, refusals by rate limits.
+    func evaluate(_ request: StageRequest, pipeline: StagePipeline, logger: Logger) async -> StageVerdict {
+        let result = await pipeline.evaluate(request.stage, facts: request.facts)
+        let verdict = result.verdict
+        for (filter, nanoseconds) in verdict.filterNanoseconds { metrics.filterDuration(filter: filter, nanoseconds: nanoseconds) }
+        if let limit = verdict.rateLimit { metrics.rateLimitRefusal(limit: limit) }
+        for hit in verdict.shadowHits {
+            metrics.ruleHit(rule: hit.rule, mode: "shadow")
+            logger.info("shadow rule matched", metadata: ["rule": "\(hit.rule)", "would": "\(hit.action)", "reason": "\(hit.reason)"])
+        }
+        if let rule = verdict.rule { metrics.ruleHit(rule: rule, mode: "enforce") }
+        return result
+    }
+
+    /// Checks AUTH credentials: the address's lockout, then the hash (off the event loops).
+    func verify(_ request: CredentialsRequest) async -> CredentialsOutcome {
+        guard let authenticator else { return .unavailable }
+        if authenticator.isLockedOut(request.client) { return .lockedOut }
+        switch await authenticator.verify(user: request.user, password: request.password) {
+        case .success:
+            authenticator.recordSuccess(request.client)
+            return .success
+        case .failure:
+            return .failure(nowLockedOut: authenticator.recordFailure(request.client))
+        case .unavailable:
+            return .unavailable
+        }
+    }
+
+    /// What the machine asks to count.
+    func count(_ event: SessionEvent) {
+        switch event {
+        case .connectionRefused(let reason): metrics.connectionRefused(reason: reason)
+        case .relayDenied: metrics.relayDenied()
+        case .defence(let name): metrics.defence(name)
+        case .tlsEstablished(let version): metrics.tlsSession(version: version)
+        case .authAttempt(let mechanism, let result): metrics.authAttempt(mechanism: mechanism, result: result)
+        case .upstreamFailure(let upstream, let kind): metrics.upstreamFailure(upstream: upstream, kind: kind)
+        }
+    }
+
+    /// A decision record: counted, and written when there is a decision log.
+    func record(_ record: DecisionRecord) {
+        metrics.transaction(decision: record.decision.rawValue)
+        decisionLog?.record(record)
+    }
+}
+
+extension Logger {
+    /// A line the session machine asked for.
+    func log(_ line: SessionLog, transactionID: String?) {
+        var metadata = Logger.Metadata()
+        for (key, value) in line.metadata { metadata[key] = "\(value)" }
+        if let transactionID { metadata["smtp.transaction.id"] = "\(transactionID)" }
+        let level: Logger.Level = switch line.level {
+        case .debug: .debug
+        case .info: .info
+        case .notice: .notice
+        case .warning: .warning
+        case .error: .error
+        }
+        log(level: level, "\(line.message)", metadata: metadata)
+    }
+}

@@ -1,0 +1,164 @@
+import Dispatch
+import Logging
+import NIOCore
+import NIOPosix
+import PosternFilters
+import PosternMIME
+import PosternPolicy
+import PosternSession
+import PosternUpstream
+import SMTPCore
+
+/// One session's resources behind the machine's actions: the upstream (one `Delivery` per
+/// transaction), the message spool, the quarantine. Blocking file work (the spool past its
+/// memory threshold, parsing a large message) runs on NIO's thread pool, never on an event loop.
+/// Lives in the session's task only.
+final class SessionWork {
+    private let context: ListenerContext
+    private let logger: Logger
+    private let target: RelayTarget
+    private var delivery: (any Delivery)?
+    private var spool: MessageSpool?
+    /// The first append that failed; the message is then refused at its end.
+    private var spoolFailure: String?
+
+    /// Messages up to this size are parsed on the calling thread: a hop costs more.
+    static let inlineParseLimit = 256 * 1024
+
+    init(context: ListenerContext, logger: Logger, eventLoop: EventLoop) {
+        self.context = context
+        self.logger = logger
+        self.target = context.pool.makeTarget(logger: logger, eventLoop: eventLoop)
+    }
+
+    /// The client session is over: the upstream connection goes back to the pool.
+    func finish() async {
+        delivery = nil
+        spool = nil
+        await target.finish()
+    }
+
+    // MARK: The upstream
+
+    struct Failure: Error {
+        var error: UpstreamError
+        var upstream: String?
+    }
+
+    /// Nil for `abort`, which has no answer.
+    func upstream(_ request: UpstreamRequest) async -> Result<UpstreamReply, Failure>? {
+        let started = DispatchTime.now().uptimeNanoseconds
+        let result: Result<UpstreamReply, Failure>
+        switch request {
+        case .begin(let envelope):
+            do {
+                let start = try await target.begin(DeliveryEnvelope(
+                    client: Self.identity(envelope.client), reversePath: envelope.reversePath, parameters: envelope.parameters))
+                delivery = start.delivery
+                result = .success(UpstreamReply(start.reply, upstream: start.upstream))
+            } catch {
+                delivery = nil
+                result = .failure(Failure(error: error, upstream: nil))
+            }
+        case .addRecipient(let path, let parameters):
+            guard let delivery else { return .failure(Failure(error: UpstreamError(.connectionLost, "no upstream transaction"))) }
+            do {
+                result = .success(UpstreamReply(try await delivery.addRecipient(path, parameters), upstream: delivery.upstreamName))
+            } catch {
+                self.delivery = nil
+                result = .failure(Failure(error: error, upstream: delivery.upstreamName))
+            }
+        case .commit(let content):
+            guard let delivery, let spool else { return .failure(Failure(error: UpstreamError(.connectionLost, "no upstream transaction"))) }
+            self.delivery = nil
+            do {
+                let reply = try await delivery.commit(OutgoingMessage(
+                    prefix: content.prefix, content: spool, skipping: content.skipping, chunked: content.chunked))
+                result = .success(UpstreamReply(reply, upstream: delivery.upstreamName))
+            } catch {
+                result = .failure(Failure(error: error, upstream: delivery.upstreamName))
+            }
+        case .abort:
+            await delivery?.abort()
+            delivery = nil
+            return nil
+        case .etrn(let node, let client):
+            do {
+                return .success(UpstreamReply(try await target.etrn(node, client: Self.identity(client)), upstream: ""))
+            } catch {
+                return .failure(Failure(error: error, upstream: nil))
+            }
+        }
+        if case .success(let answer) = result {
+            context.metrics.upstreamReply(upstream: answer.upstream, code: answer.reply.code,
+                                          nanoseconds: DispatchTime.now().uptimeNanoseconds - started)
+        }
+        return result
+    }
+
+    /// Keeps the message in the quarantine Maildir.
+    func quarantine(_ request: QuarantineRequest) async -> Result<SMTPReply, UpstreamError> {
+        guard let path = context.quarantine, let spool else { return .failure(UpstreamError(.localError, "no quarantine configured")) }
+        do {
+            let maildir = try MaildirTarget(path: path, hostname: context.hostname)
+            let start = try await maildir.begin(DeliveryEnvelope(
+                client: Self.identity(request.envelope.client), reversePath: request.envelope.reversePath,
+                parameters: request.envelope.parameters))
+            guard let delivery = start.delivery else { return .success(start.reply) }
+            for recipient in request.recipients { _ = try await delivery.addRecipient(recipient, RecipientParameters()) }
+            return .success(try await delivery.commit(OutgoingMessage(prefix: request.content.prefix, content: spool, skipping: 0, chunked: false)))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    static func identity(_ client: UpstreamClient) -> ClientIdentity {
+        ClientIdentity(address: client.address, port: client.port, helo: client.helo, protocolName: client.protocolName, login: client.login)
+    }
+
+    // MARK: The spool
+
+    /// Nil except for `finish`.
+    func spool(_ request: SpoolRequest) async -> Result<StoredMessage, StorageError>? {
+        switch request {
+        case .begin:
+            spool = MessageSpool(memoryThreshold: context.spool.memoryThreshold, directory: context.spool.directory)
+            spoolFailure = nil
+        case .append(let bytes):
+            guard let spool, spoolFailure == nil else { return nil }
+            do {
+                if spool.isOnDisk || spool.size + bytes.readableBytes > spool.memoryThreshold {
+                    let owned = Owned(spool)
+                    try await NIOThreadPool.singleton.runIfActive { try owned.value.append(bytes) }
+                } else {
+                    try spool.append(bytes)
+                }
+            } catch {
+                spoolFailure = "\(error)"
+            }
+        case .finish(let parse, let headers):
+            guard let spool else { return .failure(StorageError("no message spooled")) }
+            if let spoolFailure { return .failure(StorageError(spoolFailure)) }
+            guard parse else { return .success(StoredMessage(size: spool.size)) }
+            let owned = Owned(spool)
+            let read: @Sendable () throws -> MIMEMessage = {
+                MIMEMessage.parse(try owned.value.prefix(Policy.contentScanLimit), headerSection: headers)
+            }
+            do {
+                let message = spool.size <= Self.inlineParseLimit ? try read() : try await NIOThreadPool.singleton.runIfActive(read)
+                return .success(StoredMessage(size: spool.size, parsed: message))
+            } catch {
+                return .failure(StorageError("\(error)"))
+            }
+        case .discard:
+            spool = nil
+        }
+        return nil
+    }
+
+    /// The spool handed to the thread pool while the session's task waits for it: one owner at a time.
+    private struct Owned: @unchecked Sendable {
+        let value: MessageSpool
+        init(_ value: MessageSpool) { self.value = value }
+    }
+}
