@@ -63,11 +63,7 @@ struct ConfigurationOptions: ParsableArguments {
     func load() throws -> PosternConfiguration {
         var configuration: PosternConfiguration
         do {
-            if let config {
-                configuration = try ConfigurationLoader.load(path: config)
-            } else {
-                configuration = try ConfigurationLoader.load(yaml: ConfigurationLoader.bundledDefault, file: "<bundled default>")
-            }
+            configuration = try ConfigurationLoader.load(fileOrBundled: config)
         } catch {
             throw InvalidConfiguration(message: error.description)
         }

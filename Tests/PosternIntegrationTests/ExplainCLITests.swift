@@ -48,9 +48,18 @@ final class ExplainCLITests: IntegrationTestCase, @unchecked Sendable {
 
         """
 
+    /// The configuration these explanations run under: the test domain is a relay domain,
+    /// so relay control lets its recipients through as a server with it would.
+    private static let configuration = """
+        upstreams: [{ url: "maildir:/nonexistent" }]
+        relay_domains: [example.org]
+
+        """
+
     private func explain(_ arguments: [String], policy: String = ExplainCLITests.policy) throws -> (CommandResult, [String]) {
         let file = try writeConfig(policy, name: "policy.yaml")
-        let result = try runPostern(["explain", "--policy", file.path] + arguments)
+        let config = try writeConfig(Self.configuration, name: "postern.yaml")
+        let result = try runPostern(["explain", "--config", config.path, "--policy", file.path] + arguments)
         let lines = result.stdout.split(separator: "\n").map { String($0).trimmingCharacters(in: .whitespaces) }
         return (result, lines)
     }
@@ -211,6 +220,34 @@ final class ExplainCLITests: IntegrationTestCase, @unchecked Sendable {
                                            "--from", "x@other.example", "--to", "alice@example.org"], policy: policy)
         XCTAssertEqual(tls.status, 0, tls.description)
         XCTAssertEqual(line(tlsLines, "[mail]", "slow-down"), "[mail] slow-down not matched", tls.description)
+    }
+
+    func testRelayControlAppliesAsInTheServer() throws {
+        // The bundled configuration relays for no domain: an untrusted client's mail for
+        // another domain is refused at RCPT, as the server would refuse it.
+        let policy = Paths.packageRoot.appendingPathComponent("Policies/default.yaml").path
+        let denied = try runPostern(["explain", "--policy", policy, "--client-ip", "203.0.113.5",
+                                     "--from", "a@b.example", "--to", "x@elsewhere.example"])
+        let lines = denied.stdout.split(separator: "\n").map { String($0).trimmingCharacters(in: .whitespaces) }
+        XCTAssertEqual(denied.status, 1, denied.description)
+        XCTAssertTrue(lines.contains("Verdict: rejected at rcpt by relay control"), denied.description)
+        XCTAssertTrue(lines.contains("Reply: 554 5.7.1 <x@elsewhere.example>: Relay access denied"), denied.description)
+        XCTAssertNotNil(line(lines, "[rcpt x@elsewhere.example]", "relay_domains"), denied.description)
+        // From a trusted network (loopback by default) the same recipient is relayed.
+        let trusted = try runPostern(["explain", "--policy", policy, "--client-ip", "127.0.0.1",
+                                      "--from", "a@b.example", "--to", "x@elsewhere.example"])
+        XCTAssertEqual(trusted.status, 0, trusted.description)
+        // The configuration's own policy applies without --policy.
+        let configured = try writeConfig("""
+            upstreams: [{ url: "maildir:/nonexistent" }]
+            policy: \(policy)
+            relay_domains: [elsewhere.example]
+
+            """, name: "configured.yaml")
+        let withConfig = try runPostern(["explain", "--config", configured.path, "--client-ip", "203.0.113.5",
+                                         "--from", "a@b.example", "--to", "x@elsewhere.example"])
+        XCTAssertEqual(withConfig.status, 0, withConfig.description)
+        XCTAssertTrue(withConfig.stdout.contains("Policy: \(policy)"), withConfig.description)
     }
 
     func testBadArgumentsAndPolicyErrorsExitTwo() throws {
