@@ -1,13 +1,16 @@
-/// The fuzz targets of `SMTPFuzzer` (issue 5), one per input surface an attacker reaches.
+import Synchronization
+
+/// The fuzz targets of `SMTPFuzzer`, one per input surface an attacker reaches.
 ///
 /// Each target takes arbitrary bytes, drives the code with them, and checks cheap
-/// invariants with `precondition`, so a broken invariant is a crash libFuzzer keeps.
-/// The same functions replay the committed corpus and regressions in `PosternFuzzTests`.
+/// invariants with `expect`. Under libFuzzer (`run`) a broken invariant is a crash
+/// libFuzzer keeps; replaying the committed corpus and regressions in `PosternFuzzTests`
+/// (`check`) reports each one as a test failure instead.
 public enum PosternFuzzTarget: String, CaseIterable, Sendable {
     /// `SMTPInputFramer` command-line framing and `SMTPCommandParser`; DATA framing of
     /// dot-stuffed content.
     case parser
-    /// `SMTPServerStateMachine` driven by framed input, as `SMTPSession` drives it.
+    /// The real `SessionMachine`, driven by framed input with simulated results.
     case session
     /// `ProxyProtocolParser` (PROXY v1 and v2 headers).
     case proxy
@@ -20,7 +23,7 @@ public enum PosternFuzzTarget: String, CaseIterable, Sendable {
     /// and bigger inputs only slow the fuzzer down.
     public static let maximumInputSize = 64 * 1024
 
-    /// Runs one input through the target.
+    /// Runs one input through the target; a broken invariant traps (libFuzzer).
     public func run(_ input: [UInt8]) {
         guard input.count <= Self.maximumInputSize else { return }
         switch self {
@@ -36,5 +39,34 @@ public enum PosternFuzzTarget: String, CaseIterable, Sendable {
     public func run(_ input: UnsafeRawBufferPointer) {
         guard input.count <= Self.maximumInputSize else { return }
         run(Array(input))
+    }
+
+    /// Runs one input and returns every broken invariant instead of trapping.
+    public func check(_ input: [UInt8]) -> [String] {
+        let findings = FuzzFindings()
+        FuzzFindings.$current.withValue(findings) { run(input) }
+        return findings.failures
+    }
+}
+
+/// Where `expect` reports while `check` runs.
+final class FuzzFindings: Sendable {
+    @TaskLocal static var current: FuzzFindings?
+    private let collected = Mutex<[String]>([])
+
+    var failures: [String] { collected.withLock { $0 } }
+
+    func add(_ failure: String) {
+        collected.withLock { $0.append(failure) }
+    }
+}
+
+/// An invariant of a fuzz target: reported when `check` runs, a trap under libFuzzer.
+func expect(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
+    guard !condition() else { return }
+    if let findings = FuzzFindings.current {
+        findings.add(message())
+    } else {
+        preconditionFailure(message())
     }
 }

@@ -1,10 +1,10 @@
 import Foundation
-import PosternFuzzTargets
+@testable import PosternFuzzTargets
 import XCTest
 
 /// Replays every committed fuzz input (Fuzz/corpus/<target>/, Fuzz/regressions/<target>/)
-/// through the same functions `SMTPFuzzer` runs: each completes without tripping an
-/// invariant, so a fixed crash stays fixed in `make test`.
+/// through the same functions `SMTPFuzzer` runs: each completes without breaking an
+/// invariant (reported here as a test failure, not a trap), so a fixed crash stays fixed.
 final class CorpusReplayTests: XCTestCase {
     /// The package root, from this file's path (Tests/PosternFuzzTests/ is two levels down).
     static let packageRoot = URL(fileURLWithPath: #filePath)
@@ -28,7 +28,8 @@ final class CorpusReplayTests: XCTestCase {
     func testCorpusReplays() throws {
         for target in PosternFuzzTarget.allCases {
             for file in try Self.inputs("corpus", target) {
-                target.run(Array(try Data(contentsOf: file)))
+                let failures = target.check(Array(try Data(contentsOf: file)))
+                XCTAssertEqual(failures, [], "Fuzz/corpus/\(target.rawValue)/\(file.lastPathComponent)")
             }
         }
     }
@@ -37,7 +38,8 @@ final class CorpusReplayTests: XCTestCase {
         var count = 0
         for target in PosternFuzzTarget.allCases {
             for file in try Self.inputs("regressions", target) {
-                target.run(Array(try Data(contentsOf: file)))
+                let failures = target.check(Array(try Data(contentsOf: file)))
+                XCTAssertEqual(failures, [], "Fuzz/regressions/\(target.rawValue)/\(file.lastPathComponent)")
                 count += 1
             }
         }
@@ -45,9 +47,26 @@ final class CorpusReplayTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(count, 2)
     }
 
+    func testABrokenInvariantIsReportedNotATrap() {
+        let findings = FuzzFindings()
+        FuzzFindings.$current.withValue(findings) {
+            expect(true, "holds")
+            expect(false, "broken")
+        }
+        XCTAssertEqual(findings.failures, ["broken"])
+    }
+
+    func testTheSessionTargetDrivesTheSessionMachine() {
+        // EHLO, a transaction, QUIT: the machine answers and the checks find nothing.
+        let input: [UInt8] = [0x00, 0x00] + Array("EHLO a.fuzz.test\r\n".utf8)
+        XCTAssertEqual(PosternFuzzTarget.session.check(input), [])
+        let pipelined: [UInt8] = [0x18, 0x00] + Array("EHLO a.fuzz.test\r\nMAIL FROM:<a@b.fuzz.test>\r\n".utf8)
+        XCTAssertEqual(PosternFuzzTarget.session.check(pipelined), [], "improper pipelining ends the session cleanly")
+    }
+
     func testOversizedInputsAreIgnored() {
         // Past the size cap no target does any work, so nothing can fail.
         let huge = [UInt8](repeating: UInt8(ascii: "\n"), count: PosternFuzzTarget.maximumInputSize + 1)
-        for target in PosternFuzzTarget.allCases { target.run(huge) }
+        for target in PosternFuzzTarget.allCases { XCTAssertEqual(target.check(huge), [], target.rawValue) }
     }
 }
