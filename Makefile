@@ -8,7 +8,7 @@ CONFIG ?=
 # Packages the build links against.
 BUILD_PACKAGES := lib:libpcre2-8=libpcre2-dev lib:libmaxminddb=libmaxminddb-dev
 # Real peers the integration tests drive.
-TEST_PACKAGES := cmd:swaks=swaks cmd:smtp-sink=postfix cmd:openssl=openssl cmd:python3=python3 \
+TEST_PACKAGES := cmd:swaks=swaks perl:Net::SSLeay=libnet-ssleay-perl cmd:smtp-sink=postfix cmd:openssl=openssl cmd:python3=python3 \
 	cmd:haproxy=haproxy cmd:systemd-analyze=systemd cmd:redis-server=redis-server cmd:logrotate=logrotate
 
 .PHONY: all build run test check deps test-deps clean bench-policy bench fuzz
