@@ -92,4 +92,52 @@ final class EnvelopeConditionTests: XCTestCase {
         try await expectMatch(true, "{ not: { client_ip: 10.0.0.0/8 } }", stage: .connect, facts())
         try await expectMatch(true, "{ tls: false, client_ip: 203.0.113.9 }", stage: .helo, facts(), message: "several keys mean all")
     }
+    /// Domains compare in `DomainName.canonical` form, as `relay_domains` does: a pattern in
+    /// either form matches an address in either form. Local parts are only lower-cased.
+    func testInternationalDomainsMatchInEitherForm() async throws {
+        let idnLists = """
+            lists:
+              idn: { items: ["@bücher.example", "*@*.straße.example"] }
+            """
+        let cases: [(String, String, Bool)] = [
+            ("{ domain: bücher.example }", "user@xn--bcher-kva.example", true),
+            ("{ domain: bücher.example }", "user@bücher.example", true),
+            ("{ domain: BÜCHER.example }", "user@XN--BCHER-KVA.example", true),
+            ("{ domain: xn--bcher-kva.example }", "user@Bücher.example", true),
+            ("{ domain: bücher.example }", "user@bucher.example", false),
+            ("{ domain: bücher.example }", "user@mail.xn--bcher-kva.example", false),
+            ("{ domain: \"*.bücher.example\" }", "user@mail.xn--bcher-kva.example", true),
+            ("{ domain: \"*.xn--bcher-kva.example\" }", "user@mail.bücher.example", true),
+            ("{ domain: \"*.bücher.example\" }", "user@xn--bcher-kva.example", false),
+            ("user@bücher.example", "User@xn--bcher-kva.example", true),
+            ("user@xn--bcher-kva.example", "user@bücher.example.", true),
+            ("other@bücher.example", "user@xn--bcher-kva.example", false),
+            ("\"*@*.bücher.example\"", "x@mail.xn--bcher-kva.example", true),
+            ("\"*@*.bücher.example\"", "x@mail.bucher.example", false),
+            ("{ in: idn }", "x@xn--bcher-kva.example", true),
+            ("{ in: idn }", "x@a.xn--strae-oqa.example", true),
+            ("{ in: idn }", "x@xn--strae-oqa.example", false),
+            ("{ regex: '@xn--bcher-kva\\.example$' }", "x@bücher.example", true),
+            // The local part is not a domain: only lower-cased, never Punycode.
+            ("müller@example.org", "MÜLLER@example.org", true),
+            ("müller@example.org", "xn--mller-kva@example.org", false),
+        ]
+        for (condition, recipient, expected) in cases {
+            let result = try await matches("{ recipient: \(condition) }", stage: .rcpt,
+                                           facts(sender: "a@b.example", recipient: recipient), lists: idnLists)
+            XCTAssertEqual(result, expected, "recipient \(condition) vs \(recipient)")
+        }
+        try await expectMatch(true, "{ sender: { domain: bücher.example } }", stage: .mail, facts(sender: "a@xn--bcher-kva.example"))
+        try await expectMatch(true, "{ sender: { domain: xn--bcher-kva.example } }", stage: .mail, facts(sender: "a@bücher.example"))
+
+        // The reason names the address in its compared form and the pattern as written.
+        let fixture = try PolicyFixture()
+        defer { fixture.remove() }
+        let policy = try fixture.compile("""
+            rules:
+              - { id: r, stage: rcpt, if: { recipient: { domain: bücher.example } }, then: reject }
+            """)
+        let verdict = await PolicyEngine.evaluate(policy, stage: .rcpt, facts: facts(sender: "a@b.example", recipient: "u@Bücher.example"))
+        XCTAssertEqual(verdict.reason, "recipient u@xn--bcher-kva.example matches bücher.example")
+    }
 }

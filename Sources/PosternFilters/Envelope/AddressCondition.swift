@@ -5,8 +5,11 @@ import SMTPCore
 import Yams
 
 /// `sender` and `recipient`: exact addresses, domains (with subdomains by `*.`), wildcards,
-/// lists, and the null sender. Domains compare case-insensitively, as DNS does; local parts
-/// compare case-insensitively too, as mail administrators expect from access maps.
+/// lists, and the null sender. Domains compare in their canonical form, as relay control's
+/// `relay_domains` does (`DomainName.canonical`: lower case, non-ASCII labels as Punycode
+/// A-labels), so `bücher.example` and `xn--bcher-kva.example` are one domain, in a pattern
+/// and in an address alike; local parts compare case-insensitively, as mail administrators
+/// expect from access maps.
 ///     sender: "<>"                               # the null sender (bounces)
 ///     sender: alice@example.org
 ///     sender: "*@*.example"                      # wildcard: * matches any run of characters
@@ -32,15 +35,22 @@ struct AddressCondition: PolicyCondition {
             // RFC 5321 §4.1.1.3: the bare <Postmaster> recipient.
             if lowered == "postmaster" || lowered == "<postmaster>" { self = .exact("postmaster"); return }
             if lowered.hasPrefix("@") { self.init(domain: String(lowered.dropFirst())); return }
-            if lowered.contains("*") { self = .wildcard(lowered.split(separator: "*", omittingEmptySubsequences: false)); return }
-            guard lowered.contains("@"), !lowered.hasPrefix("<") else { return nil }
-            self = .exact(lowered)
+            if lowered.contains("*") {
+                self = .wildcard(AddressCondition.comparableWildcard(lowered).split(separator: "*", omittingEmptySubsequences: false))
+                return
+            }
+            guard let at = lowered.lastIndex(of: "@"), !lowered.hasPrefix("<") else { return nil }
+            self = .exact(String(lowered[..<at]) + "@" + AddressCondition.comparable(domain: String(lowered[lowered.index(after: at)...])))
         }
 
         init?(domain text: String) {
             let lowered = text.lowercased().trimmingTrailingDot()
             guard !lowered.isEmpty, !lowered.contains("@") else { return nil }
-            if lowered.hasPrefix("*.") { self = .subdomainsOf(String(lowered.dropFirst(2))) } else { self = .domain(lowered) }
+            if lowered.hasPrefix("*.") {
+                self = .subdomainsOf(AddressCondition.comparable(domain: String(lowered.dropFirst(2))))
+            } else {
+                self = .domain(AddressCondition.comparable(domain: lowered))
+            }
         }
 
         func matches(_ address: String?, domain: String?) -> Bool {
@@ -95,15 +105,37 @@ struct AddressCondition: PolicyCondition {
         return ConditionMatch("\(role.rawValue) \(address ?? "<>") matches \(hit.text)" + (source.map { " (list \($0))" } ?? ""))
     }
 
-    /// Lower-cased `local@domain` without a trailing dot, and the domain; `+tag` removed when asked.
+    /// `local@domain` with the local part lower-cased (`+tag` removed when asked) and the
+    /// domain in its comparable form, and that domain.
     static func normalise(_ mailbox: Mailbox?, stripTag: Bool) -> (String?, String?) {
         guard let mailbox else { return (nil, nil) }
         var local = mailbox.localPart.lowercased()
         if stripTag, !local.hasPrefix("\""), let plus = local.firstIndex(of: "+"), plus != local.startIndex {
             local = String(local[..<plus])
         }
-        let domain = mailbox.domain.lowercased().trimmingTrailingDot()
+        let domain = comparable(domain: mailbox.domain)
         return (domain.isEmpty ? local : "\(local)@\(domain)", domain)
+    }
+
+    /// A domain as addresses and patterns compare it: without a trailing dot, in
+    /// `DomainName.canonical` form (lower case, A-labels). What is not a domain name there
+    /// (an over-long label, an empty one) is compared lower-cased as written.
+    static func comparable(domain: String) -> String {
+        let trimmed = domain.trimmingTrailingDot()
+        // ASCII: canonical is exactly the lower-cased text (or nil, and then the same).
+        if trimmed.utf8.allSatisfy({ $0 < 0x80 }) { return trimmed.lowercased() }
+        return DomainName.canonical(trimmed) ?? trimmed.lowercased()
+    }
+
+    /// A wildcard pattern with the labels of its domain part that hold no `*` in comparable
+    /// form (`*@*.bücher.example` → `*@*.xn--bcher-kva.example`). A label with both a `*`
+    /// and non-ASCII characters stays as written, and so matches no canonical domain.
+    static func comparableWildcard(_ pattern: String) -> String {
+        guard let at = pattern.lastIndex(of: "@") else { return pattern }
+        let labels = pattern[pattern.index(after: at)...].split(separator: ".", omittingEmptySubsequences: false).map { label in
+            label.contains("*") || label.isEmpty ? String(label) : comparable(domain: String(label))
+        }
+        return String(pattern[...at]) + labels.joined(separator: ".")
     }
 
     static let makeSender: ConditionFactory = { value, context in make(.sender, value, &context) }
