@@ -22,6 +22,41 @@ final class GeoIPAndRegexConditionTests: XCTestCase {
         try await expectMatch(true, "{ asn: [unknown] }", stage: .connect, facts(client: "127.0.0.1"), lists: geoip)
     }
 
+    /// The session looks the client up once into `facts.location`; the conditions read that
+    /// and do not look the address up again. A nil field reads as `unknown`.
+    func testALocationAlreadyLookedUpIsUsed() async throws {
+        let fixture = try PolicyFixture()
+        defer { fixture.remove() }
+        func matching(_ condition: String, _ location: ClientLocation?) async throws -> Bool {
+            let policy = try fixture.compile("""
+                \(geoip)
+                rules:
+                  - { id: r, stage: connect, if: \(condition), then: reject }
+                """)
+            var given = facts(client: "192.0.2.7")  // GB, in the database
+            given.location = location
+            return await PolicyEngine.evaluate(policy, stage: .connect, facts: given).rule == "r"
+        }
+        let elsewhere = ClientLocation(country: "DE", continent: "EU", asn: 64500, asOrganization: "Example")
+        let cases: [(String, ClientLocation?, Bool)] = [
+            ("{ country: [DE] }", elsewhere, true),
+            ("{ country: [GB] }", elsewhere, false),
+            ("{ continent: [EU] }", elsewhere, true),
+            ("{ asn: [AS64500] }", elsewhere, true),
+            ("{ country: [unknown] }", ClientLocation(), true),
+            ("{ country: [GB] }", ClientLocation(), false),
+            ("{ continent: [unknown] }", ClientLocation(country: "DE"), true),
+            ("{ asn: [unknown] }", ClientLocation(country: "DE"), true),
+            // No location given: the condition looks the address up itself.
+            ("{ country: [GB] }", nil, true),
+            ("{ country: [DE] }", nil, false),
+        ]
+        for (condition, location, expected) in cases {
+            let result = try await matching(condition, location)
+            XCTAssertEqual(result, expected, "\(condition) with \(location.map { "\($0)" } ?? "no location")")
+        }
+    }
+
     func testMaxMindsOwnTestDatabasesWhenPresent() async throws {
         let shared = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("shared/testdata/geoip").path

@@ -6,7 +6,9 @@ import Yams
 
 /// `country`, `continent` and `asn`: where the client's address is, from the MaxMind
 /// databases named under `geoip:`. Loopback, private and unlisted addresses read as
-/// `unknown`, which a rule can name.
+/// `unknown`, which a rule can name. The session looks the client up once
+/// (`TransactionFacts.location`, from `Policy.geoip`); the condition reads that, and looks
+/// the address up itself only when no location is given.
 ///     geoip: { country: /var/lib/GeoIP/GeoLite2-Country.mmdb, asn: /var/lib/GeoIP/GeoLite2-ASN.mmdb }
 ///     if: { country: [KP, IR] }
 ///     if: { continent: [AS, unknown] }
@@ -26,13 +28,23 @@ struct GeoIPCondition: PolicyCondition {
     var filterName: String { field.rawValue }
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
-        let value = Self.value(field, of: facts.clientAddress, in: database)
+        let value = facts.location.map { Self.value(field, of: $0) } ?? Self.value(field, of: facts.clientAddress, in: database)
         guard wanted.contains(value) else { return nil }
         return ConditionMatch("client \(facts.clientAddress) \(field.rawValue) \(value)")
     }
 
-    /// The client's country code, continent code or AS number as text; "unknown" when the
-    /// database has nothing (or the lookup fails: a corrupt record never blocks mail).
+    /// The client's country code, continent code or AS number as text, from a location
+    /// already looked up; "unknown" where it has nothing.
+    static func value(_ field: Field, of location: ClientLocation) -> String {
+        switch field {
+        case .country: return location.country ?? "unknown"
+        case .continent: return location.continent ?? "unknown"
+        case .asn: return location.asn.map(String.init) ?? "unknown"
+        }
+    }
+
+    /// The same, looked up in `database`; "unknown" when the database has nothing (or the
+    /// lookup fails: a corrupt record never blocks mail).
     static func value(_ field: Field, of address: IPAddress, in database: GeoIPDatabase) -> String {
         guard let record = try? database.lookup(bytes: address.unmapped.bytes) else { return "unknown" }
         switch field {
