@@ -1,5 +1,5 @@
 import Foundation
-import PosternFilters
+@testable import PosternFilters
 import PosternPolicy
 import SMTPCore
 import Synchronization
@@ -183,5 +183,66 @@ final class LimitConditionTests: XCTestCase {
                 "policy.yaml:5:32: limit 'a' counts connections: it runs at stage connect",
                 "policy.yaml:6:41: unknown limit 'nope' (defined: a)",
             ])
+    }
+    /// The outcome ring: at most `capacity` keys, the oldest forgotten first; recording a
+    /// key it holds updates it without taking a new place.
+    func testRecentOutcomesForgetTheOldestFirst() {
+        var outcomes = RecentOutcomes<Int>(capacity: 3)
+        for (index, key) in ["a", "b", "c"].enumerated() { outcomes.record(index, for: key) }
+        XCTAssertEqual(["a", "b", "c"].map { outcomes[$0] }, [0, 1, 2])
+        outcomes.record(3, for: "d")
+        XCTAssertNil(outcomes["a"], "the oldest goes first")
+        XCTAssertEqual(["b", "c", "d"].map { outcomes[$0] }, [1, 2, 3])
+        outcomes.record(10, for: "b")
+        XCTAssertEqual(outcomes.count, 3)
+        XCTAssertEqual(outcomes["b"], 10, "a key held is updated in place")
+        XCTAssertEqual(outcomes["c"], 2, "updating a key forgets nothing")
+        outcomes.record(4, for: "e")
+        XCTAssertNil(outcomes["b"], "an updated key keeps its age")
+        XCTAssertEqual(["c", "d", "e"].map { outcomes[$0] }, [2, 3, 4])
+        for number in 0..<1000 { outcomes.record(number, for: "k\(number)") }
+        XCTAssertEqual(outcomes.count, 3)
+        XCTAssertEqual(["k997", "k998", "k999"].map { outcomes[$0] }, [997, 998, 999])
+    }
+
+    /// Counts the store's calls; always allows.
+    private final class CountingStore: RateLimitStore {
+        let calls = Mutex(0)
+        func consume(key: String, cost: Int, spec: RateLimitSpec) async throws -> RateLimitDecision {
+            calls.withLock { $0 += 1 }
+            return try await InMemoryRateLimitStore().consume(key: key, cost: cost, spec: spec)
+        }
+    }
+
+    /// A `messages` limit remembers the last 10,000 transactions: a remembered one is not
+    /// counted again; the oldest is forgotten first, and is counted again if it comes back.
+    func testMessagesLimitRemembersTheLastTenThousandTransactions() async throws {
+        XCTAssertEqual(LimitCondition.rememberedTransactions, 10_000)
+        let store = CountingStore()
+        let policy = try compile("""
+            limits:
+              l: { key: sender, count: messages, rate: 1000000/1h, burst: 1000000 }
+            rules:
+              - { id: r, stage: rcpt, if: { limit: l }, then: tempfail }
+            """, store: store)
+        func evaluate(_ number: Int) async {
+            _ = await PolicyEngine.evaluate(policy, stage: .rcpt, facts: transaction(number, recipient: "b@example.net"))
+        }
+        var counted: Int { store.calls.withLock { $0 } }
+        for number in 0..<10_000 { await evaluate(number) }
+        XCTAssertEqual(counted, 10_000)
+        await evaluate(0)
+        await evaluate(9_999)
+        XCTAssertEqual(counted, 10_000, "all 10,000 are remembered")
+        await evaluate(10_000)
+        XCTAssertEqual(counted, 10_001)
+        await evaluate(1)
+        XCTAssertEqual(counted, 10_001, "the second oldest is still remembered")
+        await evaluate(0)
+        XCTAssertEqual(counted, 10_002, "the oldest was forgotten: it is counted again")
+        await evaluate(2)
+        XCTAssertEqual(counted, 10_002)
+        await evaluate(1)
+        XCTAssertEqual(counted, 10_003, "coming back took the place of the next oldest")
     }
 }

@@ -12,8 +12,10 @@ final class LimitCondition: RateLimitingCondition {
     let limit: PolicyLimit
     let store: any RateLimitStore
     /// For `messages`: each transaction's outcome, so several RCPTs count one message and
-    /// get the same answer. Bounded: the oldest entries are forgotten.
-    private let outcomes = Mutex<(order: [String], over: [String: ConditionMatch?])>(([], [:]))
+    /// get the same answer. Bounded: past `rememberedTransactions` the oldest is forgotten.
+    private let outcomes = Mutex(RecentOutcomes<ConditionMatch?>(capacity: LimitCondition.rememberedTransactions))
+    /// How many transactions' outcomes a `messages` limit remembers.
+    static let rememberedTransactions = 10_000
 
     init(limit: PolicyLimit, store: any RateLimitStore) {
         self.limit = limit
@@ -54,7 +56,7 @@ final class LimitCondition: RateLimitingCondition {
         guard let key = RateLimitKey.make(limit: limit.name, fields: limit.fields, subject: subject, prefixes: limit.prefixes) else {
             return nil
         }
-        if limit.counter == .messages, let known = outcomes.withLock({ $0.over[facts.transactionID] }) {
+        if limit.counter == .messages, let known = outcomes.withLock({ $0[facts.transactionID] }) {
             return known  // This transaction was counted already: the same answer.
         }
         let cost = limit.counter == .bytes ? (facts.size ?? 0) : 1
@@ -70,11 +72,7 @@ final class LimitCondition: RateLimitingCondition {
         }
         let result = decision.allowed ? nil : over(key, retryAfter: decision.retryAfter)
         if limit.counter == .messages {
-            outcomes.withLock { outcomes in
-                outcomes.order.append(facts.transactionID)
-                outcomes.over[facts.transactionID] = .some(result)
-                if outcomes.order.count > 10_000 { outcomes.over.removeValue(forKey: outcomes.order.removeFirst()) }
-            }
+            outcomes.withLock { $0.record(result, for: facts.transactionID) }
         }
         return result
     }
@@ -94,3 +92,37 @@ final class LimitCondition: RateLimitingCondition {
         return LimitCondition(limit: limit, store: context.rateLimitStore)
     }
 }
+
+/// The values of the last `capacity` keys recorded: a dictionary, and a fixed ring of the
+/// keys in the order they came, so forgetting the oldest is O(1) (no array shifting under
+/// the lock that guards it).
+struct RecentOutcomes<Value> {
+    let capacity: Int
+    private var values: [String: Value] = [:]
+    /// The keys held, oldest at `next` once the ring is full.
+    private var ring: [String?]
+    private var next = 0
+
+    init(capacity: Int) {
+        precondition(capacity > 0, "a RecentOutcomes holds at least one key")
+        self.capacity = capacity
+        ring = Array(repeating: nil, count: capacity)
+    }
+
+    /// The value recorded for `key`, when it is still remembered.
+    subscript(key: String) -> Value? { values[key] }
+
+    /// How many keys are remembered (at most `capacity`).
+    var count: Int { values.count }
+
+    /// Remembers `value` for `key`. A new key takes the oldest one's place when all
+    /// `capacity` are in use; a key already held gets the new value and keeps its age.
+    mutating func record(_ value: Value, for key: String) {
+        guard values.updateValue(value, forKey: key) == nil else { return }
+        if let oldest = ring[next] { values.removeValue(forKey: oldest) }
+        ring[next] = key
+        next = (next + 1) % capacity
+    }
+}
+
+extension RecentOutcomes: Sendable where Value: Sendable {}
