@@ -93,13 +93,8 @@ extension PosternMetrics {
     /// `postern_limits_store_errors_total{reason}` and `postern_limits_store_fail_open_total`
     /// or `postern_limits_store_fail_closed_total`.
     func limitsStoreFailure(reason: String, mode: RedisRateLimitStore.FailureMode) {
-        registry.makeCounter(descriptor: MetricNameDescriptor(
-            namespace: "postern", metricName: "limits_store_errors_total", unitName: "",
-            helpText: "Rate-limit checks the shared store could not answer, by reason."), labels: [("reason", reason)]).increment()
-        let name = mode == .failOpen ? "limits_store_fail_open_total" : "limits_store_fail_closed_total"
-        let help = mode == .failOpen ? "Rate-limit checks let through because the store was unavailable (fail_open)."
-            : "Rate-limit checks answered 451 because the store was unavailable (fail_closed)."
-        registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "postern", metricName: name, unitName: "", helpText: help)).increment()
+        limitsStoreErrors(reason).increment()
+        (mode == .failOpen ? limitsStoreFailOpen : limitsStoreFailClosed)().increment()
     }
 }
 

@@ -3,12 +3,35 @@ import Synchronization
 
 /// Postern's Prometheus metrics, on one registry that `/metrics` renders. Names follow the
 /// Prometheus conventions: `postern_` prefix, `_total` counters, `_seconds` durations.
+///
+/// Every handle is made once: the unlabelled ones here in `init`, the labelled ones by a
+/// ``LabelledMetric`` the first time a set of label values is used, so an event costs a
+/// dictionary lookup, not a trip through the registry's lock and name checks.
 public final class PosternMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
     let sessionsCurrent: Gauge
     let sessionsTotal: Counter
     private let upstreamLatency: DurationHistogram
     private let decisionLogWriteErrors: Counter
+    private let relayDeniedTotal: Counter
+    private let transactions: LabelledMetric<Counter>
+    private let connectionsRefused: LabelledMetric<Counter>
+    private let upstreamReplies: LabelledMetric<Counter>
+    private let upstreamFailures: LabelledMetric<Counter>
+    private let tlsSessions: LabelledMetric<Counter>
+    private let policyReloads: LabelledMetric<Counter>
+    private let policyInfo: LabelledMetric<Gauge>
+    private let ruleHits: LabelledMetric<Counter>
+    private let filterDurations: LabelledMetric<DurationHistogram>
+    private let rateLimitRefusals: LabelledMetric<Counter>
+    private let authAttempts: LabelledMetric<Counter>
+    private let defences: LabelledMetric<Counter>
+    private let upstreamUp: LabelledMetric<Gauge>
+    /// The shared rate-limit store's failures (see `limitsStoreFailure`): made on the first
+    /// failure, so a server without Redis exports none of them.
+    let limitsStoreErrors: LabelledMetric<Counter>
+    let limitsStoreFailOpen: LabelledMetric<Counter>
+    let limitsStoreFailClosed: LabelledMetric<Counter>
     private let policyVersion = Mutex<String?>(nil)
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), version: String) {
@@ -19,83 +42,106 @@ public final class PosternMetrics: Sendable {
             descriptor: Self.name("upstream_latency_seconds", "Time from sending a command or message to the upstream until its reply."),
             buckets: [.milliseconds(1), .milliseconds(5), .milliseconds(25), .milliseconds(100), .milliseconds(500), .seconds(2), .seconds(10), .seconds(60)])
         decisionLogWriteErrors = registry.makeCounter(descriptor: Self.name("decision_log_write_errors_total", "Decision records that could not be written."))
+        relayDeniedTotal = registry.makeCounter(descriptor: Self.name("relay_denied_total", "Recipients refused by relay control."))
         registry.makeGauge(descriptor: Self.name("build_info", "The running version."), labels: [("version", version)]).set(Int64(1))
+
+        func counter(_ name: String, _ help: String, labels: [String]) -> LabelledMetric<Counter> {
+            LabelledMetric(labels: labels) { registry.makeCounter(descriptor: PosternMetrics.name(name, help), labels: $0) }
+        }
+        func gauge(_ name: String, _ help: String, labels: [String]) -> LabelledMetric<Gauge> {
+            LabelledMetric(labels: labels) { registry.makeGauge(descriptor: PosternMetrics.name(name, help), labels: $0) }
+        }
+        transactions = counter("transactions_total", "Transactions by decision.", labels: ["decision"])
+        connectionsRefused = counter("connections_refused_total", "Connections refused before any transaction.", labels: ["reason"])
+        upstreamReplies = counter("upstream_replies_total", "Upstream replies by upstream and reply class.", labels: ["upstream", "class"])
+        upstreamFailures = counter("upstream_failures_total", "Upstream exchanges that failed without a reply.", labels: ["upstream", "kind"])
+        tlsSessions = counter("tls_sessions_total", "STARTTLS handshakes completed, by TLS version.", labels: ["version"])
+        policyReloads = counter("policy_reloads_total", "Policy loads and reloads by result.", labels: ["result"])
+        policyInfo = gauge("policy_info", "The policy in force.", labels: ["version"])
+        ruleHits = counter("rule_hits_total", "Rules that matched, by rule id and mode.", labels: ["rule", "mode"])
+        filterDurations = LabelledMetric(labels: ["filter"]) {
+            registry.makeDurationHistogram(
+                descriptor: PosternMetrics.name("filter_duration_seconds", "Time spent evaluating each filter, per stage evaluation."),
+                labels: $0,
+                buckets: [.microseconds(10), .microseconds(100), .milliseconds(1), .milliseconds(10), .milliseconds(100), .seconds(1)])
+        }
+        rateLimitRefusals = counter("rate_limit_refusals_total", "Refusals by rate-limit rules, by limit.", labels: ["limit"])
+        authAttempts = counter("auth_attempts_total", "AUTH exchanges by mechanism and result.", labels: ["mechanism", "result"])
+        defences = counter("defences_total", "Sessions ended by a connection defence, by defence.", labels: ["defence"])
+        upstreamUp = gauge("upstream_up", "1 when the upstream is believed reachable, 0 while it is marked dead.", labels: ["upstream"])
+        limitsStoreErrors = counter("limits_store_errors_total", "Rate-limit checks the shared store could not answer, by reason.", labels: ["reason"])
+        limitsStoreFailOpen = counter(
+            "limits_store_fail_open_total", "Rate-limit checks let through because the store was unavailable (fail_open).", labels: [])
+        limitsStoreFailClosed = counter(
+            "limits_store_fail_closed_total", "Rate-limit checks answered 451 because the store was unavailable (fail_closed).", labels: [])
     }
 
     /// One finished transaction (or connection refused before any), by decision.
     func transaction(decision: String) {
-        registry.makeCounter(descriptor: Self.name("transactions_total", "Transactions by decision."), labels: [("decision", decision)]).increment()
+        transactions(decision).increment()
     }
 
     /// A connection refused before the greeting, by reason.
     func connectionRefused(reason: String) {
-        registry.makeCounter(descriptor: Self.name("connections_refused_total", "Connections refused before any transaction."), labels: [("reason", reason)]).increment()
+        connectionsRefused(reason).increment()
     }
 
     /// A reply from an upstream, by upstream and class (2xx, 3xx, 4xx, 5xx), with its latency.
     func upstreamReply(upstream: String, code: Int, nanoseconds: UInt64) {
-        registry.makeCounter(descriptor: Self.name("upstream_replies_total", "Upstream replies by upstream and reply class."), labels: [("upstream", upstream), ("class", "\(code / 100)xx")]).increment()
+        upstreamReplies(upstream, "\(code / 100)xx").increment()
         upstreamLatency.recordNanoseconds(Int64(min(nanoseconds, UInt64(Int64.max))))
     }
 
     /// An upstream exchange that failed without a reply, by upstream and kind.
     func upstreamFailure(upstream: String, kind: String) {
-        registry.makeCounter(descriptor: Self.name("upstream_failures_total", "Upstream exchanges that failed without a reply."), labels: [("upstream", upstream), ("kind", kind)]).increment()
+        upstreamFailures(upstream, kind).increment()
     }
 
     /// A completed STARTTLS, by TLS version.
     func tlsSession(version: String) {
-        registry.makeCounter(descriptor: Self.name("tls_sessions_total", "STARTTLS handshakes completed, by TLS version."), labels: [("version", version)]).increment()
+        tlsSessions(version).increment()
     }
 
     /// A policy load or reload, by result; the loaded version as an info metric.
     func policyLoaded(version: String?, result: String) {
-        registry.makeCounter(descriptor: Self.name("policy_reloads_total", "Policy loads and reloads by result."), labels: [("result", result)]).increment()
+        policyReloads(result).increment()
         guard let version else { return }
         policyVersion.withLock { previous in
-            if let previous { registry.makeGauge(descriptor: Self.name("policy_info", "The policy in force."), labels: [("version", previous)]).set(Int64(0)) }
-            registry.makeGauge(descriptor: Self.name("policy_info", "The policy in force."), labels: [("version", version)]).set(Int64(1))
+            if let previous { policyInfo(previous).set(Int64(0)) }
+            policyInfo(version).set(Int64(1))
             previous = version
         }
     }
 
     /// A rule that matched, by rule and mode (enforce or shadow).
     func ruleHit(rule: String, mode: String) {
-        registry.makeCounter(descriptor: Self.name("rule_hits_total", "Rules that matched, by rule id and mode."),
-                             labels: [("rule", rule), ("mode", mode)]).increment()
+        ruleHits(rule, mode).increment()
     }
 
     /// Time spent in one filter during one stage.
     func filterDuration(filter: String, nanoseconds: UInt64) {
-        registry.makeDurationHistogram(
-            descriptor: Self.name("filter_duration_seconds", "Time spent evaluating each filter, per stage evaluation."),
-            labels: [("filter", filter)],
-            buckets: [.microseconds(10), .microseconds(100), .milliseconds(1), .milliseconds(10), .milliseconds(100), .seconds(1)]
-        ).recordNanoseconds(Int64(min(nanoseconds, UInt64(Int64.max))))
+        filterDurations(filter).recordNanoseconds(Int64(min(nanoseconds, UInt64(Int64.max))))
     }
 
     /// A refusal by a rule whose condition is a rate limit, by limit.
     func rateLimitRefusal(limit: String) {
-        registry.makeCounter(descriptor: Self.name("rate_limit_refusals_total", "Refusals by rate-limit rules, by limit."),
-                             labels: [("limit", limit)]).increment()
+        rateLimitRefusals(limit).increment()
     }
 
     /// An AUTH exchange, by mechanism and result (success, failure, locked_out, error, cancelled).
     func authAttempt(mechanism: String, result: String) {
-        registry.makeCounter(descriptor: Self.name("auth_attempts_total", "AUTH exchanges by mechanism and result."),
-                             labels: [("mechanism", mechanism), ("result", result)]).increment()
+        authAttempts(mechanism, result).increment()
     }
 
     /// A recipient refused by relay control (554 5.7.1 Relay access denied).
     func relayDenied() {
-        registry.makeCounter(descriptor: Self.name("relay_denied_total", "Recipients refused by relay control.")).increment()
+        relayDeniedTotal.increment()
     }
 
     /// A connection defence that ended a session, by defence
     /// (pregreet, junk_commands, session_time, min_data_rate, errors).
     func defence(_ name: String) {
-        registry.makeCounter(descriptor: Self.name("defences_total", "Sessions ended by a connection defence, by defence."),
-                             labels: [("defence", name)]).increment()
+        defences(name).increment()
     }
 
     func decisionLogWriteError() {
@@ -105,7 +151,7 @@ public final class PosternMetrics: Sendable {
     /// Sets `postern_upstream_up` for every configured upstream (1 alive, 0 marked dead).
     func upstreamHealth(_ health: [(name: String, alive: Bool)]) {
         for (name, alive) in health {
-            registry.makeGauge(descriptor: Self.name("upstream_up", "1 when the upstream is believed reachable, 0 while it is marked dead."), labels: [("upstream", name)]).set(Int64(alive ? 1 : 0))
+            upstreamUp(name).set(Int64(alive ? 1 : 0))
         }
     }
 
@@ -119,5 +165,30 @@ public final class PosternMetrics: Sendable {
         var bytes: [UInt8] = []
         registry.emit(into: &bytes)
         return bytes
+    }
+}
+
+/// The handles of one labelled metric, one per set of label values: made through the
+/// registry the first time those values are seen, then reused.
+final class LabelledMetric<Handle: AnyObject & Sendable>: Sendable {
+    private let labelNames: [String]
+    private let make: @Sendable ([(String, String)]) -> Handle
+    private let handles = Mutex<[[String]: Handle]>([:])
+
+    /// `make` builds the handle for `(name, value)` pairs in `labels` order.
+    init(labels: [String], make: @escaping @Sendable ([(String, String)]) -> Handle) {
+        labelNames = labels
+        self.make = make
+    }
+
+    /// The handle for these label values, in the order of the names given to `init`.
+    func callAsFunction(_ values: String...) -> Handle {
+        precondition(values.count == labelNames.count, "\(labelNames.count) label values expected")
+        return handles.withLock { handles in
+            if let handle = handles[values] { return handle }
+            let handle = make(Array(zip(labelNames, values)))
+            handles[values] = handle
+            return handle
+        }
     }
 }
