@@ -88,6 +88,46 @@ final class PolicyCompilerTests: XCTestCase {
         XCTAssertThrowsError(try BuiltinFilters_compile(path: "/nonexistent/policy.yaml"))
     }
 
+    /// Includes, list files and GeoIP databases resolve the same way: relative to the file
+    /// that names them, standardised, so `Policy.files` names every file once and plainly.
+    func testEveryPathIsRelativeToTheFileThatNamesItAndStandardised() async throws {
+        let database = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("PosternNativeTests/Fixtures/postern-country.mmdb").path
+        let root = fixture.directory
+        for directory in ["policies/inc", "lists", "geo"] {
+            try FileManager.default.createDirectory(atPath: root + "/" + directory, withIntermediateDirectories: true)
+        }
+        try FileManager.default.copyItem(atPath: database, toPath: root + "/geo/country.mmdb")
+        try "a@example.org\n".write(toFile: root + "/lists/a.txt", atomically: true, encoding: .utf8)
+        try "b@example.org\n".write(toFile: root + "/lists/b.txt", atomically: true, encoding: .utf8)
+        // Named from policies/inc/: relative to that directory, not to the main policy's.
+        try """
+            lists:
+              b: { file: ../../lists/./b.txt }
+            """.write(toFile: root + "/policies/inc/more.yaml", atomically: true, encoding: .utf8)
+        try """
+            include: [./inc/../inc/more.yaml]
+            geoip: { country: ../geo/../geo/country.mmdb }
+            lists:
+              a: { file: \(root)/policies/../lists/a.txt }
+            rules:
+              - { id: a, stage: mail, if: { sender: { in: a } }, then: reject }
+              - { id: b, stage: mail, if: { sender: { in: b } }, then: reject }
+              - { id: gb, stage: connect, if: { country: GB }, then: reject }
+            """.write(toFile: root + "/policies/policy.yaml", atomically: true, encoding: .utf8)
+        let policy = try BuiltinFilters.compiler.compile(path: root + "/policies/policy.yaml")
+        XCTAssertEqual(policy.files, [
+            root + "/geo/country.mmdb", root + "/lists/a.txt", root + "/lists/b.txt",
+            root + "/policies/inc/more.yaml", root + "/policies/policy.yaml",
+        ])
+        let blocked = await PolicyEngine.evaluate(policy, stage: .mail, facts: facts(sender: "b@example.org"))
+        XCTAssertEqual(blocked.rule, "b", "the included list file was read")
+        let located = await PolicyEngine.evaluate(policy, stage: .connect, facts: facts(client: "192.0.2.7"))
+        XCTAssertEqual(located.rule, "gb", "the database was opened")
+        XCTAssertEqual(PolicyCompiler.resolve("x/./y/../z.txt", relativeTo: "/etc/postern/policy.yaml"), "/etc/postern/x/z.txt")
+        XCTAssertEqual(PolicyCompiler.resolve("/srv//a/../b.txt", relativeTo: "/etc/postern/policy.yaml"), "/srv/b.txt")
+    }
+
     func testUnknownTopLevelKey() {
         XCTAssertEqual(fixture.errors("rulez: []\n").first,
                        "policy.yaml:1:1: unknown key 'rulez' in the policy (expected one of: geoip, include, limits, lists, rules, version)")

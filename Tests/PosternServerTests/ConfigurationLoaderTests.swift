@@ -107,6 +107,73 @@ final class ConfigurationLoaderTests: XCTestCase {
         XCTAssertEqual(configuration.metrics, PosternConfiguration.Listener(host: "127.0.0.1", port: 9125))
     }
 
+    /// Every path key is resolved the same way: relative to the configuration file's
+    /// directory, standardised; absolute paths are standardised too.
+    func testEveryPathKeyIsRelativeToTheConfigurationFile() throws {
+        let root = NSTemporaryDirectory() + "postern-config-paths-\(UUID().uuidString)"
+        let etc = root + "/etc"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try FileManager.default.createDirectory(atPath: etc + "/tls", withIntermediateDirectories: true)
+        for name in ["tls/cert.pem", "tls/key.pem", "ca.pem"] { try "x\n".write(toFile: etc + "/" + name, atomically: true, encoding: .utf8) }
+        try "alice:$6$abcdefgh$ltjgWl6579NluT/Vi1nwEvcil.G5Nbc4NiXZaNGStk8PSwGfQv72N2CKPPrVACtLtip/cZ/1GM/O6IND4WQhG.\n"
+            .write(toFile: etc + "/users", atomically: true, encoding: .utf8)
+        let yaml = """
+            upstreams:
+              - url: maildir:../var/mail/./box
+              - url: "maildir://mail/fallback/"
+              - url: maildir:/srv/x/../absolute
+            policy: ./policies/../policy.yaml
+            quarantine: quarantine
+            decision_log: logs//decisions.log
+            tls: { certificate: tls/cert.pem, private_key: ./tls/key.pem }
+            spool: { directory: ../spool }
+            auth: { credentials: users }
+            limits_store: { url: "rediss://redis.example:6380", ca_file: ca.pem }
+            """
+        try yaml.write(toFile: etc + "/postern.yaml", atomically: true, encoding: .utf8)
+        let configuration = try ConfigurationLoader.load(path: etc + "/postern.yaml")
+        XCTAssertEqual(configuration.upstreams.map(\.target), [
+            .maildir(path: root + "/var/mail/box"), .maildir(path: etc + "/mail/fallback"), .maildir(path: "/srv/absolute"),
+        ])
+        XCTAssertEqual(configuration.policy, etc + "/policy.yaml")
+        XCTAssertEqual(configuration.quarantine, etc + "/quarantine")
+        XCTAssertEqual(configuration.decisionLog, etc + "/logs/decisions.log")
+        XCTAssertEqual(configuration.tls?.certificate, etc + "/tls/cert.pem")
+        XCTAssertEqual(configuration.tls?.privateKey, etc + "/tls/key.pem")
+        XCTAssertEqual(configuration.spool.directory, root + "/spool")
+        XCTAssertEqual(configuration.authentication?.credentials, etc + "/users")
+        guard case .redis(let redis) = configuration.limitsStore else { return XCTFail("\(configuration.limitsStore)") }
+        XCTAssertEqual(redis.caFile, etc + "/ca.pem")
+
+        // The mapping form of decision_log, and `-`, which is standard output, not a path.
+        let mapped = try ConfigurationLoader.load(
+            yaml: "upstreams: [{ url: \"smtp://a\" }]\ndecision_log: { path: ./d.log }\n", file: etc + "/other.yaml")
+        XCTAssertEqual(mapped.decisionLog, etc + "/d.log")
+        for text in ["decision_log: \"-\"", "decision_log: { path: \"-\" }"] {
+            let stdout = try ConfigurationLoader.load(yaml: "upstreams: [{ url: \"smtp://a\" }]\n\(text)\n", file: etc + "/other.yaml")
+            XCTAssertEqual(stdout.decisionLog, "-", text)
+        }
+        // A missing TLS file is reported with the path it was looked for at.
+        XCTAssertThrowsError(try ConfigurationLoader.load(
+            yaml: "upstreams: [{ url: \"smtp://a\" }]\ntls: { certificate: nope.pem, private_key: tls/key.pem }\n", file: etc + "/other.yaml")) {
+            XCTAssertEqual(($0 as? ConfigurationErrors)?.errors.map(\.message), ["cannot read \(etc)/nope.pem"])
+        }
+    }
+
+    /// The bundled default is not a file: its paths stay relative to the working directory.
+    func testTheBundledDefaultKeepsItsPathsRelativeToTheWorkingDirectory() throws {
+        let configuration = try ConfigurationLoader.load(yaml: """
+            upstreams: [{ url: "maildir:var/maildir" }]
+            quarantine: var/quarantine
+            decision_log: var/decisions.log
+            spool: { directory: spool }
+            """, file: "<bundled default>")
+        XCTAssertEqual(configuration.upstreams.map(\.target), [.maildir(path: "var/maildir")])
+        XCTAssertEqual(configuration.quarantine, "var/quarantine")
+        XCTAssertEqual(configuration.decisionLog, "var/decisions.log")
+        XCTAssertEqual(configuration.spool.directory, "spool")
+    }
+
     func testTrustKeys() throws {
         let credentials = NSTemporaryDirectory() + "postern-config-users-\(UUID().uuidString)"
         try "alice:$6$abcdefgh$ltjgWl6579NluT/Vi1nwEvcil.G5Nbc4NiXZaNGStk8PSwGfQv72N2CKPPrVACtLtip/cZ/1GM/O6IND4WQhG.\n"

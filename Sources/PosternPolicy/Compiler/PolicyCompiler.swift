@@ -131,6 +131,17 @@ public struct PolicyCompiler: Sendable {
 
     private static let topLevelKeys: Set<String> = ["version", "include", "lists", "geoip", "limits", "rules"]
 
+    /// Every path a policy names (includes, list `file:`, `geoip:` databases) goes through
+    /// here: a relative path is relative to the directory of the file that names it, and the
+    /// result is standardised (absolute, `.`, `..` and doubled slashes removed, lexically), so
+    /// `Policy.files` names each file one way.
+    public static func resolve(_ path: String, relativeTo file: String) -> String {
+        let url = path.hasPrefix("/")
+            ? URL(fileURLWithPath: path)
+            : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(path)
+        return url.standardizedFileURL.path
+    }
+
     private func loadDocuments(path: String, includedFrom: (YAMLReader, Node)?, depth: Int, state: inout State) -> [(String, Node?)] {
         let canonical = URL(fileURLWithPath: path).standardizedFileURL.path
         if let (reader, node) = includedFrom {
@@ -176,8 +187,7 @@ public struct PolicyCompiler: Sendable {
         var documents: [(String, Node?)] = []
         for entry in reader.sequence(includeNode, "include") {
             guard let relative = reader.string(entry, "an include path") else { continue }
-            let directory = URL(fileURLWithPath: file).deletingLastPathComponent()
-            let path = relative.hasPrefix("/") ? relative : directory.appendingPathComponent(relative).path
+            let path = Self.resolve(relative, relativeTo: file)
             documents += loadDocuments(path: path, includedFrom: (YAMLReader(file: file), entry), depth: depth + 1, state: &state)
         }
         state.errors += reader.errors
@@ -204,7 +214,7 @@ public struct PolicyCompiler: Sendable {
                     if lists[name] != nil { reader.fail(key, "list '\(name)' is defined twice") }
                     if let list = list(named: name, value, file: file, reader: &reader) { lists[name] = list }
                     if case .mapping(let entries) = value, let fileNode = entries["file"], let relative = fileNode.scalar?.string {
-                        listFiles.append(relative.hasPrefix("/") ? relative : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(relative).standardizedFileURL.path)
+                        listFiles.append(Self.resolve(relative, relativeTo: file))
                     }
                 }
             } else if let listsNode = top["lists"] {
@@ -213,7 +223,7 @@ public struct PolicyCompiler: Sendable {
             if let geoipNode = top["geoip"] {
                 for (key, value) in reader.mapping(geoipNode, "geoip", keys: ["country", "asn"]) {
                     guard let relative = reader.string(value, "geoip.\(key)") else { continue }
-                    let path = relative.hasPrefix("/") ? relative : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(relative).path
+                    let path = Self.resolve(relative, relativeTo: file)
                     geoip[key] = (path, value)
                     geoipFiles[key] = file
                 }
@@ -283,7 +293,7 @@ public struct PolicyCompiler: Sendable {
         switch (entries["file"], entries["items"]) {
         case (let fileNode?, nil):
             guard let relative = reader.string(fileNode, "file") else { return nil }
-            let path = relative.hasPrefix("/") ? relative : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(relative).path
+            let path = Self.resolve(relative, relativeTo: file)
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
                 reader.fail(fileNode, "cannot read list file \(path)")
                 return nil

@@ -89,8 +89,8 @@ extension YAMLReader {
         if let node = top["auth"] { configuration.authentication = authentication(node) }
         if let node = top["tls"] {
             let entries = mapping(node, "tls", keys: ["certificate", "private_key"])
-            let certificate = entries["certificate"].flatMap { string($0, "tls.certificate") }
-            let key = entries["private_key"].flatMap { string($0, "tls.private_key") }
+            let certificate = entries["certificate"].flatMap { string($0, "tls.certificate") }.map { resolvedPath($0) }
+            let key = entries["private_key"].flatMap { string($0, "tls.private_key") }.map { resolvedPath($0) }
             if let certificate, let key {
                 for (path, entry) in [(certificate, entries["certificate"]!), (key, entries["private_key"]!)]
                 where !FileManager.default.isReadableFile(atPath: path) {
@@ -132,7 +132,7 @@ extension YAMLReader {
         }
         if let node = top["spool"] {
             let entries = mapping(node, "spool", keys: ["directory", "memory_threshold"])
-            if let entry = entries["directory"], let value = string(entry, "spool.directory") { configuration.spool.directory = value }
+            if let entry = entries["directory"], let value = string(entry, "spool.directory") { configuration.spool.directory = resolvedPath(value) }
             if let entry = entries["memory_threshold"], let value = size(entry, "spool.memory_threshold") { configuration.spool.memoryThreshold = value }
         }
         if let node = top["shutdown_grace_period"], let value = duration(node, "shutdown_grace_period") { configuration.shutdownGracePeriod = value }
@@ -140,7 +140,7 @@ extension YAMLReader {
             if case .mapping = node {
                 let entries = mapping(node, "decision_log", keys: ["path", "rotate_size", "rotate_keep", "local_parts", "subject", "hash_salt"])
                 if let entry = entries["path"], let path = string(entry, "decision_log.path"), !path.isEmpty {
-                    configuration.decisionLog = path
+                    configuration.decisionLog = path == "-" ? path : resolvedPath(path)
                 } else {
                     fail(node, "decision_log needs path: (a file, or - for standard output)")
                 }
@@ -159,7 +159,7 @@ extension YAMLReader {
                 }
                 if let entry = entries["hash_salt"], let salt = string(entry, "decision_log.hash_salt") { configuration.decisionLogPrivacy.salt = salt }
             } else if let path = string(node, "decision_log") {
-                if path.isEmpty { fail(node, "decision_log must be a file path or -") } else { configuration.decisionLog = path }
+                if path.isEmpty { fail(node, "decision_log must be a file path or -") } else { configuration.decisionLog = path == "-" ? path : resolvedPath(path) }
             }
         }
         if let node = top["log_format"], let text = string(node, "log_format") {
@@ -170,7 +170,7 @@ extension YAMLReader {
         }
         if let node = top["limits_store"], let store = limitsStore(node) { configuration.limitsStore = store }
         if let node = top["quarantine"], let path = string(node, "quarantine") {
-            configuration.quarantine = path
+            configuration.quarantine = resolvedPath(path)
         }
         if let node = top["metrics"], let text = string(node, "metrics") {
             if let address = PosternConfiguration.Listener(address: text) { configuration.metrics = address } else {
@@ -215,10 +215,11 @@ extension YAMLReader {
             fail(node, "an upstream needs a url (smtp://HOST:PORT or maildir:PATH)")
             return nil
         }
-        guard let text = string(urlNode, "url"), let target = UpstreamTarget(url: text) else {
+        guard let text = string(urlNode, "url"), var target = UpstreamTarget(url: text) else {
             fail(urlNode, "url must be smtp://HOST[:PORT] or maildir:PATH")
             return nil
         }
+        if case .maildir(let path) = target { target = .maildir(path: resolvedPath(path)) }
         var upstream = UpstreamConfiguration(target: target)
         if let entry = entries["tls"], let text = string(entry, "tls") {
             if let mode = UpstreamTLSMode(rawValue: text) { upstream.tls = mode } else { fail(entry, "tls must be require, opportunistic or off") }
@@ -280,11 +281,17 @@ extension YAMLReader {
         return limits
     }
 
-    /// A path from the configuration: relative ones are relative to the configuration
-    /// file's directory (not to where Postern was started).
+    /// Every path in the configuration goes through here: a relative path is relative to
+    /// the directory of the configuration file (not to where Postern was started), and the
+    /// result is standardised (`.`, `..` and doubled slashes removed, lexically). The bundled
+    /// default, whose "file" is a name in angle brackets, keeps its paths as written,
+    /// relative to the working directory, as command-line overrides are.
     func resolvedPath(_ path: String) -> String {
-        path.hasPrefix("/") || file.hasPrefix("<")
-            ? path : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(path).path
+        guard !file.hasPrefix("<"), !path.isEmpty else { return path }
+        let url = path.hasPrefix("/")
+            ? URL(fileURLWithPath: path)
+            : URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(path)
+        return url.standardizedFileURL.path
     }
 
     private mutating func networks(_ node: Node, _ name: String) -> [IPNetwork] {
