@@ -40,7 +40,7 @@ public final class PosternServer: Service, Sendable {
         public var description: String
     }
 
-    /// Builds the server; fails on what can be checked before binding (TLS files, maildirs).
+    /// Builds the server; fails on what can be checked before binding (see `ServerPreparation`).
     public init(
         configuration: PosternConfiguration, logger: Logger,
         group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -60,49 +60,15 @@ public final class PosternServer: Service, Sendable {
         self.pool = UpstreamPool(
             upstreams: configuration.upstreams, retryAfter: configuration.upstreamRetryAfter,
             heloName: configuration.hostname, group: group)
-        if let files = configuration.tls {
-            do {
-                let chain = try NIOSSLCertificate.fromPEMFile(files.certificate).map { NIOSSLCertificateSource.certificate($0) }
-                let key = try NIOSSLPrivateKey(file: files.privateKey, format: .pem)
-                let tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
-                tlsContext = try NIOSSLContext(configuration: tls)
-            } catch {
-                throw StartupError(description: "cannot load TLS certificate \(files.certificate) / key \(files.privateKey): \(error)")
-            }
-        } else {
-            tlsContext = nil
-        }
-        for upstream in configuration.upstreams {
-            if case .maildir(let path) = upstream.target {
-                do { try MaildirRelaySession.prepare(path) } catch { throw StartupError(description: error.detail) }
-            }
-        }
         // SIGHUP would end the process until its handler is installed in run(): ignore it from
         // the start (a reload that early has nothing to reload).
         signal(SIGHUP, SIG_IGN)
         signal(SIGUSR1, SIG_IGN)
-        do {
-            let rateLimitStore = configuration.limitsStore.makeStore(logger: logger, metrics: metrics)
-            policy = try PolicyStore(path: configuration.policy, logger: logger, metrics: metrics, rateLimitStore: rateLimitStore)
-        } catch {
-            throw StartupError(description: "the policy has errors:\n\(error.description)")
-        }
-        if let quarantine = configuration.quarantine {
-            do { try MaildirRelaySession.prepare(quarantine) } catch { throw StartupError(description: error.detail) }
-        } else if policy.policy.quarantines {
-            throw StartupError(description: "the policy has quarantine rules but no quarantine: Maildir is configured")
-        }
-        if let path = configuration.decisionLog {
-            do {
-                decisionLog = try DecisionLogWriter(
-                    path: path, logger: logger, rotation: configuration.decisionLogRotation,
-                    privacy: configuration.decisionLogPrivacy, onWriteError: { metrics.decisionLogWriteError() })
-            } catch {
-                throw StartupError(description: error.description)
-            }
-        } else {
-            decisionLog = nil
-        }
+        // What `postern check` checks too (TLS files, maildirs, the policy, the decision log).
+        let prepared = try ServerPreparation.validate(configuration, createDirectories: true, logger: logger, metrics: metrics)
+        tlsContext = prepared.tlsContext
+        policy = prepared.policy
+        decisionLog = prepared.decisionLog
     }
 
     /// The addresses actually bound (port 0 resolved), once listening.

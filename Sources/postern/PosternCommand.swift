@@ -155,14 +155,21 @@ extension Postern {
         func run() async throws {
             do {
                 let configuration = try options.load()
+                // The checks `serve` makes before it binds (TLS key pair, maildirs, the policy,
+                // the quarantine requirement, the decision log), creating nothing.
+                let prepared: ServerPreparation
+                do {
+                    prepared = try ServerPreparation.validate(
+                        configuration, createDirectories: false,
+                        logger: Logger(label: "postern.check", factory: { _ in SwiftLogNoOpLogHandler() }),
+                        metrics: PosternMetrics(version: PosternVersion.current))
+                } catch {
+                    throw InvalidConfiguration(message: error.description)
+                }
                 print("configuration OK: \(configuration.listeners.count) listener(s), \(configuration.upstreams.count) upstream(s)")
                 if let path = configuration.policy {
-                    do {
-                        let policy = try BuiltinFilters.compiler.compile(path: path)
-                        print("policy OK: \(path), \(policy.rules.count) rule(s), version \(policy.version)")
-                    } catch {
-                        throw InvalidConfiguration(message: error.description)
-                    }
+                    let policy = prepared.policy.policy
+                    print("policy OK: \(path), \(policy.rules.count) rule(s), version \(policy.version)")
                 }
             } catch let error as InvalidConfiguration {
                 FileHandle.standardError.write(Data("\(error.message)\n".utf8))
