@@ -58,8 +58,9 @@ public final class PosternServer: Service, Sendable {
         self.limiter = ConnectionLimiter(
             maximumTotal: configuration.limits.maxConnections, maximumPerAddress: configuration.limits.maxConnectionsPerIP)
         self.pool = UpstreamPool(
-            upstreams: configuration.upstreams, retryAfter: configuration.upstreamRetryAfter,
-            heloName: configuration.hostname, group: group)
+            upstreams: configuration.upstreams, retryAfter: configuration.upstreamRetryAfter, probe: configuration.upstreamProbe,
+            heloName: configuration.hostname, group: group, logger: logger,
+            events: UpstreamEvents(failed: { metrics.upstreamFailure(upstream: $0, kind: $1.rawValue) }))
         // SIGHUP would end the process until its handler is installed in run(): ignore it from
         // the start (a reload that early has nothing to reload).
         signal(SIGHUP, SIG_IGN)
@@ -180,6 +181,7 @@ public final class PosternServer: Service, Sendable {
                 registry.closeAll()
             }
         }
+        pool.stopProbing()
         await pool.closeIdle()
         decisionLog?.close()
         logger.notice("stopped")

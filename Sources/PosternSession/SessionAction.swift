@@ -182,7 +182,6 @@ public enum SessionEvent: Sendable, Equatable {
     case defence(String)
     case tlsEstablished(version: String)
     case authAttempt(mechanism: String, result: String)
-    case upstreamFailure(upstream: String, kind: String)
 }
 
 /// A line for the diagnostic log; the driver adds the session's metadata.

@@ -262,7 +262,6 @@ extension SessionMachine {
                 finishMessage(answer.reply, size: size, relayed: true, reason: nil, disposition: .answered)
             case .failure(let failure):
                 log(.warning, "upstream failed during message transfer", ["error": "\(failure.error)"])
-                if let upstream = failure.upstream { count(.upstreamFailure(upstream: upstream, kind: failure.error.kind.name)) }
                 finishMessage(SessionReplies.reply(for: failure.error), size: size, relayed: false,
                               reason: "upstream \(failure.error.kind.name)", disposition: .answered)
             }

@@ -70,12 +70,20 @@ public struct OutgoingMessage {
 
 /// A transaction on one connection of a target.
 final class ConnectionDelivery: Delivery {
-    private let connection: any UpstreamConnection
-    /// Called when the transaction is over: committed, aborted, or failed (`broken`; a
-    /// broken connection is no longer usable, so its target does not use it again).
-    private let ended: (_ broken: Bool) -> Void
+    /// How the transaction ended.
+    enum Ending {
+        /// The upstream gave its final reply.
+        case answered
+        case aborted
+        /// The connection failed; it is no longer usable, so its target does not use it again.
+        case failed(UpstreamError)
+    }
 
-    init(_ connection: any UpstreamConnection, ended: @escaping (_ broken: Bool) -> Void) {
+    private let connection: any UpstreamConnection
+    /// Called when the transaction is over: committed, aborted, or failed.
+    private let ended: (Ending) -> Void
+
+    init(_ connection: any UpstreamConnection, ended: @escaping (Ending) -> Void) {
         self.connection = connection
         self.ended = ended
     }
@@ -86,7 +94,7 @@ final class ConnectionDelivery: Delivery {
         do {
             return try await connection.recipient(path, parameters)
         } catch {
-            ended(true)
+            ended(.failed(error))
             throw error
         }
     }
@@ -94,16 +102,16 @@ final class ConnectionDelivery: Delivery {
     func commit(_ message: OutgoingMessage) async throws(UpstreamError) -> SMTPReply {
         do {
             let reply = try await connection.message(message)
-            ended(false)
+            ended(.answered)
             return reply
         } catch {
-            ended(true)
+            ended(.failed(error))
             throw error
         }
     }
 
     func abort() async {
         await connection.reset()
-        ended(false)
+        ended(.aborted)
     }
 }

@@ -37,12 +37,22 @@ public final class RelayTarget: DeliveryTarget {
                     continue
                 }
                 transactionOpen = reply.isPositive
-                let delivery = reply.isPositive ? ConnectionDelivery(current) { [weak self] _ in self?.transactionOpen = false } : nil
+                if reused { pool.answered(current.upstreamName) }  // a fresh connection was counted as it opened
+                let delivery = reply.isPositive ? ConnectionDelivery(current) { [weak self, pool] ending in
+                    self?.transactionOpen = false
+                    switch ending {
+                    case .answered: pool.answered(current.upstreamName)
+                    case .failed(let error): pool.lost(current.upstreamName, error)
+                    case .aborted: break
+                    }
+                } : nil
                 return DeliveryStart(reply: reply, delivery: delivery, upstream: current.upstreamName)
             } catch {
                 if case .unsupported = error.kind { throw error }  // the connection itself is fine
                 await drop()
+                // A kept connection the upstream closed while idle is no failure: retried at once.
                 if reused && attempt == 0 && error.kind != .unavailable { continue }
+                pool.lost(current.upstreamName, error)
                 throw error
             }
         }
@@ -55,6 +65,7 @@ public final class RelayTarget: DeliveryTarget {
             return try await current.etrn(node)
         } catch {
             if case .unsupported = error.kind { throw error }
+            pool.lost(current.upstreamName, error)
             await drop()
             throw error
         }

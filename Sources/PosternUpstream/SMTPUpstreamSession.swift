@@ -58,7 +58,8 @@ public final class SMTPUpstreamSession: UpstreamConnection {
                 }
                 .connect(host: host, port: port).get()
         } catch {
-            throw UpstreamError(.unavailable, "cannot connect to \(name): \(error)")
+            let timedOut = if case ChannelError.connectTimeout = error { true } else { false }
+            throw UpstreamError(.unavailable, "cannot connect to \(name): \(error)", failure: timedOut ? .timeout : .refused)
         }
         let session = SMTPUpstreamSession(channel: channel, configuration: configuration, name: name, logger: logger)
         do {
@@ -70,7 +71,7 @@ public final class SMTPUpstreamSession: UpstreamConnection {
         } catch {
             await session.close()
             // Whatever went wrong before the session was ready, this upstream cannot take mail now.
-            throw UpstreamError(.unavailable, error.detail)
+            throw UpstreamError(.unavailable, error.detail, failure: error.failure)
         }
         return session
     }
@@ -78,19 +79,28 @@ public final class SMTPUpstreamSession: UpstreamConnection {
     private func handshake(host: String, heloName: String) async throws(UpstreamError) {
         let timeouts = configuration.timeouts
         let greeting = try await exchange(nil, timeout: timeouts.greeting, stage: "greeting")
-        guard greeting.code == 220 else { throw UpstreamError(.unavailable, "\(upstreamName) greeted with \(greeting)") }
+        guard greeting.code == 220 else {
+            throw UpstreamError(.unavailable, "\(upstreamName) greeted with \(greeting)", failure: .greetingRefused)
+        }
         try await hello(heloName)
         if configuration.tls != .off {
             if capabilities["STARTTLS"] != nil {
                 let reply = try await exchange(SMTPCommand.starttls.encoded, timeout: timeouts.ehlo, stage: "STARTTLS")
                 guard reply.code == 220 else {
-                    if configuration.tls == .require { throw UpstreamError(.unavailable, "\(upstreamName) refused STARTTLS: \(reply)") }
+                    if configuration.tls == .require {
+                        throw UpstreamError(.unavailable, "\(upstreamName) refused STARTTLS: \(reply)", failure: .tls)
+                    }
                     return try await authenticate()
                 }
                 try await startTLS(host: host)
-                try await hello(heloName)
+                do {
+                    try await hello(heloName)
+                } catch {
+                    // A failed handshake shows as the connection closing under the first command.
+                    throw UpstreamError(error.kind, "TLS with \(upstreamName): \(error.detail)", failure: .tls)
+                }
             } else if configuration.tls == .require {
-                throw UpstreamError(.unavailable, "\(upstreamName) does not offer STARTTLS and tls is require")
+                throw UpstreamError(.unavailable, "\(upstreamName) does not offer STARTTLS and tls is require", failure: .tls)
             }
         }
         try await authenticate()
@@ -109,7 +119,8 @@ public final class SMTPUpstreamSession: UpstreamConnection {
             command.writeString("XCLIENT " + client.attributes(offered: names) + "\r\n")
             let reply = try await exchange(command, timeout: configuration.timeouts.ehlo, stage: "XCLIENT")
             guard reply.isPositive else {
-                throw UpstreamError(.unavailable, "\(upstreamName) refused XCLIENT: \(reply) (is Postern in smtpd_authorized_xclient_hosts?)")
+                throw UpstreamError(.unavailable, "\(upstreamName) refused XCLIENT: \(reply) (is Postern in smtpd_authorized_xclient_hosts?)",
+                                    failure: .forwardRefused)
             }
             // Postfix starts a new session and greets again (220): EHLO anew, with the
             // client's own name, as XCLIENT_README's proxy does.
@@ -124,7 +135,8 @@ public final class SMTPUpstreamSession: UpstreamConnection {
             return
         }
         if mode == .xclient || mode == .xforward {
-            throw UpstreamError(.unavailable, "\(upstreamName) does not offer \(mode.rawValue.uppercased()) and forward_client is \(mode.rawValue)")
+            throw UpstreamError(.unavailable, "\(upstreamName) does not offer \(mode.rawValue.uppercased()) and forward_client is \(mode.rawValue)",
+                                failure: .forwardRefused)
         }
     }
 
@@ -133,7 +145,7 @@ public final class SMTPUpstreamSession: UpstreamConnection {
         guard reply.code == 250 else {
             // RFC 5321 §3.2: fall back to HELO when EHLO is not understood.
             let helo = try await exchange(SMTPCommand.helo(heloName).encoded, timeout: configuration.timeouts.ehlo, stage: "HELO")
-            guard helo.code == 250 else { throw UpstreamError(.unavailable, "\(upstreamName) refused EHLO and HELO: \(helo)") }
+            guard helo.code == 250 else { throw UpstreamError(.unavailable, "\(upstreamName) refused EHLO and HELO: \(helo)", failure: .ehloRefused) }
             capabilities = [:]
             return
         }
@@ -159,21 +171,21 @@ public final class SMTPUpstreamSession: UpstreamConnection {
             }.get()
             isTLSActive = true
         } catch {
-            throw UpstreamError(.unavailable, "TLS with \(upstreamName) failed: \(error)")
+            throw UpstreamError(.unavailable, "TLS with \(upstreamName) failed: \(error)", failure: .tls)
         }
     }
 
     private func authenticate() async throws(UpstreamError) {
         guard let credentials = configuration.credentials else { return }
         guard let mechanisms = capabilities["AUTH"], mechanisms.uppercased().split(separator: " ").contains("PLAIN") else {
-            throw UpstreamError(.unavailable, "\(upstreamName) does not offer AUTH PLAIN")
+            throw UpstreamError(.unavailable, "\(upstreamName) does not offer AUTH PLAIN", failure: .auth)
         }
         // RFC 4616: authzid NUL authcid NUL passwd
         let token = Data(("\0" + credentials.username + "\0" + credentials.password).utf8).base64EncodedString()
         var command = ByteBuffer()
         command.writeString("AUTH PLAIN \(token)\r\n")
         let reply = try await exchange(command, timeout: configuration.timeouts.ehlo, stage: "AUTH")
-        guard reply.code == 235 else { throw UpstreamError(.unavailable, "\(upstreamName) refused authentication: \(reply.code)") }
+        guard reply.code == 235 else { throw UpstreamError(.unavailable, "\(upstreamName) refused authentication: \(reply.code)", failure: .auth) }
     }
 
     // MARK: Transactions

@@ -4,15 +4,29 @@ import Logging
 import NIOCore
 import Synchronization
 
+/// What the pool reports besides its log lines: each failure, for the metrics.
+public struct UpstreamEvents: Sendable {
+    public var failed: @Sendable (_ upstream: String, _ failure: UpstreamFailure) -> Void
+
+    public init(failed: @escaping @Sendable (_ upstream: String, _ failure: UpstreamFailure) -> Void = { _, _ in }) {
+        self.failed = failed
+    }
+}
+
 /// The configured upstreams, in order, with failover: an upstream that cannot take a
-/// session is marked dead for `retryAfter` and skipped while another is alive.
+/// session is marked down and tried after those that are up, and probed until it answers
+/// again (`UpstreamHealth` decides; the pool connects, probes and logs).
 public final class UpstreamPool: Sendable {
     public let upstreams: [UpstreamConfiguration]
     public let retryAfter: TimeAmount
+    public let probe: UpstreamProbeSettings
     private let group: EventLoopGroup
     private let defaultHeloName: String
-    /// When each upstream may be tried again (uptime nanoseconds), by index.
-    private let deadUntil: Mutex<[Int: UInt64]>
+    private let logger: Logger
+    private let events: UpstreamEvents
+    private let state: Mutex<UpstreamHealth>
+    /// Probes waiting for their time, by upstream index; cancelled at shutdown.
+    private let probes: Mutex<(stopped: Bool, scheduled: [Int: Scheduled<Void>])>
     /// Connections kept between client sessions, by upstream index, oldest first.
     private let idle: Mutex<[Int: [IdleSession]]>
 
@@ -27,12 +41,21 @@ public final class UpstreamPool: Sendable {
         func age(at now: UInt64) -> UInt64 { now > since ? now - since : 0 }
     }
 
-    public init(upstreams: [UpstreamConfiguration], retryAfter: TimeAmount, heloName: String, group: EventLoopGroup) {
+    public init(
+        upstreams: [UpstreamConfiguration], retryAfter: TimeAmount, probe: UpstreamProbeSettings = UpstreamProbeSettings(),
+        heloName: String, group: EventLoopGroup, logger: Logger = Logger(label: "postern.upstream", factory: { _ in SwiftLogNoOpLogHandler() }), events: UpstreamEvents = UpstreamEvents()
+    ) {
         self.upstreams = upstreams
         self.retryAfter = retryAfter
+        self.probe = probe
         self.defaultHeloName = heloName
         self.group = group
-        self.deadUntil = Mutex([:])
+        self.logger = logger
+        self.events = events
+        self.state = Mutex(UpstreamHealth(
+            names: upstreams.map(\.target.name), retryAfter: retryAfter, probing: probe.isEnabled,
+            now: DispatchTime.now().uptimeNanoseconds))
+        self.probes = Mutex((false, [:]))
         self.idle = Mutex([:])
     }
 
@@ -44,11 +67,13 @@ public final class UpstreamPool: Sendable {
         health.filter(\.alive).map(\.name)
     }
 
-    /// Every configured upstream and whether it is believed reachable (not marked dead).
-    public var health: [(name: String, alive: Bool)] {
+    /// Every configured upstream, whether it is believed reachable (not marked down), and
+    /// the seconds since it last took a connection or answered.
+    public var health: [(name: String, alive: Bool, secondsSinceSuccess: Double)] {
         let now = DispatchTime.now().uptimeNanoseconds
-        let dead = deadUntil.withLock { $0 }
-        return upstreams.indices.map { (upstreams[$0].target.name, (dead[$0] ?? 0) <= now) }
+        return state.withLock { state in
+            upstreams.indices.map { (upstreams[$0].target.name, state.isUp($0, now: now), state.secondsSinceSuccess($0, now: now)) }
+        }
     }
 
     /// The configured upstreams for one client session.
@@ -60,28 +85,118 @@ public final class UpstreamPool: Sendable {
     /// `eventLoop`: where the new connection should live (the client's loop, so that a
     /// session's I/O stays on one thread); any loop of the group when nil.
     func openSession(logger: Logger, client: ClientIdentity? = nil, eventLoop: EventLoop? = nil) async throws(UpstreamError) -> any UpstreamConnection {
-        let now = DispatchTime.now().uptimeNanoseconds
-        let dead = deadUntil.withLock { $0 }
-        let order = upstreams.indices.filter { (dead[$0] ?? 0) <= now } + upstreams.indices.filter { (dead[$0] ?? 0) > now }
-        var failures: [String] = []
+        let order = state.withLock { $0.order(now: DispatchTime.now().uptimeNanoseconds) }
+        var failures: [UpstreamError] = []
         for index in order {
             let configuration = upstreams[index]
             if let kept = takeIdle(index, for: client, preferring: eventLoop) { return kept }
             do {
                 let session = try await open(configuration, logger: logger, client: client, eventLoop: eventLoop)
-                deadUntil.withLock { $0[index] = nil }
+                succeeded(index)
                 return session
             } catch {
-                failures.append(error.detail)
-                let until = DispatchTime.now().uptimeNanoseconds + UInt64(max(retryAfter.nanoseconds, 0))
-                deadUntil.withLock { $0[index] = until }
-                logger.warning("upstream unavailable, marked dead", metadata: [
-                    "upstream": "\(configuration.target)", "retry_after_s": "\(retryAfter.nanoseconds / 1_000_000_000)",
-                    "error": "\(error.detail)",
-                ])
+                failures.append(error)
+                failed(index, error)
             }
         }
-        throw UpstreamError(.unavailable, failures.joined(separator: "; "))
+        let last = failures.last
+        throw UpstreamError(.unavailable, failures.map(\.detail).joined(separator: "; "), failure: last?.failure)
+    }
+
+    // MARK: Health
+
+    /// Upstream `index` took a connection or answered a command.
+    func succeeded(_ index: Int) {
+        carryOut(state.withLock { $0.succeeded(index, now: DispatchTime.now().uptimeNanoseconds) })
+    }
+
+    /// A connection to upstream `index` could not be set up: counted, and the upstream marked down.
+    private func failed(_ index: Int, _ error: UpstreamError) {
+        events.failed(upstreams[index].target.name, error.failure)
+        carryOut(state.withLock { $0.failed(index, error.failure, detail: error.detail, now: DispatchTime.now().uptimeNanoseconds) })
+    }
+
+    /// A connection that was set up failed later (mid-transaction, or a kept one at its
+    /// first command): counted; the next connection attempt says whether the upstream is down.
+    func lost(_ upstream: String, _ error: UpstreamError) {
+        if case .unsupported = error.kind { return }
+        events.failed(upstream, error.failure)
+    }
+
+    /// An upstream that answered: the session's connection has shown it is alive.
+    func answered(_ upstream: String) {
+        guard let index = upstreams.firstIndex(where: { $0.target.name == upstream }) else { return }
+        succeeded(index)
+    }
+
+    private func carryOut(_ actions: [UpstreamHealth.Action]) {
+        for action in actions {
+            switch action {
+            case .wentDown(let upstream, let failure, let detail):
+                logger.warning("upstream down", metadata: [
+                    "upstream": "\(upstream)", "kind": "\(failure.rawValue)", "error": "\(detail)",
+                    "probe_interval_s": "\(probe.isEnabled ? "\(Double(probe.interval.nanoseconds) / 1e9)" : "off")",
+                ])
+            case .stillDown(let upstream, let failures, let down, let failure, let detail):
+                logger.warning("upstream still down", metadata: [
+                    "upstream": "\(upstream)", "failures": "\(failures)", "down_s": "\(down / 1_000_000_000)",
+                    "kind": "\(failure.rawValue)", "error": "\(detail)",
+                ])
+            case .cameBack(let upstream, let outage, let failures):
+                logger.notice("upstream up again", metadata: [
+                    "upstream": "\(upstream)", "outage_s": "\(Self.seconds(outage))", "failures": "\(failures)",
+                ])
+            case .probe(let index, let outage):
+                scheduleProbe(index, outage: outage)
+            }
+        }
+    }
+
+    private static func seconds(_ nanoseconds: UInt64) -> String {
+        let tenths = (nanoseconds + 50_000_000) / 100_000_000
+        return "\(tenths / 10).\(tenths % 10)"
+    }
+
+    private func scheduleProbe(_ index: Int, outage: Int) {
+        let delay = probe.delay(unit: Double.random(in: 0..<1))
+        probes.withLock { probes in
+            guard !probes.stopped else { return }
+            probes.scheduled[index]?.cancel()
+            probes.scheduled[index] = group.any().scheduleTask(in: delay) { [self] in
+                Task { await runProbe(index, outage: outage) }
+            }
+        }
+    }
+
+    /// Connect, greeting, EHLO (STARTTLS and AUTH as configured), QUIT; each step within the probe timeout.
+    private func runProbe(_ index: Int, outage: Int) async {
+        guard state.withLock({ $0.shouldProbe(index, outage: outage) }),
+              !probes.withLock({ $0.stopped }) else { return }
+        var configuration = upstreams[index]
+        configuration.timeouts.connect = probe.timeout
+        configuration.timeouts.greeting = probe.timeout
+        configuration.timeouts.ehlo = probe.timeout
+        var quiet = logger
+        quiet.logLevel = .error  // a failed probe is reported once, by the health lines
+        do {
+            let session = try await open(configuration, logger: quiet, client: nil, eventLoop: nil)
+            await session.close()
+            succeeded(index)
+        } catch {
+            events.failed(upstreams[index].target.name, error.failure)
+            carryOut(state.withLock {
+                $0.probeFailed(index, outage: outage, error.failure, detail: error.detail, now: DispatchTime.now().uptimeNanoseconds)
+            })
+        }
+    }
+
+    /// Stops probing (shutdown).
+    public func stopProbing() {
+        let scheduled = probes.withLock { probes in
+            defer { probes = (true, [:]) }
+            return Array(probes.scheduled.values)
+        }
+        for task in scheduled { task.cancel() }
     }
 
     /// Gives a client session's upstream connection back when the client session ends:

@@ -29,10 +29,13 @@ public struct UpstreamError: Error, Hashable, Sendable, CustomStringConvertible 
 
     public var kind: Kind
     public var detail: String
+    /// What failed, for `postern_upstream_failures_total{kind}` and the health log lines.
+    public var failure: UpstreamFailure
 
-    public init(_ kind: Kind, _ detail: String) {
+    public init(_ kind: Kind, _ detail: String, failure: UpstreamFailure? = nil) {
         self.kind = kind
         self.detail = detail
+        self.failure = failure ?? UpstreamFailure(kind)
     }
 
     public var description: String { "\(kind): \(detail)" }
@@ -46,4 +49,40 @@ public enum UpstreamFeature: String, Hashable, Sendable {
     case eightBitMIME = "8BITMIME"
     /// RFC 1985: a queue to flush (a Maildir has none).
     case etrn = "ETRN"
+}
+
+/// What went wrong with an upstream, as operators count it: the `kind` label of
+/// `postern_upstream_failures_total`.
+public enum UpstreamFailure: String, Hashable, Sendable, CaseIterable {
+    /// The connection was refused or could not be made (no route, reset at connect).
+    case refused
+    /// No answer in time: the connect, the greeting, or a reply later on.
+    case timeout
+    /// The greeting was not 220 (a 421 or 554 "go away").
+    case greetingRefused = "greeting_refused"
+    /// EHLO and HELO were both refused.
+    case ehloRefused = "ehlo_refused"
+    /// STARTTLS was refused, missing while required, or its handshake failed.
+    case tls
+    /// AUTH was refused or not offered while credentials are configured.
+    case auth
+    /// XCLIENT was refused, or the configured way to pass the client on is not offered.
+    case forwardRefused = "forward_refused"
+    /// The connection broke, or the upstream spoke nonsense, after it was set up.
+    case lost
+    /// Local trouble (spool, maildir write).
+    case local
+    /// The transaction needs an extension the upstream does not offer.
+    case unsupported
+
+    /// What a kind of error is when nobody said more precisely.
+    public init(_ kind: UpstreamError.Kind) {
+        switch kind {
+        case .unavailable: self = .refused
+        case .timedOut: self = .timeout
+        case .connectionLost: self = .lost
+        case .localError: self = .local
+        case .unsupported: self = .unsupported
+        }
+    }
 }

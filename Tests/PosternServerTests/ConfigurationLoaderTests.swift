@@ -325,6 +325,23 @@ final class ConfigurationLoaderTests: XCTestCase {
         }
     }
 
+    func testUpstreamProbe() throws {
+        let defaults = try load("upstreams: [{ url: \"smtp://a\" }]")
+        XCTAssertEqual(defaults.upstreamProbe, UpstreamProbeSettings(interval: .seconds(1), timeout: .seconds(5)))
+        XCTAssertTrue(defaults.upstreamProbe.isEnabled)
+        let set = try load("upstreams: [{ url: \"smtp://a\" }]\nupstream_probe: { interval: 250ms, timeout: 2s }")
+        XCTAssertEqual(set.upstreamProbe.interval, .milliseconds(250))
+        XCTAssertEqual(set.upstreamProbe.timeout, .seconds(2))
+        XCTAssertFalse(try load("upstreams: [{ url: \"smtp://a\" }]\nupstream_probe: off").upstreamProbe.isEnabled)
+        XCTAssertEqual(errors("upstreams: [{ url: \"smtp://a\" }]\nupstream_probe: { interval: 10ms, timeout: 0s, every: 1s }"), [
+            "test.yaml:2:48: unknown key 'every' in upstream_probe (expected one of: interval, timeout)",
+            "test.yaml:2:29: upstream_probe.interval must be at least 100ms (or upstream_probe: off)",
+            "test.yaml:2:44: upstream_probe.timeout must be longer than 0",
+        ])
+        XCTAssertEqual(errors("upstreams: [{ url: \"smtp://a\" }]\nupstream_probe: sometimes"),
+                       ["test.yaml:2:17: upstream_probe must be a mapping"])
+    }
+
     func testDurations() {
         XCTAssertEqual(YAMLReader.parseDuration("30s"), .seconds(30))
         XCTAssertEqual(YAMLReader.parseDuration("30"), .seconds(30))

@@ -51,8 +51,8 @@ final class PosternMetricsTests: XCTestCase {
         for _ in 0..<3 { metrics.relayDenied() }
         metrics.defence("pregreet")
         metrics.decisionLogWriteError()
-        metrics.upstreamHealth([(name: "127.0.0.1:10025", alive: true), (name: "maildir:/var/mail", alive: true)])
-        metrics.upstreamHealth([(name: "127.0.0.1:10025", alive: false), (name: "maildir:/var/mail", alive: true)])
+        metrics.upstreamHealth([(name: "127.0.0.1:10025", alive: true, secondsSinceSuccess: 1), (name: "maildir:/var/mail", alive: true, secondsSinceSuccess: 2)])
+        metrics.upstreamHealth([(name: "127.0.0.1:10025", alive: false, secondsSinceSuccess: 12.3456), (name: "maildir:/var/mail", alive: true, secondsSinceSuccess: 0.25)])
         metrics.limitsStoreFailure(reason: "timeout", mode: .failOpen)
         metrics.limitsStoreFailure(reason: "timeout", mode: .failOpen)
         metrics.limitsStoreFailure(reason: "unavailable", mode: .failClosed)
@@ -82,7 +82,7 @@ final class PosternMetricsTests: XCTestCase {
             "postern_upstream_latency_seconds_bucket{le=\"60.0\"} 2",
             "postern_upstream_latency_seconds_bucket{le=\"+Inf\"} 3",
             "postern_upstream_latency_seconds_count 3",
-            "# HELP postern_upstream_failures_total Upstream exchanges that failed without a reply.",
+            "# HELP postern_upstream_failures_total Upstream connections, probes and exchanges that failed without a reply, by kind.",
             "postern_upstream_failures_total{upstream=\"127.0.0.1:10025\",kind=\"timeout\"} 1",
             "# HELP postern_tls_sessions_total STARTTLS handshakes completed, by TLS version.",
             "postern_tls_sessions_total{version=\"TLSv1.3\"} 1",
@@ -119,9 +119,12 @@ final class PosternMetricsTests: XCTestCase {
             "postern_defences_total{defence=\"pregreet\"} 1",
             "# HELP postern_decision_log_write_errors_total Decision records that could not be written.",
             "postern_decision_log_write_errors_total 1",
-            "# HELP postern_upstream_up 1 when the upstream is believed reachable, 0 while it is marked dead.",
+            "# HELP postern_upstream_up 1 when the upstream is believed reachable, 0 while it is marked down.",
             "postern_upstream_up{upstream=\"127.0.0.1:10025\"} 0.0",
             "postern_upstream_up{upstream=\"maildir:/var/mail\"} 1.0",
+            "# HELP postern_upstream_seconds_since_success Seconds since the upstream last took a connection or answered (since the start when never).",
+            "postern_upstream_seconds_since_success{upstream=\"127.0.0.1:10025\"} 12.346",
+            "postern_upstream_seconds_since_success{upstream=\"maildir:/var/mail\"} 0.25",
             "# HELP postern_limits_store_errors_total Rate-limit checks the shared store could not answer, by reason.",
             "postern_limits_store_errors_total{reason=\"timeout\"} 2",
             "postern_limits_store_errors_total{reason=\"unavailable\"} 1",

@@ -13,6 +13,8 @@ final class FakeSMTPServer: Sendable {
         var hangUpOn: String?
         /// Replies 421 and closes when a command with this verb arrives (RFC 5321 §3.8).
         var shutDownOn: String?
+        /// Refuses HELO too (with EHLO refused by `capabilities: nil`: no way to say hello).
+        var refusesHELO = false
     }
 
     /// What the server received.
@@ -33,7 +35,8 @@ final class FakeSMTPServer: Sendable {
     let port: Int
     private let channel: Channel
 
-    init(script: Script, group: EventLoopGroup) async throws {
+    /// `port`: 0 for any free port, or a given one (to bring an upstream back where it was).
+    init(script: Script, group: EventLoopGroup, port: Int = 0) async throws {
         let transcript = self.transcript
         channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -42,8 +45,8 @@ final class FakeSMTPServer: Sendable {
                     try channel.pipeline.syncOperations.addHandler(FakeSMTPHandler(script: script, transcript: transcript))
                 }
             }
-            .bind(host: "127.0.0.1", port: 0).get()
-        port = channel.localAddress!.port!
+            .bind(host: "127.0.0.1", port: port).get()
+        self.port = channel.localAddress!.port!
     }
 
     func stop() async {
@@ -139,7 +142,7 @@ private final class FakeSMTPHandler: ChannelInboundHandler {
             let lines = ["fake.example greets you"] + capabilities
             let text = lines.enumerated().map { index, line in "250\(index == lines.count - 1 ? " " : "-")\(line)\r\n" }.joined()
             reply(text, context: context)
-        case "HELO": reply("250 fake.example\r\n", context: context)
+        case "HELO": reply(script.refusesHELO ? "550 5.7.1 go away\r\n" : "250 fake.example\r\n", context: context)
         case "MAIL", "RCPT", "RSET", "NOOP", "XFORWARD": reply("250 2.1.0 ok\r\n", context: context)
         case "XCLIENT": reply("220 fake.example ESMTP\r\n", context: context)
         case "AUTH": reply("235 2.7.0 authenticated\r\n", context: context)

@@ -63,7 +63,7 @@ extension YAMLReader {
             return configuration
         }
         let top = mapping(root, "the configuration", keys: [
-            "hostname", "listen", "proxy_trusted_networks", "relay_domains", "trusted_networks", "auth", "tls", "upstreams", "upstream_retry_after", "limits",
+            "hostname", "listen", "proxy_trusted_networks", "relay_domains", "trusted_networks", "auth", "tls", "upstreams", "upstream_retry_after", "upstream_probe", "limits",
             "timeouts", "bare_line_endings", "forbid_improper_pipelining", "spool", "shutdown_grace_period", "log_level", "log_format", "decision_log", "metrics", "policy", "quarantine", "limits_store",
         ])
         if let node = top["hostname"], let value = string(node, "hostname") {
@@ -111,6 +111,7 @@ extension YAMLReader {
             fail(top["upstreams"] ?? root, "at least one upstream is needed (upstreams: [{url: smtp://127.0.0.1:10025}])")
         }
         if let node = top["upstream_retry_after"], let value = duration(node, "upstream_retry_after") { configuration.upstreamRetryAfter = value }
+        if let node = top["upstream_probe"] { configuration.upstreamProbe = upstreamProbe(node) }
         if let node = top["limits"] { configuration.limits = limits(node) }
         if let node = top["timeouts"] {
             let entries = mapping(node, "timeouts", keys: ["command", "data", "proxy_header", "session", "greet_delay"])
@@ -187,6 +188,20 @@ extension YAMLReader {
             fail(node, "auth is offered only after STARTTLS and no tls: certificate is configured; add tls:, or auth: always on a protected listener")
         }
         return configuration
+    }
+
+    /// `upstream_probe: off`, or `{ interval: 1s, timeout: 5s }`.
+    mutating func upstreamProbe(_ node: Node) -> UpstreamProbeSettings {
+        var settings = UpstreamProbeSettings()
+        if node.scalar?.string == "off" || node.bool == false { return .off }
+        let entries = mapping(node, "upstream_probe", keys: ["interval", "timeout"])
+        if let entry = entries["interval"], let value = duration(entry, "upstream_probe.interval") {
+            if value < .milliseconds(100) { fail(entry, "upstream_probe.interval must be at least 100ms (or upstream_probe: off)") } else { settings.interval = value }
+        }
+        if let entry = entries["timeout"], let value = duration(entry, "upstream_probe.timeout") {
+            if value <= .zero { fail(entry, "upstream_probe.timeout must be longer than 0") } else { settings.timeout = value }
+        }
+        return settings
     }
 
     private mutating func listener(_ node: Node) -> PosternConfiguration.Listener? {

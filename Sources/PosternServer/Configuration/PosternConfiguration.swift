@@ -120,7 +120,10 @@ public struct PosternConfiguration: Sendable {
     public var proxyTrustedNetworks: [IPNetwork] = [IPNetwork("127.0.0.0/8")!, IPNetwork("::1/128")!]
     public var tls: TLSFiles?
     public var upstreams: [UpstreamConfiguration]
+    /// Without probes: how long an upstream whose connection failed stays marked down.
     public var upstreamRetryAfter: TimeAmount = .seconds(60)
+    /// Probes of an upstream marked down; `.off` leaves it to `upstreamRetryAfter`.
+    public var upstreamProbe = UpstreamProbeSettings()
     public var limits = Limits()
     public var timeouts = Timeouts()
     public var bareLineEndings: SMTPInputFramer.BareLineEndingPolicy = .reject

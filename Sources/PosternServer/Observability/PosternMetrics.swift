@@ -27,6 +27,7 @@ public final class PosternMetrics: Sendable {
     private let authAttempts: LabelledMetric<Counter>
     private let defences: LabelledMetric<Counter>
     private let upstreamUp: LabelledMetric<Gauge>
+    private let upstreamSinceSuccess: LabelledMetric<Gauge>
     /// The shared rate-limit store's failures (see `limitsStoreFailure`): made on the first
     /// failure, so a server without Redis exports none of them.
     let limitsStoreErrors: LabelledMetric<Counter>
@@ -54,7 +55,9 @@ public final class PosternMetrics: Sendable {
         transactions = counter("transactions_total", "Transactions by decision.", labels: ["decision"])
         connectionsRefused = counter("connections_refused_total", "Connections refused before any transaction.", labels: ["reason"])
         upstreamReplies = counter("upstream_replies_total", "Upstream replies by upstream and reply class.", labels: ["upstream", "class"])
-        upstreamFailures = counter("upstream_failures_total", "Upstream exchanges that failed without a reply.", labels: ["upstream", "kind"])
+        upstreamFailures = counter(
+            "upstream_failures_total", "Upstream connections, probes and exchanges that failed without a reply, by kind.",
+            labels: ["upstream", "kind"])
         tlsSessions = counter("tls_sessions_total", "STARTTLS handshakes completed, by TLS version.", labels: ["version"])
         policyReloads = counter("policy_reloads_total", "Policy loads and reloads by result.", labels: ["result"])
         policyInfo = gauge("policy_info", "The policy in force.", labels: ["version"])
@@ -68,7 +71,10 @@ public final class PosternMetrics: Sendable {
         rateLimitRefusals = counter("rate_limit_refusals_total", "Refusals by rate-limit rules, by limit.", labels: ["limit"])
         authAttempts = counter("auth_attempts_total", "AUTH exchanges by mechanism and result.", labels: ["mechanism", "result"])
         defences = counter("defences_total", "Sessions ended by a connection defence, by defence.", labels: ["defence"])
-        upstreamUp = gauge("upstream_up", "1 when the upstream is believed reachable, 0 while it is marked dead.", labels: ["upstream"])
+        upstreamUp = gauge("upstream_up", "1 when the upstream is believed reachable, 0 while it is marked down.", labels: ["upstream"])
+        upstreamSinceSuccess = gauge(
+            "upstream_seconds_since_success", "Seconds since the upstream last took a connection or answered (since the start when never).",
+            labels: ["upstream"])
         limitsStoreErrors = counter("limits_store_errors_total", "Rate-limit checks the shared store could not answer, by reason.", labels: ["reason"])
         limitsStoreFailOpen = counter(
             "limits_store_fail_open_total", "Rate-limit checks let through because the store was unavailable (fail_open).", labels: [])
@@ -148,10 +154,12 @@ public final class PosternMetrics: Sendable {
         decisionLogWriteErrors.increment()
     }
 
-    /// Sets `postern_upstream_up` for every configured upstream (1 alive, 0 marked dead).
-    func upstreamHealth(_ health: [(name: String, alive: Bool)]) {
-        for (name, alive) in health {
+    /// Sets `postern_upstream_up` (1 alive, 0 marked down) and
+    /// `postern_upstream_seconds_since_success` for every configured upstream.
+    func upstreamHealth(_ health: [(name: String, alive: Bool, secondsSinceSuccess: Double)]) {
+        for (name, alive, since) in health {
             upstreamUp(name).set(Int64(alive ? 1 : 0))
+            upstreamSinceSuccess(name).set((since * 1000).rounded() / 1000)
         }
     }
 

@@ -101,7 +101,7 @@ private final class StatusHandler: ChannelInboundHandler {
                 let live = pool.liveUpstreams
                 if live.isEmpty {
                     status = .serviceUnavailable
-                    body = Array("not ready: every upstream is marked dead\n".utf8)
+                    body = Array("not ready: every upstream is marked down\n".utf8)
                 } else {
                     body = Array("ready: \(live.joined(separator: ", "))\n".utf8)
                 }

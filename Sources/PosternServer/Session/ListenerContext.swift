@@ -109,7 +109,6 @@ final class ListenerContext: Sendable {
         case .defence(let name): metrics.defence(name)
         case .tlsEstablished(let version): metrics.tlsSession(version: version)
         case .authAttempt(let mechanism, let result): metrics.authAttempt(mechanism: mechanism, result: result)
-        case .upstreamFailure(let upstream, let kind): metrics.upstreamFailure(upstream: upstream, kind: kind)
         }
     }
 
