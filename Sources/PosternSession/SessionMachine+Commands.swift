@@ -235,7 +235,9 @@ extension SessionMachine {
                 mailAnswered(path, parameters, answer.reply)
             case .failure(let failure):
                 if transaction?.upstream == nil { transaction?.upstream = failure.upstream }
-                log(.warning, "upstream failed at MAIL", ["error": "\(failure.error)"])
+                // No upstream would take the session: the pool logs the outage once; each
+                // tempfailed MAIL is a decision record and an info line, not a warning each.
+                log(failure.error.kind == .unavailable ? .info : .warning, "upstream failed at MAIL", ["error": "\(failure.error)"])
                 mailAnswered(path, parameters, SessionReplies.reply(for: failure.error))
             }
         case .rcpt(let path, let parameters):

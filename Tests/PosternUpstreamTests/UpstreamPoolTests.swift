@@ -253,4 +253,9 @@ final class UpstreamPoolTests: XCTestCase {
         XCTAssertEqual(failures.all, expected)
         for server in servers { await server.stop() }
     }
+
+    func testConnectErrorsAreDescribedAsAnOperatorReadsThem() {
+        XCTAssertEqual(SMTPUpstreamSession.describe(connectError: ChannelError.connectTimeout(.seconds(3))), "connect timed out after 3 s")
+        XCTAssertEqual(SMTPUpstreamSession.describe(connectError: IOError(errnoCode: ECONNREFUSED, reason: "connect")), "Connection refused")
+    }
 }
