@@ -42,6 +42,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // External stage checks: the milter client and the policy-delegation client (codecs with no I/O first).
+        .target(
+            name: "PosternEngines",
+            dependencies: ["SMTPCore", .product(name: "NIOCore", package: "swift-nio")]
+        ),
         // The MIME parser (RFC 5322 headers, RFC 2045-2047 encodings, charsets, parts,
         // attachments) and the one header scan per message.
         .target(
@@ -145,6 +150,10 @@ let package = Package(
         ),
         .executableTarget(name: "SMTPFuzzer", dependencies: ["PosternFuzzTargets"]),
         .testTarget(name: "SMTPCoreTests", dependencies: ["SMTPCore"]),
+        .testTarget(
+            name: "PosternEnginesTests",
+            dependencies: ["PosternEngines", "SMTPCore", .product(name: "NIOCore", package: "swift-nio")]
+        ),
         .testTarget(
             name: "SMTPNIOTests",
             dependencies: [
