@@ -39,9 +39,9 @@ public struct UpstreamProbeSettings: Hashable, Sendable {
 public struct UpstreamHealth: Sendable {
     public enum Action: Hashable, Sendable {
         /// The upstream was up and a connection attempt failed.
-        case wentDown(upstream: String, failure: UpstreamFailure, detail: String)
+        case wentDown(upstream: String, failure: UpstreamFailureKind, detail: String)
         /// It is still down; at most once per `reminderInterval`.
-        case stillDown(upstream: String, failures: Int, downNanoseconds: UInt64, failure: UpstreamFailure, detail: String)
+        case stillDown(upstream: String, failures: Int, downNanoseconds: UInt64, failure: UpstreamFailureKind, detail: String)
         /// A connection or probe succeeded after an outage.
         case cameBack(upstream: String, outageNanoseconds: UInt64, failures: Int)
         /// Probe upstream `index` after one probe interval, for outage `outage`.
@@ -97,7 +97,7 @@ public struct UpstreamHealth: Sendable {
     }
 
     /// A connection attempt (a client session's or a probe's) failed.
-    public mutating func failed(_ index: Int, _ failure: UpstreamFailure, detail: String, now: UInt64) -> [Action] {
+    public mutating func failed(_ index: Int, _ failure: UpstreamFailureKind, detail: String, now: UInt64) -> [Action] {
         let name = entries[index].name
         guard var outage = entries[index].outage else {
             outages += 1
@@ -133,7 +133,7 @@ public struct UpstreamHealth: Sendable {
     }
 
     /// A probe for `outage` failed: the failure is recorded and, while the outage lasts, the next probe scheduled.
-    public mutating func probeFailed(_ index: Int, outage: Int, _ failure: UpstreamFailure, detail: String, now: UInt64) -> [Action] {
+    public mutating func probeFailed(_ index: Int, outage: Int, _ failure: UpstreamFailureKind, detail: String, now: UInt64) -> [Action] {
         guard entries[index].outage?.id == outage else { return [] }
         var actions = failed(index, failure, detail: detail, now: now)
         actions.append(.probe(index: index, outage: outage))

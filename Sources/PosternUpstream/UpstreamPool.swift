@@ -6,9 +6,9 @@ import Synchronization
 
 /// What the pool reports besides its log lines: each failure, for the metrics.
 public struct UpstreamEvents: Sendable {
-    public var failed: @Sendable (_ upstream: String, _ failure: UpstreamFailure) -> Void
+    public var failed: @Sendable (_ upstream: String, _ failure: UpstreamFailureKind) -> Void
 
-    public init(failed: @escaping @Sendable (_ upstream: String, _ failure: UpstreamFailure) -> Void = { _, _ in }) {
+    public init(failed: @escaping @Sendable (_ upstream: String, _ failure: UpstreamFailureKind) -> Void = { _, _ in }) {
         self.failed = failed
     }
 }

@@ -30,12 +30,12 @@ public struct UpstreamError: Error, Hashable, Sendable, CustomStringConvertible 
     public var kind: Kind
     public var detail: String
     /// What failed, for `postern_upstream_failures_total{kind}` and the health log lines.
-    public var failure: UpstreamFailure
+    public var failure: UpstreamFailureKind
 
-    public init(_ kind: Kind, _ detail: String, failure: UpstreamFailure? = nil) {
+    public init(_ kind: Kind, _ detail: String, failure: UpstreamFailureKind? = nil) {
         self.kind = kind
         self.detail = detail
-        self.failure = failure ?? UpstreamFailure(kind)
+        self.failure = failure ?? UpstreamFailureKind(kind)
     }
 
     public var description: String { "\(kind): \(detail)" }
@@ -53,7 +53,7 @@ public enum UpstreamFeature: String, Hashable, Sendable {
 
 /// What went wrong with an upstream, as operators count it: the `kind` label of
 /// `postern_upstream_failures_total`.
-public enum UpstreamFailure: String, Hashable, Sendable, CaseIterable {
+public enum UpstreamFailureKind: String, Hashable, Sendable, CaseIterable {
     /// The connection was refused or could not be made (no route, reset at connect).
     case refused
     /// No answer in time: the connect, the greeting, or a reply later on.

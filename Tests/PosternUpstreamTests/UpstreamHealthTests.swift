@@ -118,6 +118,6 @@ final class UpstreamHealthTests: XCTestCase {
         XCTAssertEqual(UpstreamError(.timedOut, "x").failure, .timeout)
         XCTAssertEqual(UpstreamError(.connectionLost, "x").failure, .lost)
         XCTAssertEqual(UpstreamError(.unavailable, "x", failure: .auth).failure, .auth)
-        XCTAssertEqual(UpstreamFailure.greetingRefused.rawValue, "greeting_refused")
+        XCTAssertEqual(UpstreamFailureKind.greetingRefused.rawValue, "greeting_refused")
     }
 }
