@@ -173,7 +173,13 @@ extension SessionMachine {
             state = .upstream(.rcpt(path, parameters), since: now.uptime)
             emit(.upstream(.addRecipient(path, parameters)))
         case .data(let stored, let verdict):
-            relay(stored, headerActions: verdict?.headerActions ?? [])
+            if let disposition = transaction?.disposition {
+                transaction?.rule = disposition.rule
+                transaction?.reason = disposition.reason
+                return decided(point, PolicyDecision(stage: .data, action: disposition.action, reply: disposition.reply,
+                                                     rule: disposition.rule, reason: disposition.reason, byRelayControl: false))
+            }
+            relay(stored, headerActions: (transaction?.addedHeaders ?? []) + (verdict?.headerActions ?? []))
         }
     }
 

@@ -24,6 +24,10 @@ struct TransactionRecord {
     var recipientRefusal: (rule: String?, reason: String?, reply: SMTPReply)?
     /// The message's header section, scanned once as the content streams past.
     var headers = MessageHeaderCollector()
+    /// Headers checks added at stages before `data` (a policy server's PREPEND at RCPT).
+    var addedHeaders: [RuleAction] = []
+    /// A discard or quarantine asked for before the message arrived.
+    var disposition: DeferredDisposition?
 
     init(id: String, started: NIODeadline, mailFrom: ReversePath, walk: PolicyWalk) {
         self.id = id
@@ -43,6 +47,15 @@ struct TransactionRecord {
         // HELO rules run at MAIL, after this record was started: it gets their hits too.
         if result.stage >= .helo { shadow += verdict.shadowHits }
         checks += result.checks
+        if result.stage < .data {
+            switch verdict.outcome {
+            case .pass, .accept:
+                addedHeaders += verdict.headerActions.filter { if case .addHeader = $0 { true } else { false } }
+                if disposition == nil { disposition = verdict.messageDisposition }
+            case .decided:
+                break
+            }
+        }
         if let rule = verdict.rule {
             self.rule = rule
             reason = verdict.reason

@@ -159,4 +159,63 @@ final class StagePipelineTests: XCTestCase {
         XCTAssertEqual(overruled.verdict.reason, "engine said reject")
         XCTAssertEqual(overruled.checks.first?.result, .reject, "the finding is still recorded")
     }
+
+    func testConditionalDeferrals() async {
+        let later = SMTPReply(450, EnhancedStatusCode(4, 7, 24), "SPF temperror")
+        let ifPermit = Check(name: "spf") { CheckFinding(.deferIfPermit(later), detail: "temperror") }
+        let goesOn = await StagePipeline(policy: .empty, checks: [ifPermit]).evaluate(.rcpt, facts: Self.facts)
+        XCTAssertEqual(goesOn.verdict.outcome, .decided(.tempfail, later))
+        XCTAssertEqual(goesOn.verdict.rule, "check:spf")
+        let reject = Check(name: "engine") { CheckFinding(.reject(Self.spam), detail: "score 15") }
+        let rejected = await StagePipeline(policy: .empty, checks: [reject, ifPermit]).evaluate(.rcpt, facts: Self.facts)
+        XCTAssertEqual(rejected.verdict.outcome, .decided(.reject, Self.spam), "DEFER_IF_PERMIT leaves a rejection alone")
+
+        let ifReject = Check(name: "soft") { CheckFinding(.deferIfReject(later), detail: "be kind") }
+        let softened = await StagePipeline(policy: .empty, checks: [reject, ifReject]).evaluate(.rcpt, facts: Self.facts)
+        XCTAssertEqual(softened.verdict.outcome, .decided(.tempfail, later))
+        XCTAssertEqual(softened.verdict.rule, "check:soft")
+        let untouched = await StagePipeline(policy: .empty, checks: [ifReject]).evaluate(.rcpt, facts: Self.facts)
+        XCTAssertEqual(untouched.verdict.outcome, .pass, "DEFER_IF_REJECT leaves a stage that goes on alone")
+    }
+
+    func testHeadersGoWithAStageThatGoesOnOnly() async {
+        let spf = AddedHeader(name: "Received-SPF", value: "Pass")
+        let prepend = Check(name: "spf") { CheckFinding(.pass, detail: "pass", headers: [spf]) }
+        let passed = await StagePipeline(policy: .empty, checks: [prepend]).evaluate(.rcpt, facts: Self.facts)
+        XCTAssertEqual(passed.verdict.headerActions, [.addHeader(name: "Received-SPF", value: "Pass")])
+        XCTAssertEqual(passed.checks.first?.headers, [spf])
+        let reject = Check(name: "engine") { CheckFinding(.reject(Self.spam), detail: "score 15") }
+        let refused = await StagePipeline(policy: .empty, checks: [prepend, reject]).evaluate(.rcpt, facts: Self.facts)
+        XCTAssertEqual(refused.verdict.headerActions, [])
+    }
+
+    func testDiscardAndHoldBeforeDataWaitForTheMessage() async {
+        let hold = Check(name: "policyd") { CheckFinding(.quarantine, detail: "HOLD suspicious") }
+        let rcpt = await StagePipeline(policy: .empty, checks: [hold]).evaluate(.rcpt, facts: Self.facts)
+        XCTAssertEqual(rcpt.verdict.outcome, .pass, "the recipient is accepted; the message is held when it arrives")
+        XCTAssertEqual(rcpt.verdict.messageDisposition?.action, .quarantine)
+        XCTAssertEqual(rcpt.verdict.messageDisposition?.rule, "check:policyd")
+        let data = await StagePipeline(policy: .empty, checks: [Check(name: "policyd", stages: [.data]) { CheckFinding(.discard, detail: "DISCARD") }])
+            .evaluate(.data, facts: Self.facts)
+        guard case .decided(.discard, let reply) = data.verdict.outcome else { return XCTFail("\(data.verdict.outcome)") }
+        XCTAssertEqual(reply.code, 250)
+        let reject = Check(name: "engine") { CheckFinding(.reject(Self.spam), detail: "score 15") }
+        let refused = await StagePipeline(policy: .empty, checks: [hold, reject]).evaluate(.rcpt, facts: Self.facts)
+        XCTAssertNil(refused.verdict.messageDisposition)
+        XCTAssertEqual(refused.verdict.outcome, .decided(.reject, Self.spam))
+    }
+
+    func testAFailingCheckTempfailsWithItsOwnReply() async {
+        struct Down: Error {}
+        struct Configured: StageCheck {
+            var name = "policyd"
+            var stages: Set<PolicyStage> = [.rcpt]
+            var timeout: Duration = .seconds(1)
+            var failureMode: CheckFailureMode = .tempfail
+            var failureReply: SMTPReply? { SMTPReply(451, EnhancedStatusCode(4, 3, 5), "Server configuration problem") }
+            func check(_ stage: PolicyStage, facts: TransactionFacts) async throws -> CheckFinding { throw Down() }
+        }
+        let result = await StagePipeline(policy: .empty, checks: [Configured()]).evaluate(.rcpt, facts: Self.facts)
+        XCTAssertEqual(result.verdict.outcome, .decided(.tempfail, SMTPReply(451, EnhancedStatusCode(4, 3, 5), "Server configuration problem")))
+    }
 }

@@ -255,4 +255,50 @@ final class SessionPolicyTests: XCTestCase {
         XCTAssertEqual(session.lastRecord?.checks.first?.result, "reject")
         XCTAssertEqual(session.lastRecord?.reason, "every recipient refused; last: score 15")
     }
+
+    private func checkedSession(_ checks: [FakeCheck]) async -> SessionSimulator {
+        let base = SessionFixture.configuration()
+        let configuration = SessionConfiguration(server: base.server, relayControl: base.relayControl,
+                                                 checkedStages: checks.reduce(into: Set<PolicyStage>()) { $0.formUnion($1.stages) })
+        var session = await SessionFixture.session(configuration, responders: SessionFixture.responders(.empty, checks: checks))
+        _ = session.replyLines()
+        return session
+    }
+
+    func testHeadersACheckAddsAtRcptReachTheMessageOnce() async {
+        let check = FakeCheck(name: "spf", stages: [.rcpt]) {
+            CheckFinding(.pass, detail: "pass", headers: [AddedHeader(name: "Received-SPF", value: "Pass (mailfrom) identity=mailfrom")])
+        }
+        var session = await checkedSession([check])
+        let reply = await session.deliver(to: ["bob@example.org"], "Subject: hi\r\n\r\nbody")
+        XCTAssertEqual(reply, "250 2.0.0 Ok: queued as SIM1")
+        let text = session.relayed[0].text
+        XCTAssertEqual(text.components(separatedBy: "Received-SPF: Pass (mailfrom) identity=mailfrom\r\n").count - 1, 1, text)
+        XCTAssertTrue(text.hasSuffix("Received-SPF: Pass (mailfrom) identity=mailfrom\r\nSubject: hi\r\n\r\nbody\r\n"), text)
+        // The next transaction starts clean.
+        _ = await session.deliver(to: [], "Subject: none\r\n\r\nx")
+        XCTAssertEqual(session.relayed.count, 1)
+    }
+
+    func testAHoldAtRcptQuarantinesTheMessageWhenItArrives() async {
+        let check = FakeCheck(name: "policyd", stages: [.rcpt]) { CheckFinding(.quarantine, detail: "HOLD suspicious") }
+        var session = await checkedSession([check])
+        let reply = await session.deliver("Subject: hi\r\n\r\nbody")
+        XCTAssertTrue(reply?.hasPrefix("250 2.0.0 Ok (ref ") == true, "the client gets the decision's 2xx: \(reply ?? "")")
+        XCTAssertEqual(session.relayed.count, 0)
+        XCTAssertEqual(session.quarantined.count, 1)
+        XCTAssertTrue(session.quarantined[0].text.contains("X-Postern-Quarantine: rule=check:policyd"), session.quarantined[0].text)
+        XCTAssertEqual(session.lastRecord?.decision.rawValue, "quarantined")
+        XCTAssertEqual(session.lastRecord?.rule, "check:policyd")
+    }
+
+    func testADiscardAtRcptDiscardsTheMessageWhenItArrives() async {
+        let check = FakeCheck(name: "policyd", stages: [.rcpt]) { CheckFinding(.discard, detail: "DISCARD") }
+        var session = await checkedSession([check])
+        let reply = await session.deliver("Subject: hi\r\n\r\nbody")
+        XCTAssertTrue(reply?.hasPrefix("250 2.0.0") == true, reply ?? "")
+        XCTAssertEqual(session.relayed.count, 0)
+        XCTAssertEqual(session.lastRecord?.decision.rawValue, "discarded")
+        XCTAssertEqual(session.lastRecord?.rule, "check:policyd")
+    }
 }

@@ -24,8 +24,28 @@ public struct PolicyVerdict: Sendable {
     public var shadowHits: [ShadowHit] = []
     /// Time spent in each filter (by `filterName`) during this stage.
     public var filterNanoseconds: [String: UInt64] = [:]
+    /// A check before `data` asked to discard or quarantine the whole message: applied when
+    /// the message has arrived, unless something refuses it first.
+    public var messageDisposition: DeferredDisposition?
 
     public init() {}
+}
+
+/// A discard or quarantine asked for before the message arrived (a policy server's DISCARD or
+/// HOLD at RCPT).
+public struct DeferredDisposition: Hashable, Sendable {
+    /// `discard` or `quarantine`.
+    public var action: RuleAction
+    public var reply: SMTPReply
+    public var rule: String
+    public var reason: String
+
+    public init(action: RuleAction, reply: SMTPReply, rule: String, reason: String) {
+        self.action = action
+        self.reply = reply
+        self.rule = rule
+        self.reason = reason
+    }
 }
 
 /// A shadow rule that matched ("would have rejected").

@@ -13,8 +13,14 @@ public protocol StageCheck: Sendable {
     /// How long one evaluation may take; past it the check has failed (`failureMode`).
     var timeout: Duration { get }
     var failureMode: CheckFailureMode { get }
+    /// The reply when a failure tempfails; nil for the generic `ReplyTemplate.checkFailed`.
+    var failureReply: SMTPReply? { get }
     /// Evaluates `facts` at `stage`; a thrown error is a failure (`failureMode`).
     func check(_ stage: PolicyStage, facts: TransactionFacts) async throws -> CheckFinding
+}
+
+extension StageCheck {
+    public var failureReply: SMTPReply? { nil }
 }
 
 /// What a check that failed (timed out, threw) means for the transaction.
@@ -29,24 +35,50 @@ public enum CheckFailureMode: String, Hashable, Sendable {
 public struct CheckFinding: Hashable, Sendable {
     public enum Verdict: Hashable, Sendable {
         case pass
+        /// The check accepts (a policy server's OK): recorded; the rules still decide.
+        case accept
         case reject(SMTPReply)
         case tempfail(SMTPReply)
+        /// Say 250 and relay nothing.
+        case discard
+        /// Keep the message in the quarantine.
+        case quarantine
+        /// Tempfail with this reply if the stage would otherwise accept (Postfix's DEFER_IF_PERMIT).
+        case deferIfPermit(SMTPReply)
+        /// Tempfail with this reply instead of a rejection (Postfix's DEFER_IF_REJECT).
+        case deferIfReject(SMTPReply)
     }
 
     public var verdict: Verdict
     /// For the decision record and the rules: what was found, in words (never message text).
     public var detail: String
+    /// Headers the check adds to the message when the transaction goes on (PREPEND).
+    public var headers: [AddedHeader]
 
-    public init(_ verdict: Verdict, detail: String) {
+    public init(_ verdict: Verdict, detail: String, headers: [AddedHeader] = []) {
         self.verdict = verdict
         self.detail = detail
+        self.headers = headers
+    }
+}
+
+/// A header a check adds to the message: `name: value`.
+public struct AddedHeader: Hashable, Sendable {
+    public var name: String
+    public var value: String
+
+    public init(name: String, value: String) {
+        self.name = name
+        self.value = value
     }
 }
 
 /// One check's evaluation at one stage, as the decision record keeps it.
 public struct CheckOutcome: Hashable, Sendable {
     public enum Result: String, Hashable, Sendable {
-        case pass, reject, tempfail, timeout, error
+        case pass, accept, reject, tempfail, discard, quarantine, timeout, error
+        case deferIfPermit = "defer_if_permit"
+        case deferIfReject = "defer_if_reject"
     }
 
     public var check: String
@@ -56,6 +88,8 @@ public struct CheckOutcome: Hashable, Sendable {
     public var milliseconds: Int
     /// The check's own reply, when it rejected or tempfailed with one.
     public var reply: SMTPReply?
+    /// Headers it adds when the transaction goes on.
+    public var headers: [AddedHeader] = []
 
     public init(check: String, stage: PolicyStage, result: Result, detail: String, milliseconds: Int) {
         self.check = check
@@ -85,8 +119,11 @@ public struct StageVerdict: Sendable {
 /// within its timeout, gives what they found to the rules, then runs the rules.
 ///
 /// Precedence: a decisive rule (accept, reject, tempfail, discard, quarantine) wins; when no
-/// rule decided, the first check in configured order that rejects or tempfails decides (its
-/// rule is `check:NAME`); a failed check with `failureMode: tempfail` tempfails.
+/// rule decided, the first check in configured order that rejects, tempfails, discards or
+/// quarantines decides (its rule is `check:NAME`); a failed check with `failureMode: tempfail`
+/// tempfails. Then a check's DEFER_IF_PERMIT turns a stage that would go on into a tempfail,
+/// and its DEFER_IF_REJECT turns a rejection into one. Headers the checks add go with a
+/// stage that goes on (`headerActions`).
 public struct StagePipeline: Sendable {
     public let policy: Policy
     public let checks: [any StageCheck]
@@ -109,27 +146,63 @@ public struct StagePipeline: Sendable {
         var facts = facts
         for (index, outcome) in outcomes.enumerated() { facts.checks[due[index].name] = outcome }
         var verdict = await PolicyEngine.evaluate(policy, stage: stage, facts: facts)
+        guard !outcomes.isEmpty else { return StageVerdict(stage: stage, verdict: verdict, checks: outcomes) }
         if verdict.outcome == .pass {
             for (index, outcome) in outcomes.enumerated() {
                 guard let decision = Self.decision(outcome, check: due[index], facts: facts) else { continue }
+                if stage < .data, case .decided(let action, let reply) = decision, action == .discard || action == .quarantine {
+                    // The whole message, once it is there.
+                    if verdict.messageDisposition == nil {
+                        verdict.messageDisposition = DeferredDisposition(action: action, reply: reply, rule: "check:\(outcome.check)", reason: outcome.detail)
+                    }
+                    continue
+                }
                 verdict.outcome = decision
                 verdict.rule = "check:\(outcome.check)"
                 verdict.reason = outcome.detail
                 break
             }
         }
+        Self.applyConditionalDeferrals(outcomes, to: &verdict)
+        switch verdict.outcome {
+        case .pass, .accept:
+            for outcome in outcomes {
+                verdict.headerActions += outcome.headers.map { RuleAction.addHeader(name: $0.name, value: $0.value) }
+            }
+        case .decided:
+            verdict.messageDisposition = nil
+        }
         return StageVerdict(stage: stage, verdict: verdict, checks: outcomes)
+    }
+
+    /// DEFER_IF_PERMIT when the stage would go on, DEFER_IF_REJECT when it would reject.
+    private static func applyConditionalDeferrals(_ outcomes: [CheckOutcome], to verdict: inout PolicyVerdict) {
+        let goesOn: Bool
+        switch verdict.outcome {
+        case .pass, .accept: goesOn = true
+        case .decided(let action, _): goesOn = false; guard action == .reject else { return }
+        }
+        let wanted: CheckOutcome.Result = goesOn ? .deferIfPermit : .deferIfReject
+        guard let outcome = outcomes.first(where: { $0.result == wanted }), let reply = outcome.reply else { return }
+        verdict.outcome = .decided(.tempfail, reply)
+        verdict.rule = "check:\(outcome.check)"
+        verdict.reason = outcome.detail
     }
 
     private static func decision(_ outcome: CheckOutcome, check: any StageCheck, facts: TransactionFacts) -> PolicyVerdict.Outcome? {
         switch outcome.result {
-        case .pass: return nil
+        case .pass, .accept, .deferIfPermit, .deferIfReject: return nil
+        case .discard:
+            return .decided(.discard, ReplyTemplate.default(for: .discard, stage: outcome.stage, isLimit: false)!.render(rule: outcome.check, facts: facts))
+        case .quarantine:
+            return .decided(.quarantine, ReplyTemplate.default(for: .quarantine, stage: outcome.stage, isLimit: false)!
+                .render(rule: outcome.check, facts: facts))
         case .reject: return .decided(.reject, outcome.reply ?? ReplyTemplate.default(for: .reject, stage: outcome.stage, isLimit: false)!
             .render(rule: outcome.check, facts: facts))
         case .tempfail: return .decided(.tempfail, outcome.reply ?? ReplyTemplate.checkFailed.render(rule: outcome.check, facts: facts))
         case .timeout, .error:
             guard check.failureMode == .tempfail else { return nil }
-            return .decided(.tempfail, ReplyTemplate.checkFailed.render(rule: outcome.check, facts: facts))
+            return .decided(.tempfail, check.failureReply ?? ReplyTemplate.checkFailed.render(rule: outcome.check, facts: facts))
         }
     }
 
@@ -165,10 +238,16 @@ public struct StagePipeline: Sendable {
         switch result {
         case .success(let finding):
             var outcome = CheckOutcome(check: check.name, stage: stage, result: .pass, detail: finding.detail, milliseconds: milliseconds)
+            outcome.headers = finding.headers
             switch finding.verdict {
             case .pass: break
+            case .accept: outcome.result = .accept
             case .reject(let reply): outcome.result = .reject; outcome.reply = reply
             case .tempfail(let reply): outcome.result = .tempfail; outcome.reply = reply
+            case .discard: outcome.result = .discard
+            case .quarantine: outcome.result = .quarantine
+            case .deferIfPermit(let reply): outcome.result = .deferIfPermit; outcome.reply = reply
+            case .deferIfReject(let reply): outcome.result = .deferIfReject; outcome.reply = reply
             }
             return outcome
         case .failure(.timeout):
