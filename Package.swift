@@ -45,7 +45,12 @@ let package = Package(
         // External stage checks: the milter client and the policy-delegation client (codecs with no I/O first).
         .target(
             name: "PosternEngines",
-            dependencies: ["SMTPCore", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                "SMTPCore", "PosternPolicy",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // The MIME parser (RFC 5322 headers, RFC 2045-2047 encodings, charsets, parts,
         // attachments) and the one header scan per message.
@@ -115,7 +120,7 @@ let package = Package(
         .target(
             name: "PosternServer",
             dependencies: [
-                "SMTPCore", "SMTPNIO", "PosternUpstream", "PosternLog", "PosternPolicy", "PosternFilters", "PosternRedis",
+                "SMTPCore", "SMTPNIO", "PosternUpstream", "PosternLog", "PosternPolicy", "PosternFilters", "PosternRedis", "PosternEngines",
                 "PosternSession", "PosternMIME",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -152,7 +157,12 @@ let package = Package(
         .testTarget(name: "SMTPCoreTests", dependencies: ["SMTPCore"]),
         .testTarget(
             name: "PosternEnginesTests",
-            dependencies: ["PosternEngines", "SMTPCore", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                "PosternEngines", "PosternPolicy", "SMTPCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "SMTPNIOTests",
@@ -177,7 +187,7 @@ let package = Package(
             dependencies: ["PosternNative"],
             resources: [.copy("Fixtures")]
         ),
-        .testTarget(name: "PosternServerTests", dependencies: ["PosternServer"]),
+        .testTarget(name: "PosternServerTests", dependencies: ["PosternServer", "PosternEngines"]),
         .testTarget(name: "PosternMIMETests", dependencies: ["PosternMIME"]),
         .testTarget(
             name: "PosternSessionTests",

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
+import PosternEngines
 import PosternLog
 import PosternPolicy
 import PosternSession
@@ -28,6 +29,8 @@ public final class PosternServer: Service, Sendable {
     /// AUTH credentials and lockout, when `auth` is configured.
     private let authenticator: Authenticator?
     private let relayControl: RelayControl
+    /// The policy servers, asked at their stages by every session.
+    private let policyServices: [PolicyServiceClient]
     /// The policy in force; `reload()` it on SIGHUP.
     public let policy: PolicyStore
     /// The server's Prometheus metrics (rendered at `/metrics` when `metrics` is configured).
@@ -57,6 +60,7 @@ public final class PosternServer: Service, Sendable {
         self.authenticator = configuration.authentication.map { Authenticator(settings: $0, logger: logger) }
         self.limiter = ConnectionLimiter(
             maximumTotal: configuration.limits.maxConnections, maximumPerAddress: configuration.limits.maxConnectionsPerIP)
+        self.policyServices = configuration.policyServices.map { PolicyServiceClient(configuration: $0, group: group, logger: logger) }
         self.pool = UpstreamPool(
             upstreams: configuration.upstreams, retryAfter: configuration.upstreamRetryAfter, probe: configuration.upstreamProbe,
             heloName: configuration.hostname, group: group, logger: logger,
@@ -183,6 +187,7 @@ public final class PosternServer: Service, Sendable {
         }
         pool.stopProbing()
         await pool.closeIdle()
+        for service in policyServices { service.close() }
         decisionLog?.close()
         logger.notice("stopped")
     }
@@ -201,12 +206,16 @@ public final class PosternServer: Service, Sendable {
             minimumDataRate: configuration.limits.minDataRate, dataRateGrace: configuration.limits.dataRateGrace,
             proxyProtocol: listener.proxyProtocol, proxyTrustedNetworks: configuration.proxyTrustedNetworks, relayControl: relayControl,
             authFailureDelay: configuration.authentication?.failureDelay ?? .zero,
-            forbidImproperPipelining: configuration.forbidImproperPipelining)
+            forbidImproperPipelining: configuration.forbidImproperPipelining,
+            checkedStages: checks.reduce(into: Set<PolicyStage>()) { $0.formUnion($1.stages) })
         return ListenerContext(
             session: session, pool: pool, limiter: limiter, registry: registry, tlsContext: tlsContext, decisionLog: decisionLog,
             metrics: metrics, policy: policy, authenticator: authenticator, quarantine: configuration.quarantine,
-            hostname: configuration.hostname, spool: configuration.spool, logger: logger)
+            hostname: configuration.hostname, spool: configuration.spool, checks: checks, logger: logger)
     }
+
+    /// The stage checks of every session: the policy servers, in configured order.
+    private var checks: [any StageCheck] { policyServices.map { PolicyServiceCheck(client: $0) } }
 
     /// One connection, start to end. Never throws: one bad connection never takes the server down.
     private static func serve(_ connection: NIOAsyncChannel<SMTPInboundEvent, ByteBuffer>, context: ListenerContext) async {

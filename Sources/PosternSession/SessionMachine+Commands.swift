@@ -140,6 +140,8 @@ extension SessionMachine {
             transactionID: transactionID, clientAddress: client.address, clientPort: client.port, helo: smtp.helloName,
             tls: smtp.isTLSActive, authUser: smtp.authenticatedUser, recipients: smtp.transaction?.recipients.map(\.path) ?? [])
         facts.location = location
+        facts.protocolName = smtp.helloName == nil ? nil : smtp.isExtended ? "ESMTP" : "SMTP"
+        facts.tlsVersion = tlsVersion
         switch point {
         case .connect:
             break

@@ -1,4 +1,5 @@
 import NIOCore
+import PosternEngines
 import PosternUpstream
 import SMTPCore
 import XCTest
@@ -340,6 +341,56 @@ final class ConfigurationLoaderTests: XCTestCase {
         ])
         XCTAssertEqual(errors("upstreams: [{ url: \"smtp://a\" }]\nupstream_probe: sometimes"),
                        ["test.yaml:2:17: upstream_probe must be a mapping"])
+    }
+
+    func testPolicyServices() throws {
+        let loaded = try load("""
+            upstreams: [{ url: "smtp://a" }]
+            policy_services:
+              - { name: postfwd, address: "inet:127.0.0.1:10040", stages: [rcpt, data], timeout: 10s, default_action: DUNNO, max_connections: 4 }
+              - { name: spf, spawn: [/bin/cat, -u] }
+            """)
+        XCTAssertEqual(loaded.policyServices.map(\.name), ["postfwd", "spf"])
+        let postfwd = loaded.policyServices[0]
+        XCTAssertEqual(postfwd.address, .inet(host: "127.0.0.1", port: 10040))
+        XCTAssertEqual(postfwd.stages, [.rcpt, .data])
+        XCTAssertEqual(postfwd.timeout, .seconds(10))
+        XCTAssertEqual(postfwd.defaultAction, .dunno)
+        XCTAssertEqual(postfwd.maximumConnections, 4)
+        let spf = loaded.policyServices[1]
+        XCTAssertEqual(spf.address, .spawn(["/bin/cat", "-u"]))
+        XCTAssertEqual(spf.stages, [.rcpt], "RCPT by default, as Postfix's usual place")
+        XCTAssertEqual(spf.timeout, .seconds(100))
+        XCTAssertEqual(spf.defaultAction, .postfix)
+        let custom = try load("""
+            upstreams: [{ url: "smtp://a" }]
+            policy_services: [{ name: p, address: "unix:/run/p.sock", default_action: "450 4.7.1 Policy unavailable" }]
+            """)
+        XCTAssertEqual(custom.policyServices.first?.defaultAction, .tempfail(SMTPReply(450, EnhancedStatusCode(4, 7, 1), "Policy unavailable")))
+    }
+
+    func testPolicyServiceErrors() {
+        let found = errors("""
+            upstreams: [{ url: "smtp://a" }]
+            policy_services:
+              - { name: a, address: "tcp:1" }
+              - { name: b, spawn: [/nonexistent/policyd] }
+              - { name: c }
+              - { name: d, address: "inet:h:1", spawn: [/bin/cat] }
+              - { name: "e f", address: "inet:h:1" }
+              - { name: g, address: "inet:h:1", stages: [queue], default_action: REJECT }
+              - { name: g, address: "inet:h:2" }
+            """)
+        XCTAssertEqual(found, [
+            "test.yaml:3:25: policy service address must be inet:HOST:PORT or unix:PATH",
+            "test.yaml:4:23: cannot run /nonexistent/policyd (spawn needs an executable program)",
+            "test.yaml:5:5: policy service 'c' needs address (inet:HOST:PORT, unix:PATH) or spawn ([program, args…])",
+            "test.yaml:6:5: a policy service has address or spawn, not both",
+            "test.yaml:7:13: policy service name 'e f' may only have letters, digits, '-' and '_'",
+            "test.yaml:8:46: unknown stage 'queue' (expected connect, helo, mail, rcpt or data)",
+            "test.yaml:8:70: default_action must be DUNNO or a 4xx reply such as \"451 4.3.5 Server configuration problem\"",
+            "test.yaml:9:5: two policy services named 'g'",
+        ])
     }
 
     func testDurations() {

@@ -57,6 +57,10 @@ public struct TransactionFacts: Sendable {
     public var location: ClientLocation?
     /// What the pipeline's checks found at this stage, by check name.
     public var checks: [String: CheckOutcome] = [:]
+    /// `ESMTP` after EHLO, `SMTP` after HELO; nil before either.
+    public var protocolName: String?
+    /// The TLS version of the session (`TLSv1.3`), when STARTTLS was done.
+    public var tlsVersion: String?
 
     public init(transactionID: String, clientAddress: IPAddress, clientPort: Int, helo: String? = nil, tls: Bool = false,
                 authUser: String? = nil, sender: ReversePath? = nil, recipient: ForwardPath? = nil,

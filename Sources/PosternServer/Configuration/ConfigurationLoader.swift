@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import PosternUpstream
 import SMTPCore
+import PosternEngines
 import PosternLog
 import PosternPolicy
 import Yams
@@ -63,7 +64,7 @@ extension YAMLReader {
             return configuration
         }
         let top = mapping(root, "the configuration", keys: [
-            "hostname", "listen", "proxy_trusted_networks", "relay_domains", "trusted_networks", "auth", "tls", "upstreams", "upstream_retry_after", "upstream_probe", "limits",
+            "hostname", "listen", "proxy_trusted_networks", "relay_domains", "trusted_networks", "auth", "tls", "upstreams", "upstream_retry_after", "upstream_probe", "policy_services", "limits",
             "timeouts", "bare_line_endings", "forbid_improper_pipelining", "spool", "shutdown_grace_period", "log_level", "log_format", "decision_log", "metrics", "policy", "quarantine", "limits_store",
         ])
         if let node = top["hostname"], let value = string(node, "hostname") {
@@ -112,6 +113,14 @@ extension YAMLReader {
         }
         if let node = top["upstream_retry_after"], let value = duration(node, "upstream_retry_after") { configuration.upstreamRetryAfter = value }
         if let node = top["upstream_probe"] { configuration.upstreamProbe = upstreamProbe(node) }
+        if let node = top["policy_services"] {
+            var names = Set<String>()
+            configuration.policyServices = sequence(node, "policy_services").compactMap { entry in
+                guard let service = policyService(entry) else { return nil }
+                if !names.insert(service.name).inserted { fail(entry, "two policy services named '\(service.name)'") }
+                return service
+            }
+        }
         if let node = top["limits"] { configuration.limits = limits(node) }
         if let node = top["timeouts"] {
             let entries = mapping(node, "timeouts", keys: ["command", "data", "proxy_header", "session", "greet_delay"])
@@ -188,6 +197,72 @@ extension YAMLReader {
             fail(node, "auth is offered only after STARTTLS and no tls: certificate is configured; add tls:, or auth: always on a protected listener")
         }
         return configuration
+    }
+
+    /// `{ name, address: inet:HOST:PORT | unix:PATH, or spawn: [argv…], stages, timeout, default_action, max_connections }`.
+    mutating func policyService(_ node: Node) -> PolicyServiceConfiguration? {
+        let what = "a policy service"
+        let entries = mapping(node, what, keys: ["name", "address", "spawn", "stages", "timeout", "default_action", "max_connections", "max_idle"])
+        guard let nameNode = entries["name"], let name = string(nameNode, "policy_services.name") else {
+            if entries["name"] == nil { fail(node, "a policy service needs a name") }
+            return nil
+        }
+        guard name.utf8.allSatisfy({ PathGrammar.isLetDig($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") }), !name.isEmpty else {
+            fail(nameNode, "policy service name '\(name)' may only have letters, digits, '-' and '_'")
+            return nil
+        }
+        var address: PolicyServiceConfiguration.Address?
+        switch (entries["address"], entries["spawn"]) {
+        case (let node?, nil):
+            if let text = string(node, "policy_services.address") {
+                address = PolicyServiceConfiguration.Address(parsing: text)
+                if address == nil { fail(node, "policy service address must be inet:HOST:PORT or unix:PATH") }
+                if case .unix(let path)? = address { address = .unix(path: resolvedPath(path)) }
+            }
+        case (nil, let node?):
+            let argv = sequence(node, "policy_services.spawn").compactMap { string($0, "a spawn argument") }
+            if let program = argv.first {
+                let path = resolvedPath(program)
+                if FileManager.default.isExecutableFile(atPath: path) {
+                    address = .spawn([path] + argv.dropFirst())
+                } else {
+                    fail(node, "cannot run \(path) (spawn needs an executable program)")
+                }
+            } else if case .sequence = node {
+                fail(node, "spawn needs a program: [/usr/bin/policyd-spf]")
+            }
+        case (.some, .some):
+            fail(node, "a policy service has address or spawn, not both")
+        case (nil, nil):
+            fail(node, "policy service '\(name)' needs address (inet:HOST:PORT, unix:PATH) or spawn ([program, args…])")
+        }
+        var service = PolicyServiceConfiguration(name: name, address: address ?? .unix(path: "/"))
+        if let node = entries["stages"] {
+            var stages = Set<PolicyStage>()
+            for entry in sequence(node, "policy_services.stages") {
+                guard let text = string(entry, "a stage") else { continue }
+                if let stage = PolicyStage(rawValue: text) { stages.insert(stage) } else {
+                    fail(entry, "unknown stage '\(text)' (expected connect, helo, mail, rcpt or data)")
+                }
+            }
+            if case .sequence(let list) = node, list.isEmpty { fail(node, "stages needs at least one stage") }
+            if !stages.isEmpty { service.stages = stages }
+        }
+        if let node = entries["timeout"], let value = duration(node, "policy_services.timeout") {
+            if value <= .zero { fail(node, "policy_services.timeout must be longer than 0") } else { service.timeout = Duration(value) }
+        }
+        if let node = entries["max_idle"], let value = duration(node, "policy_services.max_idle") { service.maximumIdle = Duration(value) }
+        if let node = entries["max_connections"], let value = integer(node, "policy_services.max_connections", range: 1...1000) {
+            service.maximumConnections = value
+        }
+        if let node = entries["default_action"], let text = string(node, "policy_services.default_action") {
+            switch PolicyAction(text) {
+            case .dunno: service.defaultAction = .dunno
+            case .tempfail(let reply): service.defaultAction = .tempfail(reply)
+            default: fail(node, "default_action must be DUNNO or a 4xx reply such as \"451 4.3.5 Server configuration problem\"")
+            }
+        }
+        return address == nil ? nil : service
     }
 
     /// `upstream_probe: off`, or `{ interval: 1s, timeout: 5s }`.

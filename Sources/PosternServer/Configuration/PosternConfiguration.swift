@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import PosternEngines
 import PosternLog
 import PosternUpstream
 import SMTPCore
@@ -124,6 +125,8 @@ public struct PosternConfiguration: Sendable {
     public var upstreamRetryAfter: TimeAmount = .seconds(60)
     /// Probes of an upstream marked down; `.off` leaves it to `upstreamRetryAfter`.
     public var upstreamProbe = UpstreamProbeSettings()
+    /// Policy servers (Postfix's `check_policy_service`), asked in this order.
+    public var policyServices: [PolicyServiceConfiguration] = []
     public var limits = Limits()
     public var timeouts = Timeouts()
     public var bareLineEndings: SMTPInputFramer.BareLineEndingPolicy = .reject

@@ -28,6 +28,7 @@ public final class PosternMetrics: Sendable {
     private let defences: LabelledMetric<Counter>
     private let upstreamUp: LabelledMetric<Gauge>
     private let upstreamSinceSuccess: LabelledMetric<Gauge>
+    private let checkResults: LabelledMetric<Counter>
     /// The shared rate-limit store's failures (see `limitsStoreFailure`): made on the first
     /// failure, so a server without Redis exports none of them.
     let limitsStoreErrors: LabelledMetric<Counter>
@@ -68,6 +69,8 @@ public final class PosternMetrics: Sendable {
                 labels: $0,
                 buckets: [.microseconds(10), .microseconds(100), .milliseconds(1), .milliseconds(10), .milliseconds(100), .seconds(1)])
         }
+        checkResults = counter(
+            "check_results_total", "Evaluations of the pipeline's checks (policy servers), by check and result.", labels: ["check", "result"])
         rateLimitRefusals = counter("rate_limit_refusals_total", "Refusals by rate-limit rules, by limit.", labels: ["limit"])
         authAttempts = counter("auth_attempts_total", "AUTH exchanges by mechanism and result.", labels: ["mechanism", "result"])
         defences = counter("defences_total", "Sessions ended by a connection defence, by defence.", labels: ["defence"])
@@ -152,6 +155,11 @@ public final class PosternMetrics: Sendable {
 
     func decisionLogWriteError() {
         decisionLogWriteErrors.increment()
+    }
+
+    /// One evaluation of a pipeline check, by its result (pass, accept, reject, tempfail, timeout, error…).
+    func checkResult(check: String, result: String) {
+        checkResults(check, result).increment()
     }
 
     /// Sets `postern_upstream_up` (1 alive, 0 marked down) and

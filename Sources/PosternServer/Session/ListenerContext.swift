@@ -23,13 +23,17 @@ final class ListenerContext: Sendable {
     let quarantine: String?
     let hostname: String
     let spool: PosternConfiguration.Spool
+    /// The pipeline's checks besides the policy's own conditions (policy servers).
+    let checks: [any StageCheck]
     let logger: Logger
 
     init(
         session: SessionConfiguration, pool: UpstreamPool, limiter: ConnectionLimiter, registry: SessionRegistry,
         tlsContext: NIOSSLContext?, decisionLog: DecisionLogWriter?, metrics: PosternMetrics, policy: PolicyStore,
-        authenticator: Authenticator?, quarantine: String?, hostname: String, spool: PosternConfiguration.Spool, logger: Logger
+        authenticator: Authenticator?, quarantine: String?, hostname: String, spool: PosternConfiguration.Spool,
+        checks: [any StageCheck] = [], logger: Logger
     ) {
+        self.checks = checks
         self.session = session
         self.pool = pool
         self.limiter = limiter
@@ -83,6 +87,14 @@ final class ListenerContext: Sendable {
             logger.info("shadow rule matched", metadata: ["rule": "\(hit.rule)", "would": "\(hit.action)", "reason": "\(hit.reason)"])
         }
         if let rule = verdict.rule { metrics.ruleHit(rule: rule, mode: "enforce") }
+        for outcome in result.checks {
+            metrics.checkResult(check: outcome.check, result: outcome.result.rawValue)
+            if outcome.result == .error || outcome.result == .timeout {
+                logger.info("check failed; its default action applies", metadata: [
+                    "check": "\(outcome.check)", "stage": "\(outcome.stage.rawValue)", "error": "\(outcome.detail)",
+                ])
+            }
+        }
         return result
     }
 

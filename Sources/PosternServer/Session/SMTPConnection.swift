@@ -40,7 +40,7 @@ struct SMTPConnection {
         self.context = context
         let policy = context.policy.policy  // the session keeps this snapshot; a reload serves later sessions
         self.machine = SessionMachine(configuration: context.session, policy: policy, peer: peer, now: Self.now())
-        self.pipeline = StagePipeline(policy: policy)
+        self.pipeline = StagePipeline(policy: policy, checks: context.checks)
         var logger = context.logger
         logger[metadataKey: "smtp.session.id"] = "\(machine.sessionID)"
         self.logger = logger
