@@ -9,7 +9,8 @@ CONFIG ?=
 BUILD_PACKAGES := lib:libpcre2-8=libpcre2-dev lib:libmaxminddb=libmaxminddb-dev
 # Real peers the integration tests drive.
 TEST_PACKAGES := cmd:swaks=swaks perl:Net::SSLeay=libnet-ssleay-perl cmd:smtp-sink=postfix cmd:openssl=openssl cmd:python3=python3 \
-	cmd:haproxy=haproxy cmd:systemd-analyze=systemd cmd:redis-server=redis-server cmd:logrotate=logrotate
+	cmd:haproxy=haproxy cmd:systemd-analyze=systemd cmd:redis-server=redis-server cmd:logrotate=logrotate \
+	cmd:postfwd1=postfwd cmd:policyd-spf=postfix-policyd-spf-python
 
 .PHONY: all build run test check deps test-deps clean bench-policy bench fuzz
 

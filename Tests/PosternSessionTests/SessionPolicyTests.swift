@@ -3,6 +3,7 @@ import PosternLog
 import PosternPolicy
 import PosternSession
 import SMTPCore
+import Synchronization
 import XCTest
 
 /// The policy walk inside a session, relay control, and what the decision records say.
@@ -300,5 +301,17 @@ final class SessionPolicyTests: XCTestCase {
         XCTAssertEqual(session.relayed.count, 0)
         XCTAssertEqual(session.lastRecord?.decision.rawValue, "discarded")
         XCTAssertEqual(session.lastRecord?.rule, "check:policyd")
+    }
+
+    func testRelayControlRefusesBeforeAnyCheckIsAsked() async {
+        let asked = Mutex(0)
+        let check = FakeCheck(name: "postfwd", stages: [.rcpt]) {
+            asked.withLock { $0 += 1 }
+            return CheckFinding(.pass, detail: "DUNNO")
+        }
+        var session = await checkedSession([check])
+        await session.send("MAIL FROM:<a@example.net>\r\nRCPT TO:<x@elsewhere.example>\r\nRCPT TO:<bob@example.org>\r\n")
+        XCTAssertEqual(session.replyLines(), ["250 2.1.0 Ok", "554 5.7.1 <x@elsewhere.example>: Relay access denied", "250 2.1.5 Ok"])
+        XCTAssertEqual(asked.withLock { $0 }, 1, "only the recipient relay control let through was asked about")
     }
 }

@@ -54,7 +54,14 @@ public final class PolicyServiceClient: Sendable {
         let deadline = NIODeadline.now() + TimeAmount(configuration.timeout)
         var lastError = PolicyServiceError(.closed, "no attempt")
         for attempt in 0..<2 {
-            let (connection, reused) = try await take(deadline: deadline)
+            let connection: PolicyServiceConnection
+            let reused: Bool
+            do {
+                (connection, reused) = try await take(deadline: deadline)
+            } catch {
+                lastError = error
+                break
+            }
             do {
                 let action = try await connection.ask(request, deadline: deadline)
                 give(connection)
