@@ -145,7 +145,20 @@ final class PolicyServiceClientTests: XCTestCase {
         let second = try await client.ask(PolicyDelegation.encode([("recipient", "c@d.example")]))
         XCTAssertEqual(second, "PREPEND X-Spawned: c@d.example")
         XCTAssertEqual(client.openConnections, 1, "one process served both")
+        let pids = client.spawnedProcesses
+        XCTAssertEqual(pids.count, 1)
         client.close()
+        // Closing its pipes ends the server, and it is waited for: no process, no zombie, is left.
+        let gone = await eventually { pids.allSatisfy { kill($0, 0) != 0 } }
+        XCTAssertTrue(gone, "process \(pids) still there: \((try? String(contentsOfFile: "/proc/\(pids[0])/stat", encoding: .utf8)) ?? "")")
+    }
+
+    private func eventually(_ condition: () -> Bool) async -> Bool {
+        for _ in 0..<250 {
+            if condition() { return true }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return condition()
     }
 
     // MARK: The check

@@ -89,6 +89,9 @@ public final class PolicyServiceClient: Sendable {
         for waiter in waiters { waiter.resume(returning: nil) }
     }
 
+    /// The processes of idle spawned connections (for tests and diagnostics).
+    var spawnedProcesses: [pid_t] { state.withLock { $0.idle.compactMap { $0.connection.process?.pid } } }
+
     /// Connections open now (idle or in use).
     public var openConnections: Int { state.withLock { $0.open } }
 
@@ -196,7 +199,7 @@ public final class PolicyServiceClient: Sendable {
 /// One connection to a policy server: a socket, or the pipes of a spawned process.
 final class PolicyServiceConnection: Sendable {
     private let channel: Channel
-    private let process: ProcessHandle?
+    let process: ProcessHandle?
 
     private init(channel: Channel, process: ProcessHandle?) {
         self.channel = channel
@@ -335,12 +338,14 @@ final class PolicyServiceHandler: ChannelDuplexHandler {
 final class ProcessHandle: Sendable {
     let input: CInt
     let output: CInt
+    let pid: pid_t
     private let process: Mutex<Process?>
 
     private init(process: Process, input: CInt, output: CInt) {
         self.process = Mutex(process)
         self.input = input
         self.output = output
+        self.pid = process.processIdentifier
     }
 
     static func spawn(_ argv: [String]) throws(PolicyServiceError) -> ProcessHandle {
@@ -367,12 +372,12 @@ final class ProcessHandle: Sendable {
     }
 
     /// The child gets end-of-file on its input when NIO closes the pipe; a child that is still
-    /// there a moment later is terminated.
+    /// there two seconds later is terminated. Either way it is waited for, so none is left a zombie.
     func stop() {
         guard let process = self.process.withLock({ process -> Process? in defer { process = nil }; return process }) else { return }
-        guard process.isRunning else { return }
         DispatchQueue.global().asyncAfter(deadline: .now() + 2) {
             if process.isRunning { process.terminate() }
         }
+        DispatchQueue.global().async { process.waitUntilExit() }
     }
 }
