@@ -135,7 +135,7 @@ let package = Package(
         .executableTarget(
             name: "postern",
             dependencies: [
-                "PosternServer", "PosternFilters", "PosternPolicy", "PosternLog", "PosternMIME", "SMTPCore",
+                "PosternServer", "PosternEngines", "PosternFilters", "PosternPolicy", "PosternLog", "PosternMIME", "SMTPCore",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

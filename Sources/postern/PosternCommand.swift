@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import PosternEngines
 import PosternFilters
 import PosternPolicy
 import PosternServer
@@ -152,6 +153,9 @@ extension Postern {
 
         @OptionGroup var options: ConfigurationOptions
 
+        @Flag(name: .customLong("engines"), help: "Also connect to each policy server (start each spawned one) and report it; exit 1 when one cannot be reached.")
+        var engines = false
+
         func run() async throws {
             do {
                 let configuration = try options.load()
@@ -166,10 +170,26 @@ extension Postern {
                 } catch {
                     throw InvalidConfiguration(message: error.description)
                 }
-                print("configuration OK: \(configuration.listeners.count) listener(s), \(configuration.upstreams.count) upstream(s)")
+                let services = configuration.policyServices.isEmpty ? "" : ", \(configuration.policyServices.count) policy service(s)"
+                print("configuration OK: \(configuration.listeners.count) listener(s), \(configuration.upstreams.count) upstream(s)\(services)")
                 if let path = configuration.policy {
                     let policy = prepared.policy.policy
                     print("policy OK: \(path), \(policy.rules.count) rule(s), version \(policy.version)")
+                }
+                if engines {
+                    var unreachable = 0
+                    for service in configuration.policyServices {
+                        let client = PolicyServiceClient(configuration: service, group: MultiThreadedEventLoopGroup.singleton,
+                                                         logger: Logger(label: "postern.check", factory: { _ in SwiftLogNoOpLogHandler() }))
+                        do {
+                            try await client.probe()
+                            print("policy service \(service.name) (\(service.address)): reachable")
+                        } catch {
+                            unreachable += 1
+                            FileHandle.standardError.write(Data("policy service \(service.name) (\(service.address)): \(error.detail)\n".utf8))
+                        }
+                    }
+                    if unreachable > 0 { throw ExitCode(1) }
                 }
             } catch let error as InvalidConfiguration {
                 FileHandle.standardError.write(Data("\(error.message)\n".utf8))

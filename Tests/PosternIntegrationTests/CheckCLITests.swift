@@ -133,4 +133,25 @@ final class CheckCLITests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertEqual(fine.status, 0, fine.description)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: writable.path), [], "check creates nothing")
     }
+
+    func testCheckEnginesReportsEachPolicyServer() throws {
+        let sink = try startRecordingSink()  // something that listens: reachable is all check asks
+        let closed = try Net.freePort()
+        let yaml = config("""
+            policy_services:
+              - { name: up, address: "inet:127.0.0.1:\(sink.port)" }
+              - { name: down, address: "inet:127.0.0.1:\(closed)", timeout: 5s }
+              - { name: spawned, spawn: [/bin/cat] }
+            """)
+        let plain = try check(yaml)
+        XCTAssertEqual(plain.status, 0, plain.description)
+        XCTAssertTrue(plain.stdout.contains("3 policy service(s)"), plain.description)
+        let url = workDir.appendingPathComponent("check.yaml")
+        let engines = try runPostern(["check", "--engines", "--config", url.path])
+        XCTAssertEqual(engines.status, 1, engines.description)
+        XCTAssertTrue(engines.stdout.contains("policy service up (inet:127.0.0.1:\(sink.port)): reachable"), engines.description)
+        XCTAssertTrue(engines.stdout.contains("policy service spawned (spawn:/bin/cat): reachable"), engines.description)
+        XCTAssertTrue(engines.stderr.contains("policy service down (inet:127.0.0.1:\(closed)): cannot reach inet:127.0.0.1:\(closed): Connection refused"),
+                      engines.description)
+    }
 }

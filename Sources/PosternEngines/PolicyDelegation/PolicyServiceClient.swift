@@ -78,6 +78,12 @@ public final class PolicyServiceClient: Sendable {
         throw lastError
     }
 
+    /// Opens one connection (starts the program, for spawn) and closes it again: `postern check --engines`.
+    public func probe() async throws(PolicyServiceError) {
+        let connection = try await PolicyServiceConnection.open(configuration, group: group, logger: logger)
+        connection.close()
+    }
+
     /// Closes every connection (shutdown, reload); later requests fail.
     public func close() {
         let (idle, waiters) = state.withLock { state in
