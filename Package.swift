@@ -148,7 +148,7 @@ let package = Package(
         .target(
             name: "PosternFuzzTargets",
             dependencies: [
-                "SMTPCore", "PosternPolicy", "PosternFilters", "PosternMIME", "PosternSession",
+                "SMTPCore", "PosternPolicy", "PosternFilters", "PosternMIME", "PosternSession", "PosternEngines",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
             ]

@@ -18,6 +18,8 @@ public enum PosternFuzzTarget: String, CaseIterable, Sendable {
     case mime
     /// The policy compiler on YAML text, with every built-in filter registered.
     case policy
+    /// `MilterFramer` and `MilterResponse`: what a milter filter sends.
+    case milter
 
     /// Inputs larger than this are ignored: every limit the code enforces is well below it,
     /// and bigger inputs only slow the fuzzer down.
@@ -32,6 +34,7 @@ public enum PosternFuzzTarget: String, CaseIterable, Sendable {
         case .proxy: fuzzProxy(input)
         case .mime: fuzzMIME(input)
         case .policy: fuzzPolicy(input)
+        case .milter: fuzzMilter(input)
         }
     }
 
