@@ -35,6 +35,8 @@ public final class PosternServer: Service, Sendable {
     private let statusAddress = Mutex<SocketAddress?>(nil)
     private let bound = Mutex<[SocketAddress]>([])
     private let onListening: (@Sendable ([SocketAddress]) -> Void)?
+    /// `POSTERN_TEST_UNSAFE_EARLY_ACK=1`, read once here: see `ListenerContext.unsafeEarlyAck`.
+    private let unsafeEarlyAck: Bool
 
     public struct StartupError: Error, CustomStringConvertible {
         public var description: String
@@ -53,6 +55,10 @@ public final class PosternServer: Service, Sendable {
         self.group = group
         self.logger = logger
         self.onListening = onListening
+        unsafeEarlyAck = getenv("POSTERN_TEST_UNSAFE_EARLY_ACK").map { String(cString: $0) } == "1"
+        if unsafeEarlyAck {
+            logger.critical("POSTERN_TEST_UNSAFE_EARLY_ACK=1: TEST ONLY, UNSAFE: messages are answered 250 before the upstream has them")
+        }
         self.relayControl = RelayControl(relayDomains: configuration.relayDomains, trustedNetworks: configuration.trustedNetworks)
         self.authenticator = configuration.authentication.map { Authenticator(settings: $0, logger: logger) }
         self.limiter = ConnectionLimiter(
@@ -203,7 +209,7 @@ public final class PosternServer: Service, Sendable {
         return ListenerContext(
             session: session, pool: pool, limiter: limiter, registry: registry, tlsContext: tlsContext, decisionLog: decisionLog,
             metrics: metrics, policy: policy, authenticator: authenticator, quarantine: configuration.quarantine,
-            hostname: configuration.hostname, spool: configuration.spool, logger: logger)
+            hostname: configuration.hostname, spool: configuration.spool, logger: logger, unsafeEarlyAck: unsafeEarlyAck)
     }
 
     /// One connection, start to end. Never throws: one bad connection never takes the server down.

@@ -24,11 +24,15 @@ final class ListenerContext: Sendable {
     let hostname: String
     let spool: PosternConfiguration.Spool
     let logger: Logger
+    /// Test-only and unsafe (`POSTERN_TEST_UNSAFE_EARLY_ACK=1`, for the chaos run's self-check):
+    /// the client is told 250 at the end of its message before the upstream has answered.
+    let unsafeEarlyAck: Bool
 
     init(
         session: SessionConfiguration, pool: UpstreamPool, limiter: ConnectionLimiter, registry: SessionRegistry,
         tlsContext: NIOSSLContext?, decisionLog: DecisionLogWriter?, metrics: PosternMetrics, policy: PolicyStore,
-        authenticator: Authenticator?, quarantine: String?, hostname: String, spool: PosternConfiguration.Spool, logger: Logger
+        authenticator: Authenticator?, quarantine: String?, hostname: String, spool: PosternConfiguration.Spool, logger: Logger,
+        unsafeEarlyAck: Bool = false
     ) {
         self.session = session
         self.pool = pool
@@ -43,6 +47,7 @@ final class ListenerContext: Sendable {
         self.hostname = hostname
         self.spool = spool
         self.logger = logger
+        self.unsafeEarlyAck = unsafeEarlyAck
     }
 
     /// Takes a connection slot for `client` (connection limits, shutdown). An admitted
