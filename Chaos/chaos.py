@@ -352,7 +352,8 @@ class Run:
         env.pop("POSTERN_TEST_UNSAFE_EARLY_ACK", None)
         if broken:
             env["POSTERN_TEST_UNSAFE_EARLY_ACK"] = "1"
-        env["SWIFT_BACKTRACE"] = "enable=no"
+        # A crash prints its backtrace into postern.log (and never waits at a prompt).
+        env.setdefault("SWIFT_BACKTRACE", "enable=yes,interactive=no")
         self.postern = Managed("postern", workdir, env)
         self.upstream = Managed("upstream", workdir)
         self.redis = Managed("redis", workdir)
@@ -404,8 +405,19 @@ class Run:
                     f"policy: {policy}\n" + store)
         self.config = config
 
+    def crash_report(self):
+        """The crashed thread's first frames in the last Postern's log (Swift backtrace), if any."""
+        text = self.postern.log_since(self.postern_offset)
+        at = text.find("crashed:\n")
+        if at < 0:
+            return "no backtrace in postern.log"
+        start = text.rfind("\n", 0, at) + 1
+        frames = [" ".join(line.split()) for line in text[start:].splitlines()[:6] if line.strip()]
+        return " | ".join(frames)
+
     def start_postern(self):
         offset = self.postern.start([self.args.postern, "serve", "--config", self.config])
+        self.postern_offset = offset
         marker = f"listening on 127.0.0.1:{self.port}"
         if not wait_for(lambda: not self.postern.alive() or marker in self.postern.log_since(offset), 30):
             raise SetupError(f"postern not listening after 30s\n{self.postern.tail()}")
@@ -593,7 +605,8 @@ class Run:
             elapsed = time.monotonic() - started
             self.count("postern_restarts")
             if status != 0:
-                self.problems.append(f"postern exited with status {status} after SIGTERM ({elapsed:.1f}s)")
+                self.problems.append(f"postern exited with status {status} {elapsed:.1f}s after SIGTERM: "
+                                     f"{self.crash_report()}")
             time.sleep(rng.uniform(0.2, 1.5))
             if not self.closing:
                 self.start_postern()
@@ -700,7 +713,7 @@ class Run:
         # Postern stops first, so that nothing more reaches the upstream; then the upstream.
         status = self.postern.stop(a.grace + 10)
         if status != 0:
-            self.problems.append(f"postern exited with status {status} at the end")
+            self.problems.append(f"postern exited with status {status} at the end: {self.crash_report()}")
         self.upstream.stop(5)
         self.redis.kill()
         return self.audit(elapsed)
