@@ -85,6 +85,7 @@ public final class PosternServer: Service, Sendable {
 
     public func run() async throws {
         typealias Connection = NIOAsyncChannel<SMTPInboundEvent, ByteBuffer>
+        let accepted = AcceptedConnections()
         var servers: [(PosternConfiguration.Listener, NIOAsyncChannel<Connection, Never>)] = []
         for listener in configuration.listeners {
             do {
@@ -95,7 +96,7 @@ public final class PosternServer: Service, Sendable {
                     .bind(host: listener.host, port: listener.port) { channel in
                         channel.eventLoop.makeCompletedFuture {
                             try channel.pipeline.syncOperations.addHandler(SMTPInboundEventHandler())
-                            return try Connection(wrappingChannelSynchronously: channel)
+                            return accepted.add(try Connection(wrappingChannelSynchronously: channel))
                         }
                     }
                 servers.append((listener, server))
@@ -163,6 +164,7 @@ public final class PosternServer: Service, Sendable {
                         try await server.executeThenClose { connections in
                             try await withThrowingDiscardingTaskGroup { sessions in
                                 for try await connection in connections {
+                                    accepted.take(connection)
                                     // The session runs on its connection's event loop: its
                                     // awaits on the channel (and on the upstream, opened on
                                     // the same loop) resume without a thread hop.
@@ -186,6 +188,8 @@ public final class PosternServer: Service, Sendable {
                 registry.closeAll()
             }
         }
+        let leftovers = await accepted.closeLeftovers()
+        if leftovers > 0 { logger.notice("closed connections accepted as the listeners closed", metadata: ["connections": "\(leftovers)"]) }
         await pool.closeIdle()
         decisionLog?.close()
         logger.notice("stopped")
@@ -226,5 +230,36 @@ public final class PosternServer: Service, Sendable {
         } catch {
             context.logger.debug("connection ended with error", metadata: ["error": "\(error)"])
         }
+    }
+}
+
+/// Connections accepted and not yet taken by the accept loop. A connection accepted just as
+/// its listener closes is made (its `NIOAsyncChannel`) but never handed to the loop, since the
+/// listener's stream has ended; released without `executeThenClose`, its writer traps
+/// ("Deinited NIOAsyncWriter without calling finish()"). Kept here until the loop takes it;
+/// what is left when the server stops is closed properly.
+final class AcceptedConnections: Sendable {
+    typealias Connection = NIOAsyncChannel<SMTPInboundEvent, ByteBuffer>
+    private let pending = Mutex<[ObjectIdentifier: Connection]>([:])
+
+    func add(_ connection: Connection) -> Connection {
+        pending.withLock { $0[ObjectIdentifier(connection.channel)] = connection }
+        return connection
+    }
+
+    func take(_ connection: Connection) {
+        _ = pending.withLock { $0.removeValue(forKey: ObjectIdentifier(connection.channel)) }
+    }
+
+    /// Closes the connections no session took; returns how many.
+    func closeLeftovers() async -> Int {
+        let left = pending.withLock { pending in
+            defer { pending = [:] }
+            return Array(pending.values)
+        }
+        for connection in left {
+            try? await connection.executeThenClose { _, _ in }
+        }
+        return left.count
     }
 }

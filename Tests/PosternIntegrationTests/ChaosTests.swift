@@ -13,7 +13,7 @@ final class ChaosTests: IntegrationTestCase, @unchecked Sendable {
             script.path, "--postern", try posternBinary().path, "--workdir", workDir.path,
             "--self-check", "--self-check-messages", "100",
             "--messages", "300", "--rate", "8", "--drain-timeout", "45",
-            "--upstream-kill-every", "2", "5", "--postern-restart-every", "8", "14",
+            "--upstream-kill-every", "2", "5", "--postern-restart-every", "6", "12",
             "--redis-kill-every", "4", "9", "--sighup-every", "1", "3",
         ])
         let status = harness.waitForExit(timeout: 150)
