@@ -38,6 +38,8 @@ public final class PosternServer: Service, Sendable {
     private let statusAddress = Mutex<SocketAddress?>(nil)
     private let bound = Mutex<[SocketAddress]>([])
     private let onListening: (@Sendable ([SocketAddress]) -> Void)?
+    /// `POSTERN_TEST_UNSAFE_EARLY_ACK=1`, read once here: see `ListenerContext.unsafeEarlyAck`.
+    private let unsafeEarlyAck: Bool
 
     public struct StartupError: Error, CustomStringConvertible {
         public var description: String
@@ -56,6 +58,10 @@ public final class PosternServer: Service, Sendable {
         self.group = group
         self.logger = logger
         self.onListening = onListening
+        unsafeEarlyAck = getenv("POSTERN_TEST_UNSAFE_EARLY_ACK").map { String(cString: $0) } == "1"
+        if unsafeEarlyAck {
+            logger.critical("POSTERN_TEST_UNSAFE_EARLY_ACK=1: TEST ONLY, UNSAFE: messages are answered 250 before the upstream has them")
+        }
         self.relayControl = RelayControl(relayDomains: configuration.relayDomains, trustedNetworks: configuration.trustedNetworks)
         self.authenticator = configuration.authentication.map { Authenticator(settings: $0, logger: logger) }
         self.limiter = ConnectionLimiter(
@@ -84,6 +90,7 @@ public final class PosternServer: Service, Sendable {
 
     public func run() async throws {
         typealias Connection = NIOAsyncChannel<SMTPInboundEvent, ByteBuffer>
+        let accepted = AcceptedConnections()
         var servers: [(PosternConfiguration.Listener, NIOAsyncChannel<Connection, Never>)] = []
         for listener in configuration.listeners {
             do {
@@ -94,7 +101,7 @@ public final class PosternServer: Service, Sendable {
                     .bind(host: listener.host, port: listener.port) { channel in
                         channel.eventLoop.makeCompletedFuture {
                             try channel.pipeline.syncOperations.addHandler(SMTPInboundEventHandler())
-                            return try Connection(wrappingChannelSynchronously: channel)
+                            return accepted.add(try Connection(wrappingChannelSynchronously: channel))
                         }
                     }
                 servers.append((listener, server))
@@ -162,6 +169,7 @@ public final class PosternServer: Service, Sendable {
                         try await server.executeThenClose { connections in
                             try await withThrowingDiscardingTaskGroup { sessions in
                                 for try await connection in connections {
+                                    accepted.take(connection)
                                     // The session runs on its connection's event loop: its
                                     // awaits on the channel (and on the upstream, opened on
                                     // the same loop) resume without a thread hop.
@@ -185,6 +193,8 @@ public final class PosternServer: Service, Sendable {
                 registry.closeAll()
             }
         }
+        let leftovers = await accepted.closeLeftovers()
+        if leftovers > 0 { logger.notice("closed connections accepted as the listeners closed", metadata: ["connections": "\(leftovers)"]) }
         pool.stopProbing()
         await pool.closeIdle()
         for service in policyServices { service.close() }
@@ -211,7 +221,8 @@ public final class PosternServer: Service, Sendable {
         return ListenerContext(
             session: session, pool: pool, limiter: limiter, registry: registry, tlsContext: tlsContext, decisionLog: decisionLog,
             metrics: metrics, policy: policy, authenticator: authenticator, quarantine: configuration.quarantine,
-            hostname: configuration.hostname, spool: configuration.spool, checks: checks, logger: logger)
+            hostname: configuration.hostname, spool: configuration.spool, checks: checks, logger: logger,
+            unsafeEarlyAck: unsafeEarlyAck)
     }
 
     /// The stage checks of every session: the policy servers, in configured order.
@@ -231,5 +242,36 @@ public final class PosternServer: Service, Sendable {
         } catch {
             context.logger.debug("connection ended with error", metadata: ["error": "\(error)"])
         }
+    }
+}
+
+/// Connections accepted and not yet taken by the accept loop. A connection accepted just as
+/// its listener closes is made (its `NIOAsyncChannel`) but never handed to the loop, since the
+/// listener's stream has ended; released without `executeThenClose`, its writer traps
+/// ("Deinited NIOAsyncWriter without calling finish()"). Kept here until the loop takes it;
+/// what is left when the server stops is closed properly.
+final class AcceptedConnections: Sendable {
+    typealias Connection = NIOAsyncChannel<SMTPInboundEvent, ByteBuffer>
+    private let pending = Mutex<[ObjectIdentifier: Connection]>([:])
+
+    func add(_ connection: Connection) -> Connection {
+        pending.withLock { $0[ObjectIdentifier(connection.channel)] = connection }
+        return connection
+    }
+
+    func take(_ connection: Connection) {
+        _ = pending.withLock { $0.removeValue(forKey: ObjectIdentifier(connection.channel)) }
+    }
+
+    /// Closes the connections no session took; returns how many.
+    func closeLeftovers() async -> Int {
+        let left = pending.withLock { pending in
+            defer { pending = [:] }
+            return Array(pending.values)
+        }
+        for connection in left {
+            try? await connection.executeThenClose { _, _ in }
+        }
+        return left.count
     }
 }

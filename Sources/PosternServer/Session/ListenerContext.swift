@@ -26,12 +26,15 @@ final class ListenerContext: Sendable {
     /// The pipeline's checks besides the policy's own conditions (policy servers).
     let checks: [any StageCheck]
     let logger: Logger
+    /// Test-only and unsafe (`POSTERN_TEST_UNSAFE_EARLY_ACK=1`, for the chaos run's self-check):
+    /// the client is told 250 at the end of its message before the upstream has answered.
+    let unsafeEarlyAck: Bool
 
     init(
         session: SessionConfiguration, pool: UpstreamPool, limiter: ConnectionLimiter, registry: SessionRegistry,
         tlsContext: NIOSSLContext?, decisionLog: DecisionLogWriter?, metrics: PosternMetrics, policy: PolicyStore,
         authenticator: Authenticator?, quarantine: String?, hostname: String, spool: PosternConfiguration.Spool,
-        checks: [any StageCheck] = [], logger: Logger
+        checks: [any StageCheck] = [], logger: Logger, unsafeEarlyAck: Bool = false
     ) {
         self.checks = checks
         self.session = session
@@ -47,6 +50,7 @@ final class ListenerContext: Sendable {
         self.hostname = hostname
         self.spool = spool
         self.logger = logger
+        self.unsafeEarlyAck = unsafeEarlyAck
     }
 
     /// Takes a connection slot for `client` (connection limits, shutdown). An admitted

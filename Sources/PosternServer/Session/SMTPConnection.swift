@@ -32,6 +32,9 @@ struct SMTPConnection {
     private var slot: Int?
     /// The deadline the inbound handler's timer is set to.
     private var timer = NIODeadline.distantFuture
+    /// Test-only (`context.unsafeEarlyAck`): the commit of a message already answered 250,
+    /// run once that reply is written, before anything else reaches the upstream.
+    private var lateCommit: (() async -> Void)?
 
     init(channel: Channel, inbound: Inbound, outbound: Outbound, peer: ClientEndpoint, context: ListenerContext) {
         self.channel = channel
@@ -61,6 +64,7 @@ struct SMTPConnection {
                 actions = machine.clientClosed(now: Self.now())
                 continue
             }
+            await runLateCommit()
             let now = Self.now()
             switch await next() {
             case .bytes(let bytes)?: actions = machine.received(bytes, now: now)
@@ -72,6 +76,7 @@ struct SMTPConnection {
             case nil: actions = machine.clientClosed(now: now)
             }
         }
+        await runLateCommit()
         // The client side is done (its slot is free); now the upstream connection goes back.
         await work.finish()
         logger.debug("session ended")
@@ -100,6 +105,11 @@ struct SMTPConnection {
             let verdict = await context.evaluate(request, pipeline: pipeline, logger: logger)
             return machine.stageEvaluated(verdict, now: Self.now())
         case .upstream(let request):
+            await runLateCommit()
+            if context.unsafeEarlyAck, case .commit(let content) = request, let commit = work.detachCommit(content) {
+                lateCommit = commit
+                return machine.upstreamReplied(UpstreamReply(Self.earlyAck, upstream: "unsafe-early-ack"), now: Self.now())
+            }
             switch await work.upstream(request) {
             case .success(let reply)?: return machine.upstreamReplied(reply, now: Self.now())
             case .failure(let failure)?: return machine.upstreamFailed(failure.error, upstream: failure.upstream, now: Self.now())
@@ -130,6 +140,17 @@ struct SMTPConnection {
             }
         }
         return []
+    }
+
+    // MARK: Test-only early acknowledgement
+
+    /// The made-up upstream reply of `context.unsafeEarlyAck`.
+    private static let earlyAck = SMTPReply(250, EnhancedStatusCode(2, 0, 0), "Ok (TEST ONLY: unsafe early ack)")
+
+    private mutating func runLateCommit() async {
+        guard let commit = lateCommit else { return }
+        lateCommit = nil
+        await commit()
     }
 
     // MARK: I/O

@@ -96,6 +96,23 @@ final class SessionWork {
         return result
     }
 
+    /// Test-only and unsafe (`ListenerContext.unsafeEarlyAck`): takes the transaction's
+    /// delivery and message for a commit the caller runs later, after the client has been
+    /// told 250. Whatever the upstream then says is only logged.
+    func detachCommit(_ content: OutgoingContent) -> (() async -> Void)? {
+        guard let delivery, let spool else { return nil }
+        self.delivery = nil
+        let message = OutgoingMessage(prefix: content.prefix, content: spool, skipping: content.skipping, chunked: content.chunked)
+        return { [logger] in
+            do {
+                let reply = try await delivery.commit(message)
+                logger.notice("unsafe early ack: the upstream answered", metadata: ["upstream.reply": "\(reply)"])
+            } catch {
+                logger.warning("unsafe early ack: the upstream failed after the client was told 250", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
     /// Keeps the message in the quarantine Maildir.
     func quarantine(_ request: QuarantineRequest) async -> Result<SMTPReply, UpstreamError> {
         guard let path = context.quarantine, let spool else { return .failure(UpstreamError(.localError, "no quarantine configured")) }
