@@ -138,7 +138,8 @@ let package = Package(
         .target(
             name: "PosternFuzzTargets",
             dependencies: [
-                "SMTPCore", "PosternPolicy", "PosternFilters", "PosternMIME", "PosternSession",
+                "SMTPCore", "PosternPolicy", "PosternFilters", "PosternMIME", "PosternSession", "PosternLog",
+                "PosternRedis", "PosternServer", "PosternUpstream",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
             ]

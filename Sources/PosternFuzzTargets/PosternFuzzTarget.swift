@@ -18,6 +18,10 @@ public enum PosternFuzzTarget: String, CaseIterable, Sendable {
     case mime
     /// The policy compiler on YAML text, with every built-in filter registered.
     case policy
+    /// `RESPParser` (RESP2 and RESP3 replies from Redis), whole and in pieces; `RESPEncoder`.
+    case resp
+    /// `ConfigurationLoader` on YAML text (the configuration file).
+    case config
 
     /// Inputs larger than this are ignored: every limit the code enforces is well below it,
     /// and bigger inputs only slow the fuzzer down.
@@ -32,6 +36,8 @@ public enum PosternFuzzTarget: String, CaseIterable, Sendable {
         case .proxy: fuzzProxy(input)
         case .mime: fuzzMIME(input)
         case .policy: fuzzPolicy(input)
+        case .resp: fuzzRESP(input)
+        case .config: fuzzConfig(input)
         }
     }
 

@@ -93,6 +93,14 @@ final class CorpusReplayTests: XCTestCase {
         XCTAssertEqual(credit.completed, 3)
     }
 
+    func testTheRESPAndConfigTargetsRun() {
+        XCTAssertEqual(PosternFuzzTarget.resp.check([0, 1, 2] + Array("*2\r\n+OK\r\n,nan\r\n$-1\r\n".utf8)), [])
+        XCTAssertEqual(PosternFuzzTarget.config.check(Array("upstreams: [{url: smtp://127.0.0.1}]\n".utf8)), [])
+        XCTAssertEqual(PosternFuzzTarget.config.check(Array("upstreams: 3\nbogus: 1\n".utf8)), [])
+        // A file the loader would read is never opened.
+        XCTAssertEqual(PosternFuzzTarget.config.check(Array("auth: {credentials: /dev/zero}\n".utf8)), [])
+    }
+
     func testOversizedInputsAreIgnored() {
         // Past the size cap no target does any work, so nothing can fail.
         let huge = [UInt8](repeating: UInt8(ascii: "\n"), count: PosternFuzzTarget.maximumInputSize + 1)
