@@ -191,7 +191,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "PosternFuzzTests", dependencies: ["PosternFuzzTargets", "SMTPCore", "PosternPolicy", "PosternFilters"]),
+        .testTarget(name: "PosternFuzzTests", dependencies: ["PosternFuzzTargets", "SMTPCore", "PosternPolicy", "PosternFilters", "PosternRedis"]),
         .testTarget(
             name: "PosternIntegrationTests",
             dependencies: ["postern"],

@@ -1,4 +1,5 @@
 import NIOCore
+import PosternRedis
 import SMTPCore
 import XCTest
 
@@ -51,5 +52,27 @@ final class FuzzRegressionTests: XCTestCase {
         // A clean header still decodes.
         var clean = ByteBuffer(string: "PROXY TCP6 :: ::1 1 2\r\n")
         XCTAssertEqual(try ProxyProtocolParser.parse(&clean)?.source?.port, 1)
+    }
+
+    // Fuzz/regressions/resp/bulk-error-with-crlf-encodes-as-two-lines: `RESPEncoder` replaced
+    // CR and LF in simple strings and errors Character by Character, and CR LF is one
+    // Character, equal to neither. A bulk error holding CRLF (`!6\r\n\r\n\n\n\n\n\r\n`) was
+    // written as a simple error running over two lines, which read back as two values. Now
+    // every CR and LF octet becomes a space.
+    func testSimpleStringsAndErrorsEncodeOnOneLine() throws {
+        var buffer = ByteBuffer()
+        RESPEncoder.write(.error("a\r\nb"), into: &buffer)
+        XCTAssertEqual(String(buffer: buffer), "-a  b\r\n")
+        buffer.clear()
+        RESPEncoder.write(.simpleString("x\r\n\ny\r"), into: &buffer)
+        XCTAssertEqual(String(buffer: buffer), "+x   y \r\n")
+        // The minimised input: read, encoded, read back as one error.
+        var wire = ByteBuffer(string: "!6\r\n\r\n\n\n\n\n\r\n")
+        let value = try XCTUnwrap(try RESPParser().next(&wire))
+        XCTAssertEqual(value, .error("\r\n\n\n\n\n"))
+        var encoded = ByteBuffer()
+        RESPEncoder.write(value, into: &encoded)
+        XCTAssertEqual(try RESPParser().next(&encoded), .error("      "))
+        XCTAssertEqual(encoded.readableBytes, 0)
     }
 }
