@@ -1,4 +1,11 @@
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// The fuzz targets of `SMTPFuzzer`, one per input surface an attacker reaches.
 ///
@@ -73,6 +80,10 @@ func expect(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> 
     if let findings = FuzzFindings.current {
         findings.add(message())
     } else {
-        preconditionFailure(message())
+        // A release build's trap drops the message: write it first, for the fuzzer's log.
+        let text = message()
+        var line = Array("broken invariant: \(text)\n".utf8)
+        _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+        preconditionFailure(text)
     }
 }
