@@ -75,4 +75,24 @@ final class FuzzRegressionTests: XCTestCase {
         XCTAssertEqual(try RESPParser().next(&encoded), .error("      "))
         XCTAssertEqual(encoded.readableBytes, 0)
     }
+
+    // Fuzz/regressions/resp/attributes-in-a-row-overflow-the-stack: a RESP3 attribute (`|`)
+    // was read and the value after it parsed by a recursive call at the same depth, so 16 000
+    // attributes in a row (64 KB from a Redis server, or whoever sits between) overflowed
+    // the stack. Found by feeding the resp target a long run of `|0\r\n` (the fuzzer keeps
+    // inputs under 4 KB by default, too short to reach it). Now each attribute counts as a
+    // level of nesting, within `maximumDepth`.
+    func testAttributesInARowAreBoundedByTheDepthLimit() throws {
+        var endless = ByteBuffer(string: String(repeating: "|0\r\n", count: 16_000) + "+OK\r\n")
+        XCTAssertThrowsError(try RESPParser().next(&endless)) { error in
+            XCTAssertEqual((error as? RESPParseError)?.kind, .tooDeep)
+        }
+        // An attribute before a reply, as a server sends one, is still read and dropped.
+        var one = ByteBuffer(string: "|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*1\r\n:2\r\n")
+        XCTAssertEqual(try RESPParser().next(&one), .array([.integer(2)]))
+        var limited = ByteBuffer(string: "|0\r\n|0\r\n+OK\r\n")
+        XCTAssertEqual(try RESPParser(limits: .init(maximumDepth: 2)).next(&limited), .simpleString("OK"))
+        var tooMany = ByteBuffer(string: "|0\r\n|0\r\n|0\r\n+OK\r\n")
+        XCTAssertThrowsError(try RESPParser(limits: .init(maximumDepth: 2)).next(&tooMany))
+    }
 }
