@@ -6,8 +6,8 @@ import PosternUpstream
 /// check` and `postern serve` read), as the file `configFileName`.
 ///
 /// Invariants: the loader returns a configuration or throws errors, at least one, each naming
-/// the file with a line (no further than the text goes) and a column of at least 1 and a
-/// message; it never traps or hangs. A configuration it returns has a hostname, a listener
+/// the file with a line (no further than the text goes, or the end of the text) and a column
+/// of at least 1 and a message; it never traps or hangs. A configuration it returns has a hostname, a listener
 /// and an upstream, ports in range, and every path it resolved absolute.
 ///
 /// Only the YAML text is fuzzed, never the file system: an input with a `credentials:` key
@@ -23,8 +23,10 @@ public func fuzzConfig(_ input: [UInt8]) {
         checkConfiguration(configuration)
     } catch {
         expect(!error.errors.isEmpty, "the loader failed without an error")
-        // YAML breaks lines at CR, LF, NEL, LS and PS; counting CRLF twice only errs high.
-        let lines = 1 + text.unicodeScalars.count { "\r\n\u{85}\u{2028}\u{2029}".unicodeScalars.contains($0) }
+        // YAML breaks lines at CR, LF, NEL, LS and PS; counting CRLF twice only errs high. An
+        // error found at the end of a text without a final line break is on the line after
+        // the last (libyaml ends the stream with a line break of its own).
+        let lines = 2 + text.unicodeScalars.count { "\r\n\u{85}\u{2028}\u{2029}".unicodeScalars.contains($0) }
         for problem in error.errors {
             expect(problem.file == configFileName, "error in another file: \(problem)")
             expect(problem.line >= 1 && problem.line <= lines && problem.column >= 1, "error without a position in the text: \(problem)")
