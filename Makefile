@@ -53,12 +53,16 @@ bench: deps
 	QUICK=$(QUICK) BENCH_COMMAND="make bench$(if $(QUICK), QUICK=$(QUICK))" python3 Benchmarks/bench.py
 
 # libFuzzer targets (issue 5): builds SMTPFuzzer with -sanitize=fuzzer,address in .build-fuzz
-# and runs each target FUZZ_TIME seconds; fails on any crash. See Fuzz/README.md.
+# and runs each target FUZZ_TIME seconds (0: no limit) or FUZZ_RUNS executions, whichever
+# comes first; prints executions, exec/s and seconds per target; fails on any crash.
+# See Fuzz/README.md.
 #   make fuzz FUZZ_TIME=30 FUZZ_TARGETS="parser proxy"
+#   make fuzz FUZZ_TIME=0 FUZZ_RUNS=10000000 FUZZ_TARGETS=resp
 FUZZ_TIME ?= 60
-FUZZ_TARGETS ?= parser session proxy mime policy
+FUZZ_RUNS ?=
+FUZZ_TARGETS ?= parser session proxy mime policy resp config milter
 fuzz: deps
-	SWIFT="$(SWIFT)" FUZZ_TIME="$(FUZZ_TIME)" FUZZ_TARGETS="$(FUZZ_TARGETS)" Fuzz/run.sh
+	SWIFT="$(SWIFT)" FUZZ_TIME="$(FUZZ_TIME)" FUZZ_RUNS="$(FUZZ_RUNS)" FUZZ_TARGETS="$(FUZZ_TARGETS)" Fuzz/run.sh
 
 # The chaos run (not part of `make test`; minutes): the release binary, a recording upstream
 # that fsyncs before its 250, clients that retry like MTAs, every fault on; fails unless no

@@ -148,7 +148,8 @@ let package = Package(
         .target(
             name: "PosternFuzzTargets",
             dependencies: [
-                "SMTPCore", "PosternPolicy", "PosternFilters", "PosternMIME", "PosternSession", "PosternEngines",
+                "SMTPCore", "PosternPolicy", "PosternFilters", "PosternMIME", "PosternSession", "PosternLog",
+                "PosternRedis", "PosternServer", "PosternUpstream", "PosternEngines",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
             ]
@@ -209,7 +210,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "PosternFuzzTests", dependencies: ["PosternFuzzTargets", "SMTPCore", "PosternPolicy", "PosternFilters"]),
+        .testTarget(name: "PosternFuzzTests", dependencies: ["PosternFuzzTargets", "SMTPCore", "PosternPolicy", "PosternFilters", "PosternRedis"]),
         .testTarget(
             name: "PosternIntegrationTests",
             dependencies: ["postern"],

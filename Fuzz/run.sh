@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds SMTPFuzzer with libFuzzer and AddressSanitizer, then fuzzes each target for
-# FUZZ_TIME seconds (default 60). Used by `make fuzz`; see Fuzz/README.md.
+# Builds SMTPFuzzer with libFuzzer and AddressSanitizer, then fuzzes each target, one after
+# the other, for FUZZ_TIME seconds (default 60; 0: no time limit) or FUZZ_RUNS executions
+# (default: no limit), whichever comes first. Used by `make fuzz`; see Fuzz/README.md.
 #
 #   FUZZ_TIME=30 FUZZ_TARGETS="parser proxy" Fuzz/run.sh
+#   FUZZ_TIME=0 FUZZ_RUNS=10000000 FUZZ_TARGETS=resp Fuzz/run.sh
 #
 # The committed seeds (Fuzz/corpus/<target>, Fuzz/regressions/<target>) are only read:
 # libFuzzer writes new inputs into the first corpus directory it is given, which is the
@@ -13,7 +15,8 @@ cd "$(dirname "$0")/.."
 
 SWIFT=${SWIFT:-swift}
 FUZZ_TIME=${FUZZ_TIME:-60}
-FUZZ_TARGETS=${FUZZ_TARGETS:-parser session proxy mime policy}
+FUZZ_RUNS=${FUZZ_RUNS:-}
+FUZZ_TARGETS=${FUZZ_TARGETS:-parser session proxy mime policy resp config milter}
 SCRATCH=.build-fuzz
 FUZZER=$SCRATCH/release/SMTPFuzzer
 
@@ -47,16 +50,23 @@ for target in $FUZZ_TARGETS; do
     dict=$(dictionary_for "$target")
     dict_flag=()
     [ -f "$dict" ] && dict_flag=("-dict=$dict")
-    echo "==> fuzzing $target for ${FUZZ_TIME}s (log: $log)"
+    runs_flag=()
+    [ -n "$FUZZ_RUNS" ] && runs_flag=("-runs=$FUZZ_RUNS")
+    echo "==> fuzzing $target for ${FUZZ_TIME}s${FUZZ_RUNS:+ or $FUZZ_RUNS executions} (log: $log)"
     before=$(ls "$artifacts" | wc -l)
     status=0
+    started=$(date +%s)
     # SWIFT_BACKTRACE=enable=no: a trap ends the process at once, for libFuzzer to record.
     # -timeout=10: an input that takes 10 s is a hang and is kept as timeout-*.
     SWIFT_BACKTRACE=enable=no "$FUZZER" "$target" \
-        -max_total_time="$FUZZ_TIME" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        -max_total_time="$FUZZ_TIME" "${runs_flag[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="$artifacts/" "${dict_flag[@]}" "$work" "${seeds[@]}" >"$log" 2>&1 || status=$?
+    seconds=$(( $(date +%s) - started ))
     executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+    # Without final stats (a crash), the last status line: "#1234 ... exec/s: 567 ...".
+    [ -z "$executions" ] && executions=$(grep -oE '^#[0-9]+' "$log" | tail -1 | tr -d '#' || true)
+    [ -z "$rate" ] && rate=$(grep -oE 'exec/s: [0-9]+' "$log" | tail -1 | sed 's/exec\/s: //' || true)
     last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
     ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
@@ -68,10 +78,11 @@ for target in $FUZZ_TARGETS; do
         echo "    CRASH in $target (exit $status); inputs kept in $artifacts:" $(ls -t "$artifacts" | head -"$crashes")
         grep -E 'Fatal error|Precondition failed|==ERROR|SUMMARY' "$log" | head -5 | sed 's/^/    /'
     fi
-    summary+=("$(printf '%-8s executions %-10s exec/s %-7s cov %-6s ft %-7s crashes %s' \
-        "$target" "${executions:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$crashes")")
+    summary+=("$(printf '%-8s %12s %8s %8s %6s %7s %7s' \
+        "$target" "${executions:-?}" "${rate:-?}" "$seconds" "$crashes" "${cov:-?}" "${ft:-?}")")
 done
 
-echo "==> summary (FUZZ_TIME=${FUZZ_TIME}s per target)"
+echo "==> summary (FUZZ_TIME=${FUZZ_TIME}s${FUZZ_RUNS:+, FUZZ_RUNS=$FUZZ_RUNS} per target)"
+printf '%-8s %12s %8s %8s %6s %7s %7s\n' target executions exec/s seconds crashes cov ft
 printf '%s\n' "${summary[@]}"
 exit "$failed"

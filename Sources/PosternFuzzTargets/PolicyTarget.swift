@@ -13,7 +13,7 @@ import Yams
 public func fuzzPolicy(_ input: [UInt8]) {
     guard input.count <= PosternFuzzTarget.maximumInputSize else { return }
     let text = String(decoding: input, as: UTF8.self)
-    guard !mayNameAFile(text) else { return }
+    guard !mayNameAFile(text, keys: policyFileKeys) else { return }
     do {
         let policy = try BuiltinFilters.compiler.compile(yaml: text, file: policyFileName)
         expect(policy.files.isEmpty, "a policy without includes read files: \(policy.files)")
@@ -30,12 +30,12 @@ public func fuzzPolicy(_ input: [UInt8]) {
 let policyFileName = "fuzz-policy.yaml"
 
 /// The keys that make the compiler open a file.
-private let fileKeys: Set<String> = ["include", "file", "geoip"]
+private let policyFileKeys: Set<String> = ["include", "file", "geoip"]
 
-/// True when the YAML may hold a key that reads a file. A text with none of the key names
-/// and no backslash (no escape can spell one) is safe without composing it; otherwise the
-/// composed tree is searched, and a tree too large to search is treated as unsafe.
-func mayNameAFile(_ text: String) -> Bool {
+/// True when the YAML may hold one of `keys`, keys that read a file. A text with none of the
+/// key names and no backslash (no escape can spell one) is safe without composing it;
+/// otherwise the composed tree is searched, and a tree too large to search is treated as unsafe.
+func mayNameAFile(_ text: String, keys fileKeys: Set<String>) -> Bool {
     if !text.contains("\\") && !fileKeys.contains(where: { text.contains($0) }) { return false }
     guard let root = try? Yams.compose(yaml: text) else { return false }
     var budget = 100_000

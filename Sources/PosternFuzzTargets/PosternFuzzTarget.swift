@@ -1,4 +1,11 @@
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// The fuzz targets of `SMTPFuzzer`, one per input surface an attacker reaches.
 ///
@@ -18,6 +25,10 @@ public enum PosternFuzzTarget: String, CaseIterable, Sendable {
     case mime
     /// The policy compiler on YAML text, with every built-in filter registered.
     case policy
+    /// `RESPParser` (RESP2 and RESP3 replies from Redis), whole and in pieces; `RESPEncoder`.
+    case resp
+    /// `ConfigurationLoader` on YAML text (the configuration file).
+    case config
     /// `MilterFramer` and `MilterResponse`: what a milter filter sends.
     case milter
 
@@ -34,6 +45,8 @@ public enum PosternFuzzTarget: String, CaseIterable, Sendable {
         case .proxy: fuzzProxy(input)
         case .mime: fuzzMIME(input)
         case .policy: fuzzPolicy(input)
+        case .resp: fuzzRESP(input)
+        case .config: fuzzConfig(input)
         case .milter: fuzzMilter(input)
         }
     }
@@ -70,6 +83,10 @@ func expect(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> 
     if let findings = FuzzFindings.current {
         findings.add(message())
     } else {
-        preconditionFailure(message())
+        // A release build's trap drops the message: write it first, for the fuzzer's log.
+        let text = message()
+        var line = Array("broken invariant: \(text)\n".utf8)
+        _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+        preconditionFailure(text)
     }
 }

@@ -17,7 +17,7 @@ public struct RESPParseError: Error, Hashable, Sendable, CustomStringConvertible
         case bulkTooLong(Int)
         /// An aggregate with more elements than ``RESPParser/Limits/maximumAggregateCount``.
         case aggregateTooLarge(Int)
-        /// Aggregates nested deeper than ``RESPParser/Limits/maximumDepth``.
+        /// Aggregates (or attributes in a row) nested deeper than ``RESPParser/Limits/maximumDepth``.
         case tooDeep
     }
 
@@ -49,7 +49,7 @@ public struct RESPParser: Sendable {
         public var maximumBulkLength: Int
         /// The most elements in one array, set, map or push.
         public var maximumAggregateCount: Int
-        /// The deepest nesting of aggregates.
+        /// The deepest nesting of aggregates; each attribute before a value counts as a level.
         public var maximumDepth: Int
         /// The longest header line (type byte, text, CRLF excluded).
         public var maximumLineLength: Int
@@ -135,9 +135,10 @@ public struct RESPParser: Sendable {
             let flat = elements.value ?? []
             return .map(stride(from: 0, to: flat.count, by: 2).map { RESPMapEntry(key: flat[$0], value: flat[$0 + 1]) })
         case UInt8(ascii: "|"):
-            // An attribute: metadata about the value that follows. Read and dropped.
+            // An attribute: metadata about the value that follows. Read and dropped. It counts as
+            // a level of nesting: attributes in a row would otherwise recurse without a bound.
             guard try readAggregate(&buffer, depth: depth, nullable: false, pairs: true) != nil else { return nil }
-            return try parseValue(&buffer, depth: depth)
+            return try parseValue(&buffer, depth: depth + 1)
         default:
             throw RESPParseError(kind: .unknownType(type))
         }

@@ -90,7 +90,8 @@ public enum RESPEncoder {
     public static func write(_ value: RESPValue, into buffer: inout ByteBuffer) {
         func line(_ prefix: StaticString, _ text: String) {
             buffer.writeStaticString(prefix)
-            buffer.writeString(String(text.map { $0 == "\r" || $0 == "\n" ? " " : $0 }))
+            // Octets, not Characters: CR LF is one Character, equal to neither "\r" nor "\n".
+            buffer.writeBytes(text.utf8.map { $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\n") ? UInt8(ascii: " ") : $0 })
             buffer.writeStaticString("\r\n")
         }
         func bulk(_ prefix: StaticString, _ bytes: [UInt8]) {

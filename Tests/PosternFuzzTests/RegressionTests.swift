@@ -1,4 +1,5 @@
 import NIOCore
+import PosternRedis
 import SMTPCore
 import XCTest
 
@@ -51,5 +52,47 @@ final class FuzzRegressionTests: XCTestCase {
         // A clean header still decodes.
         var clean = ByteBuffer(string: "PROXY TCP6 :: ::1 1 2\r\n")
         XCTAssertEqual(try ProxyProtocolParser.parse(&clean)?.source?.port, 1)
+    }
+
+    // Fuzz/regressions/resp/bulk-error-with-crlf-encodes-as-two-lines: `RESPEncoder` replaced
+    // CR and LF in simple strings and errors Character by Character, and CR LF is one
+    // Character, equal to neither. A bulk error holding CRLF (`!6\r\n\r\n\n\n\n\n\r\n`) was
+    // written as a simple error running over two lines, which read back as two values. Now
+    // every CR and LF octet becomes a space.
+    func testSimpleStringsAndErrorsEncodeOnOneLine() throws {
+        var buffer = ByteBuffer()
+        RESPEncoder.write(.error("a\r\nb"), into: &buffer)
+        XCTAssertEqual(String(buffer: buffer), "-a  b\r\n")
+        buffer.clear()
+        RESPEncoder.write(.simpleString("x\r\n\ny\r"), into: &buffer)
+        XCTAssertEqual(String(buffer: buffer), "+x   y \r\n")
+        // The minimised input: read, encoded, read back as one error.
+        var wire = ByteBuffer(string: "!6\r\n\r\n\n\n\n\n\r\n")
+        let value = try XCTUnwrap(try RESPParser().next(&wire))
+        XCTAssertEqual(value, .error("\r\n\n\n\n\n"))
+        var encoded = ByteBuffer()
+        RESPEncoder.write(value, into: &encoded)
+        XCTAssertEqual(try RESPParser().next(&encoded), .error("      "))
+        XCTAssertEqual(encoded.readableBytes, 0)
+    }
+
+    // Fuzz/regressions/resp/attributes-in-a-row-overflow-the-stack: a RESP3 attribute (`|`)
+    // was read and the value after it parsed by a recursive call at the same depth, so 16 000
+    // attributes in a row (64 KB from a Redis server, or whoever sits between) overflowed
+    // the stack. Found by feeding the resp target a long run of `|0\r\n` (the fuzzer keeps
+    // inputs under 4 KB by default, too short to reach it). Now each attribute counts as a
+    // level of nesting, within `maximumDepth`.
+    func testAttributesInARowAreBoundedByTheDepthLimit() throws {
+        var endless = ByteBuffer(string: String(repeating: "|0\r\n", count: 16_000) + "+OK\r\n")
+        XCTAssertThrowsError(try RESPParser().next(&endless)) { error in
+            XCTAssertEqual((error as? RESPParseError)?.kind, .tooDeep)
+        }
+        // An attribute before a reply, as a server sends one, is still read and dropped.
+        var one = ByteBuffer(string: "|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*1\r\n:2\r\n")
+        XCTAssertEqual(try RESPParser().next(&one), .array([.integer(2)]))
+        var limited = ByteBuffer(string: "|0\r\n|0\r\n+OK\r\n")
+        XCTAssertEqual(try RESPParser(limits: .init(maximumDepth: 2)).next(&limited), .simpleString("OK"))
+        var tooMany = ByteBuffer(string: "|0\r\n|0\r\n|0\r\n+OK\r\n")
+        XCTAssertThrowsError(try RESPParser(limits: .init(maximumDepth: 2)).next(&tooMany))
     }
 }
