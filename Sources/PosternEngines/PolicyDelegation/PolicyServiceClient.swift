@@ -127,13 +127,7 @@ public final class PolicyServiceClient: Sendable {
         case .idle(let connection):
             return (connection, true)
         case .open:
-            do {
-                return (try await PolicyServiceConnection.open(configuration, group: group, logger: logger), false)
-            } catch {
-                state.withLock { $0.open -= 1 }
-                wakeOne()
-                throw error
-            }
+            return (try await openCounted(), false)
         case .wait:
             let given = await withCheckedContinuation { continuation in
                 let ready = state.withLock { state -> Bool in
@@ -146,15 +140,20 @@ public final class PolicyServiceClient: Sendable {
             guard let given else {
                 // Either shut down, or a slot was freed for this request to open.
                 if state.withLock({ $0.closed }) { throw PolicyServiceError(.closed, "the policy service \(configuration.name) is shut down") }
-                do {
-                    return (try await PolicyServiceConnection.open(configuration, group: group, logger: logger), false)
-                } catch {
-                    state.withLock { $0.open -= 1 }
-                    wakeOne()
-                    throw error
-                }
+                return (try await openCounted(), false)
             }
             return (given, true)
+        }
+    }
+
+    /// Opens a connection whose slot is already counted in `open`; a failure gives the slot back.
+    private func openCounted() async throws(PolicyServiceError) -> PolicyServiceConnection {
+        do {
+            return try await PolicyServiceConnection.open(configuration, group: group, logger: logger)
+        } catch {
+            state.withLock { $0.open -= 1 }
+            wakeOne()
+            throw error
         }
     }
 
@@ -217,21 +216,15 @@ final class PolicyServiceConnection: Sendable {
     static func open(_ configuration: PolicyServiceConfiguration, group: EventLoopGroup, logger: Logger) async throws(PolicyServiceError) -> PolicyServiceConnection {
         let timeout = TimeAmount(configuration.timeout)
         do {
+            let socket = ClientBootstrap(group: group).connectTimeout(timeout)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(PolicyServiceHandler()) }
+                }
             switch configuration.address {
             case .inet(let host, let port):
-                let channel = try await ClientBootstrap(group: group).connectTimeout(timeout)
-                    .channelInitializer { channel in
-                        channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(PolicyServiceHandler()) }
-                    }
-                    .connect(host: host, port: port).get()
-                return PolicyServiceConnection(channel: channel, process: nil)
+                return PolicyServiceConnection(channel: try await socket.connect(host: host, port: port).get(), process: nil)
             case .unix(let path):
-                let channel = try await ClientBootstrap(group: group).connectTimeout(timeout)
-                    .channelInitializer { channel in
-                        channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(PolicyServiceHandler()) }
-                    }
-                    .connect(unixDomainSocketPath: path).get()
-                return PolicyServiceConnection(channel: channel, process: nil)
+                return PolicyServiceConnection(channel: try await socket.connect(unixDomainSocketPath: path).get(), process: nil)
             case .spawn(let argv):
                 let process = try ProcessHandle.spawn(argv)
                 do {
