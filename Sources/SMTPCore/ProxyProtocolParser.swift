@@ -57,6 +57,11 @@ public enum ProxyProtocolParser {
         guard length <= v1MaximumLength, length >= 2, view[newline - 1] == UInt8(ascii: "\r") else {
             throw Error(reason: "v1 line not terminated by CRLF within 107 octets")
         }
+        // US-ASCII only (HAProxy's spec §2.1). Checked on octets: a combining mark after a
+        // space would otherwise join it into one Character, and the words would split wrongly.
+        guard view[view.startIndex..<(newline - 1)].allSatisfy({ (0x20...0x7E).contains($0) }) else {
+            throw Error(reason: "v1 line has a byte outside printable US-ASCII")
+        }
         let line = buffer.readString(length: length - 2)!
         buffer.moveReaderIndex(forwardBy: 2)
         return try parseV1(line)

@@ -41,7 +41,7 @@ final class FuzzRegressionTests: XCTestCase {
     func testAddressTextWithNULIsRefused() {
         var buffer = ByteBuffer(bytes: Array("PROXY TCP6 :: ::".utf8) + [0] + Array(" 1 2\r\n".utf8))
         XCTAssertThrowsError(try ProxyProtocolParser.parse(&buffer)) { error in
-            XCTAssertEqual((error as? ProxyProtocolParser.Error)?.reason, "v1 addresses do not match TCP6")
+            XCTAssertEqual((error as? ProxyProtocolParser.Error)?.reason, "v1 line has a byte outside printable US-ASCII")
         }
         var tcp4 = ByteBuffer(bytes: Array("PROXY TCP4 192.0.2.1".utf8) + [0, 0x41] + Array(" 198.51.100.1 1 25\r\n".utf8))
         XCTAssertThrowsError(try ProxyProtocolParser.parse(&tcp4))
@@ -52,6 +52,21 @@ final class FuzzRegressionTests: XCTestCase {
         // A clean header still decodes.
         var clean = ByteBuffer(string: "PROXY TCP6 :: ::1 1 2\r\n")
         XCTAssertEqual(try ProxyProtocolParser.parse(&clean)?.source?.port, 1)
+    }
+
+    // Fuzz/regressions/proxy/v1-combining-mark-joins-the-space-after-PROXY: the v1 line was
+    // split into words as a String, and a combining mark (U+0AFC) right after `PROXY ` joined
+    // that space into one Character, so `PROXY <mark>junk TCP6 …` split as if the junk were
+    // part of `PROXY` and decoded. Now a v1 line is printable US-ASCII, checked octet by octet.
+    func testAV1LineIsPrintableASCIIOctetByOctet() {
+        var joined = ByteBuffer(bytes: Array("PROXY ".utf8) + [0xE0, 0xAB, 0xBC] + Array("xROXY TCP6 200:db8::1 2::2 1008 40\r\n".utf8))
+        XCTAssertThrowsError(try ProxyProtocolParser.parse(&joined)) { error in
+            XCTAssertEqual((error as? ProxyProtocolParser.Error)?.reason, "v1 line has a byte outside printable US-ASCII")
+        }
+        var control = ByteBuffer(bytes: Array("PROXY TCP4 192.0.2.1 198.51.100.1 1\t 25\r\n".utf8))
+        XCTAssertThrowsError(try ProxyProtocolParser.parse(&control))
+        var clean = ByteBuffer(string: "PROXY TCP6 200:db8::1 2::2 1008 40\r\n")
+        XCTAssertEqual(try ProxyProtocolParser.parse(&clean)?.source?.port, 1008)
     }
 
     // Fuzz/regressions/resp/bulk-error-with-crlf-encodes-as-two-lines: `RESPEncoder` replaced
