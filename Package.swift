@@ -29,6 +29,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         // Re-origination: the SMTP client to the upstream MTA, failover, maildir delivery.
@@ -46,7 +47,7 @@ let package = Package(
         .target(
             name: "PosternEngines",
             dependencies: [
-                "SMTPCore", "PosternPolicy",
+                "SMTPCore", "SMTPNIO", "PosternPolicy",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -177,7 +178,7 @@ let package = Package(
         .testTarget(
             name: "PosternUpstreamTests",
             dependencies: [
-                "PosternUpstream", "SMTPCore",
+                "PosternUpstream", "SMTPCore", "SMTPNIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -59,7 +59,7 @@ public final class SMTPUpstreamSession: UpstreamConnection {
                 .connect(host: host, port: port).get()
         } catch {
             let timedOut = if case ChannelError.connectTimeout = error { true } else { false }
-            throw UpstreamError(.unavailable, "cannot connect to \(name): \(Self.describe(connectError: error))",
+            throw UpstreamError(.unavailable, "cannot connect to \(name): \(describeConnectionError(error))",
                                 failure: timedOut ? .timeout : .refused)
         }
         let session = SMTPUpstreamSession(channel: channel, configuration: configuration, name: name, logger: logger)
@@ -75,16 +75,6 @@ public final class SMTPUpstreamSession: UpstreamConnection {
             throw UpstreamError(.unavailable, error.detail, failure: error.failure)
         }
         return session
-    }
-
-    /// "Connection refused", "connect timed out after 30 s": what an operator needs of NIO's error.
-    static func describe(connectError error: any Error) -> String {
-        if case ChannelError.connectTimeout(let limit) = error { return "connect timed out after \(limit)" }
-        if let error = error as? NIOConnectionError, let first = error.connectionErrors.first {
-            return describe(connectError: first.error)
-        }
-        if let error = error as? IOError { return String(cString: strerror(error.errnoCode)) }
-        return "\(error)"
     }
 
     private func handshake(host: String, heloName: String) async throws(UpstreamError) {

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 @testable import PosternUpstream
+import SMTPNIO
 import XCTest
 
 final class UpstreamPoolTests: XCTestCase {
@@ -255,7 +256,7 @@ final class UpstreamPoolTests: XCTestCase {
     }
 
     func testConnectErrorsAreDescribedAsAnOperatorReadsThem() {
-        XCTAssertEqual(SMTPUpstreamSession.describe(connectError: ChannelError.connectTimeout(.seconds(3))), "connect timed out after 3 s")
-        XCTAssertEqual(SMTPUpstreamSession.describe(connectError: IOError(errnoCode: ECONNREFUSED, reason: "connect")), "Connection refused")
+        XCTAssertEqual(describeConnectionError(ChannelError.connectTimeout(.seconds(3))), "connect timed out after 3 s")
+        XCTAssertEqual(describeConnectionError(IOError(errnoCode: ECONNREFUSED, reason: "connect")), "Connection refused")
     }
 }

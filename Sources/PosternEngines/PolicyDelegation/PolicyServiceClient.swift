@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import SMTPNIO
 import Synchronization
 
 /// Why a request to a policy server failed.
@@ -242,7 +243,7 @@ final class PolicyServiceConnection: Sendable {
         } catch let error as PolicyServiceError {
             throw error
         } catch {
-            throw PolicyServiceError(.connect, "cannot reach \(configuration.address): \(describe(error))")
+            throw PolicyServiceError(.connect, "cannot reach \(configuration.address): \(describeConnectionError(error))")
         }
     }
 
@@ -256,14 +257,14 @@ final class PolicyServiceConnection: Sendable {
         }
         defer { timer.cancel() }
         channel.writeAndFlush(PolicyServiceHandler.Request(bytes: request, promise: promise)).whenFailure { error in
-            promise.fail(PolicyServiceError(.closed, "the connection closed: \(describe(error))"))
+            promise.fail(PolicyServiceError(.closed, "the connection closed: \(describeConnectionError(error))"))
         }
         do {
             return try await promise.futureResult.get()
         } catch let error as PolicyServiceError {
             throw error
         } catch {
-            throw PolicyServiceError(.closed, "the connection closed: \(describe(error))")
+            throw PolicyServiceError(.closed, "the connection closed: \(describeConnectionError(error))")
         }
     }
 
@@ -271,13 +272,6 @@ final class PolicyServiceConnection: Sendable {
         channel.close(promise: nil)
         process?.stop()
     }
-}
-
-private func describe(_ error: any Error) -> String {
-    if let error = error as? NIOConnectionError, let first = error.connectionErrors.first { return describe(first.error) }
-    if let error = error as? IOError { return String(cString: strerror(error.errnoCode)) }
-    if case ChannelError.connectTimeout = error { return "connect timed out" }
-    return "\(error)"
 }
 
 /// Requests out, answers in, matched in order.
@@ -322,7 +316,7 @@ final class PolicyServiceHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        fail(PolicyServiceError(.closed, "\(describe(error))"), context: context)
+        fail(PolicyServiceError(.closed, "\(describeConnectionError(error))"), context: context)
     }
 
     private func fail(_ error: PolicyServiceError, context: ChannelHandlerContext) {
