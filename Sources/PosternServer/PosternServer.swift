@@ -31,6 +31,8 @@ public final class PosternServer: Service, Sendable {
     private let relayControl: RelayControl
     /// The policy servers, asked at their stages by every session.
     private let policyServices: [PolicyServiceClient]
+    /// The milter filters; each session has its own connection to each.
+    private let milters: [MilterFilter]
     /// The policy in force; `reload()` it on SIGHUP.
     public let policy: PolicyStore
     /// The server's Prometheus metrics (rendered at `/metrics` when `metrics` is configured).
@@ -67,6 +69,7 @@ public final class PosternServer: Service, Sendable {
         self.limiter = ConnectionLimiter(
             maximumTotal: configuration.limits.maxConnections, maximumPerAddress: configuration.limits.maxConnectionsPerIP)
         self.policyServices = configuration.policyServices.map { PolicyServiceClient(configuration: $0, group: group, logger: logger) }
+        self.milters = configuration.milters.map { MilterFilter(configuration: $0, hostname: configuration.hostname, group: group, logger: logger) }
         self.pool = UpstreamPool(
             upstreams: configuration.upstreams, retryAfter: configuration.upstreamRetryAfter, probe: configuration.upstreamProbe,
             heloName: configuration.hostname, group: group, logger: logger,
@@ -217,11 +220,12 @@ public final class PosternServer: Service, Sendable {
             proxyProtocol: listener.proxyProtocol, proxyTrustedNetworks: configuration.proxyTrustedNetworks, relayControl: relayControl,
             authFailureDelay: configuration.authentication?.failureDelay ?? .zero,
             forbidImproperPipelining: configuration.forbidImproperPipelining,
-            checkedStages: checks.reduce(into: Set<PolicyStage>()) { $0.formUnion($1.stages) })
+            checkedStages: checks.reduce(into: Set<PolicyStage>()) { $0.formUnion($1.stages) }
+                .union(milters.reduce(into: Set<PolicyStage>()) { $0.formUnion($1.configuration.stages) }))
         return ListenerContext(
             session: session, pool: pool, limiter: limiter, registry: registry, tlsContext: tlsContext, decisionLog: decisionLog,
             metrics: metrics, policy: policy, authenticator: authenticator, quarantine: configuration.quarantine,
-            hostname: configuration.hostname, spool: configuration.spool, checks: checks, logger: logger,
+            hostname: configuration.hostname, spool: configuration.spool, checks: checks, milters: milters, logger: logger,
             unsafeEarlyAck: unsafeEarlyAck)
     }
 

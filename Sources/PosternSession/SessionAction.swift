@@ -41,6 +41,9 @@ public enum SessionAction: Sendable {
 public struct StageRequest: Sendable {
     public var stage: PolicyStage
     public var facts: TransactionFacts
+    /// At `data`: headers the earlier stages' checks add (PREPEND), in the message before the
+    /// checks that read it (milters) see it.
+    public var addedHeaders: [AddedHeader] = []
 }
 
 /// Who the client is, for the upstream (XCLIENT/XFORWARD attributes).

@@ -118,7 +118,13 @@ extension SessionMachine {
         switch step {
         case .evaluate(let stage):
             state = .policy(point)
-            emit(.evaluate(StageRequest(stage: stage, facts: facts(for: point))))
+            var request = StageRequest(stage: stage, facts: facts(for: point))
+            if stage == .data {
+                request.addedHeaders = (transaction?.addedHeaders ?? []).compactMap { action in
+                    if case .addHeader(let name, let value) = action { AddedHeader(name: name, value: value) } else { nil }
+                }
+            }
+            emit(.evaluate(request))
         case .proceed:
             passed(point)
         case .decided(let decision):
@@ -142,15 +148,19 @@ extension SessionMachine {
         facts.location = location
         facts.protocolName = smtp.helloName == nil ? nil : smtp.isExtended ? "ESMTP" : "SMTP"
         facts.tlsVersion = tlsVersion
+        facts.authMechanism = authMechanism
+        facts.senderParameters = smtp.transaction?.parameters
         switch point {
         case .connect:
             break
         case .mail(let path, let parameters):
             facts.sender = path
+            facts.senderParameters = parameters
             facts.size = parameters.size
-        case .rcpt(let path, _):
+        case .rcpt(let path, let parameters):
             facts.sender = smtp.transaction?.reversePath
             facts.recipient = path
+            facts.recipientParameters = parameters
         case .data(let stored, _):
             facts.sender = smtp.transaction?.reversePath
             facts.size = stored.size
@@ -180,6 +190,10 @@ extension SessionMachine {
                 transaction?.reason = disposition.reason
                 return decided(point, PolicyDecision(stage: .data, action: disposition.action, reply: disposition.reply,
                                                      rule: disposition.rule, reason: disposition.reason, byRelayControl: false))
+            }
+            if let edited = verdict?.editedMessage {
+                // The earlier stages' headers are in the edited message already.
+                return relay(stored, edited: edited, headerActions: verdict?.headerActions ?? [])
             }
             relay(stored, headerActions: (transaction?.addedHeaders ?? []) + (verdict?.headerActions ?? []))
         }
@@ -275,6 +289,9 @@ extension SessionMachine {
                 finishMessage(SessionReplies.reply(for: failure.error), size: size, relayed: false,
                               reason: "upstream \(failure.error.kind.name)", disposition: .answered)
             }
+        case .reenvelope(let plan):
+            transaction?.upstreamNanoseconds += elapsed
+            reenvelopeAnswered(plan, result)
         case .etrn(let node):
             switch result {
             case .success(let answer):

@@ -175,6 +175,7 @@ extension SessionMachine {
         case .success:
             count(.authAttempt(mechanism: name, result: "success"))
             log(.info, "authenticated", ["mechanism": name, "user": user])
+            authMechanism = name
             send(smtp.authenticationSucceeded(user: user))
         case .failure(let nowLockedOut):
             count(.authAttempt(mechanism: name, result: "failure"))

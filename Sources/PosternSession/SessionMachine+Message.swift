@@ -142,12 +142,95 @@ extension SessionMachine {
         emit(.upstream(.commit(OutgoingContent(prefix: prefix, skipping: skipping, chunked: envelope.usesChunking))))
     }
 
+    /// Relays the message as the checks that edit it (milters) left it: Postern's Received,
+    /// the rules' headers, then the edited header section and the replaced or stored body.
+    /// When they changed the envelope, the upstream transaction starts again with it.
+    mutating func relay(_ stored: StoredMessage, edited: MessageDraft, headerActions: [RuleAction]) {
+        guard upstreamOpen, let envelope = smtp.transaction else {
+            return finishMessage(SessionReplies.reply(for: UpstreamError(.connectionLost, "no upstream transaction")),
+                                 size: stored.size, relayed: false, reason: "upstream connection lost", disposition: .answered)
+        }
+        var prefix = receivedHeader(for: envelope, recipients: edited.recipients)
+        for case .addHeader(let name, let value) in headerActions {
+            prefix.writeString("\(name): \(value)\r\n")
+        }
+        var section = edited.encodedHeaderSection()
+        let tags = headerActions.compactMap { action -> String? in
+            if case .tagSubject(let tag) = action { return tag } else { return nil }
+        }
+        if !tags.isEmpty, let tagged = SubjectTagger.tag(MessageHeaderSection(parsing: section.readableBytesView), tags: tags) {
+            section = ByteBuffer(bytes: tagged)
+        }
+        prefix.writeBuffer(&section)
+        let skipping: Int
+        switch edited.body {
+        case .original(_, let offset):
+            skipping = offset
+        case .replaced(var body):
+            prefix.writeBuffer(&body)
+            skipping = stored.size  // nothing of the stored message
+        }
+        let content = OutgoingContent(prefix: prefix, skipping: skipping, chunked: envelope.usesChunking)
+        guard edited.envelopeChanged else {
+            state = .upstream(.commit(size: stored.size), since: now.uptime)
+            return emit(.upstream(.commit(content)))
+        }
+        log(.info, "a filter changed the envelope: the upstream transaction starts again", [
+            "from": "\(edited.sender)", "rcpts": "\(edited.recipients.count)",
+        ])
+        upstreamOpen = false
+        emit(.upstream(.abort))
+        let original = Dictionary(envelope.recipients.map { ($0.path, $0.parameters) }, uniquingKeysWith: { first, _ in first })
+        let plan = Reenvelope(recipients: edited.recipients.map { ($0, original[$0] ?? RecipientParameters()) }, accepted: 0,
+                              lastRefusal: nil, content: content, size: stored.size)
+        state = .upstream(.reenvelope(plan), since: now.uptime)
+        emit(.upstream(.begin(UpstreamEnvelope(client: upstreamClient, reversePath: edited.sender, parameters: edited.senderParameters))))
+    }
+
+    /// The upstream answered a step of a transaction started again with a filter's envelope.
+    mutating func reenvelopeAnswered(_ plan: Reenvelope, _ result: Result<UpstreamReply, UpstreamFailure>) {
+        var plan = plan
+        switch result {
+        case .failure(let failure):
+            log(.warning, "upstream failed while the envelope was sent again", ["error": "\(failure.error)"])
+            upstreamOpen = false
+            return finishMessage(SessionReplies.reply(for: failure.error), size: plan.size, relayed: false,
+                                 reason: "upstream \(failure.error.kind.name)", disposition: .answered)
+        case .success(let answer):
+            if !upstreamOpen {  // the answer to MAIL
+                guard answer.reply.isPositive else {
+                    return finishMessage(answer.reply, size: plan.size, relayed: false, reason: "the upstream refused the filter's sender",
+                                         disposition: .answered)
+                }
+                upstreamOpen = true
+            } else if answer.reply.isPositive {
+                plan.accepted += 1
+            } else {
+                log(.notice, "the upstream refused a recipient a filter set", ["upstream.reply": "\(answer.reply)"])
+                plan.lastRefusal = answer.reply
+            }
+        }
+        if !plan.recipients.isEmpty {
+            let (path, parameters) = plan.recipients.removeFirst()
+            state = .upstream(.reenvelope(plan), since: now.uptime)
+            return emit(.upstream(.addRecipient(path, parameters)))
+        }
+        guard plan.accepted > 0 else {
+            upstreamOpen = false
+            emit(.upstream(.abort))
+            return finishMessage(plan.lastRefusal ?? SessionReplies.noValidRecipients, size: plan.size, relayed: false,
+                                 reason: "the upstream took none of the filters' recipients", disposition: .answered)
+        }
+        state = .upstream(.commit(size: plan.size), since: now.uptime)
+        emit(.upstream(.commit(plan.content)))
+    }
+
     /// The trace header (RFC 5321 §4.4).
-    func receivedHeader(for envelope: SMTPServerStateMachine.Transaction) -> ByteBuffer {
+    func receivedHeader(for envelope: SMTPServerStateMachine.Transaction, recipients: [ForwardPath]? = nil) -> ByteBuffer {
         ReceivedHeader(
             heloName: smtp.helloName, clientAddress: client.address, hostname: configuration.hostname, extended: smtp.isExtended,
             tlsVersion: tlsVersion, utf8: envelope.parameters.smtpUTF8, transactionID: transactionID,
-            recipients: envelope.recipients.map(\.path), date: now.wallMilliseconds / 1000
+            recipients: recipients ?? envelope.recipients.map(\.path), date: now.wallMilliseconds / 1000
         ).encoded()
     }
 

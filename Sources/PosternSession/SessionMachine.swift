@@ -63,6 +63,18 @@ public struct SessionMachine: Sendable {
         case rcpt(ForwardPath, RecipientParameters)
         case commit(size: Int)
         case etrn(String)
+        /// A filter changed the envelope: MAIL and the RCPTs again, then the message.
+        case reenvelope(Reenvelope)
+    }
+
+    /// The envelope a filter set, sent to the upstream step by step.
+    struct Reenvelope: Sendable {
+        /// Still to send.
+        var recipients: [(ForwardPath, RecipientParameters)]
+        var accepted: Int
+        var lastRefusal: SMTPReply?
+        var content: OutgoingContent
+        var size: Int
     }
 
     let configuration: SessionConfiguration
@@ -90,6 +102,8 @@ public struct SessionMachine: Sendable {
     /// MAIL was accepted upstream and the upstream transaction is not finished.
     var upstreamOpen = false
     var tlsVersion: String?
+    /// The SASL mechanism of the successful AUTH.
+    var authMechanism: String?
     /// The 220 greeting was sent: from then on replies follow the enhanced-code rule.
     var greeted = false
     var draining = false

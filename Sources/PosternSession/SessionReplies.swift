@@ -28,6 +28,9 @@ enum SessionReplies {
         }
     }
 
+    /// A filter set recipients the upstream took none of (RFC 5321 §3.3).
+    static let noValidRecipients = SMTPReply(554, EnhancedStatusCode(5, 5, 1), "No valid recipients")
+
     /// Local trouble: the spool, a Maildir write, anything unforeseen.
     static let localError = SMTPReply(451, EnhancedStatusCode(4, 3, 0), "Local error in processing, try again later")
 

@@ -230,6 +230,15 @@ public enum MilterEncoder {
         }
     }
 
+    /// One header with its value as raw octets (8-bit header text passes unchanged); a NUL ends it early.
+    public static func header(name: String, value: [UInt8]) -> ByteBuffer {
+        packet(.header) { buffer in
+            writeString(name, into: &buffer)
+            buffer.writeBytes(value.prefix { $0 != 0 })
+            buffer.writeInteger(UInt8(0))
+        }
+    }
+
     /// The body in packets of at most `Milter.maximumChunk` octets.
     public static func body(_ bytes: ByteBuffer) -> [ByteBuffer] {
         var rest = bytes

@@ -27,6 +27,8 @@ public struct PolicyVerdict: Sendable {
     /// A check before `data` asked to discard or quarantine the whole message: applied when
     /// the message has arrived, unless something refuses it first.
     public var messageDisposition: DeferredDisposition?
+    /// At `data`: the message as the checks that edit it left it, when they changed it.
+    public var editedMessage: MessageDraft?
 
     public init() {}
 }

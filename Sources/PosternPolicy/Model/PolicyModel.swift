@@ -61,6 +61,12 @@ public struct TransactionFacts: Sendable {
     public var protocolName: String?
     /// The TLS version of the session (`TLSv1.3`), when STARTTLS was done.
     public var tlsVersion: String?
+    /// The SASL mechanism of a successful AUTH (`PLAIN`).
+    public var authMechanism: String?
+    /// From MAIL on: the MAIL parameters.
+    public var senderParameters: MailParameters?
+    /// At `rcpt`: the RCPT parameters of the recipient being decided.
+    public var recipientParameters: RecipientParameters?
 
     public init(transactionID: String, clientAddress: IPAddress, clientPort: Int, helo: String? = nil, tls: Bool = false,
                 authUser: String? = nil, sender: ReversePath? = nil, recipient: ForwardPath? = nil,

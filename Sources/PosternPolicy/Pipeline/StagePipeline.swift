@@ -1,5 +1,6 @@
 import Dispatch
 import SMTPCore
+import Synchronization
 
 /// A detector in the filter pipeline besides the policy's own conditions: a DNS list, an
 /// external engine over a socket. It runs at the stages it names, concurrently with the other
@@ -15,12 +16,29 @@ public protocol StageCheck: Sendable {
     var failureMode: CheckFailureMode { get }
     /// The reply when a failure tempfails; nil for the generic `ReplyTemplate.checkFailed`.
     var failureReply: SMTPReply? { get }
-    /// Evaluates `facts` at `stage`; a thrown error is a failure (`failureMode`).
+    /// The `rule` of a decision this check makes: `check:NAME` unless it says otherwise.
+    var ruleName: String { get }
+    /// Evaluates `facts` at `stage`; a thrown error is a failure (`failureMode`). A
+    /// ``CheckError`` names its kind for the metrics.
     func check(_ stage: PolicyStage, facts: TransactionFacts) async throws -> CheckFinding
 }
 
 extension StageCheck {
     public var failureReply: SMTPReply? { nil }
+    public var ruleName: String { "check:\(name)" }
+}
+
+/// A check that reads the whole message at `data` and may edit it (a milter). Such checks
+/// run after the others of the stage, one after another in configured order, each seeing
+/// the message as the ones before it left it; the first that refuses ends the chain.
+public protocol MessageEditingCheck: StageCheck {
+    /// The finding, and the message as this check leaves it.
+    func check(facts: TransactionFacts, message: MessageDraft) async throws -> (CheckFinding, MessageDraft)
+}
+
+/// A failure that names its kind (`timeout`, `connect`, `protocol`…) for the metrics.
+public protocol CheckError: Error {
+    var kind: String { get }
 }
 
 /// What a check that failed (timed out, threw) means for the transaction.
@@ -29,6 +47,10 @@ public enum CheckFailureMode: String, Hashable, Sendable {
     case ignore
     /// Answer 451 4.7.1: the mail is tried again later.
     case tempfail
+    /// Refuse (with the check's `failureReply`).
+    case reject
+    /// Keep the message in the quarantine once it has arrived.
+    case quarantine
 }
 
 /// What one check found.
@@ -90,6 +112,8 @@ public struct CheckOutcome: Hashable, Sendable {
     public var reply: SMTPReply?
     /// Headers it adds when the transaction goes on.
     public var headers: [AddedHeader] = []
+    /// For `error`: what kind of failure (`CheckError.kind`, `timeout`, or `error`).
+    public var errorKind: String?
 
     public init(check: String, stage: PolicyStage, result: Result, detail: String, milliseconds: Int) {
         self.check = check
@@ -140,9 +164,29 @@ public struct StagePipeline: Sendable {
         checks.reduce(into: Set<PolicyStage>()) { $0.formUnion($1.stages) }
     }
 
-    public func evaluate(_ stage: PolicyStage, facts: TransactionFacts) async -> StageVerdict {
-        let due = checks.filter { $0.stages.contains(stage) }
-        let outcomes = due.isEmpty ? [] : await run(due, stage: stage, facts: facts)
+    /// The checks that edit the message at `data` (they need a `MessageDraft`).
+    public var editsMessages: Bool {
+        checks.contains { $0 is any MessageEditingCheck && $0.stages.contains(.data) }
+    }
+
+    /// Evaluates `stage`. At `data`, `message` is the message for the checks that edit it
+    /// (without one they are not asked); the verdict carries it as they left it.
+    public func evaluate(_ stage: PolicyStage, facts: TransactionFacts, message: MessageDraft? = nil) async -> StageVerdict {
+        var due = checks.filter { $0.stages.contains(stage) }
+        var editing: [any MessageEditingCheck] = []
+        if stage == .data {
+            editing = due.compactMap { $0 as? any MessageEditingCheck }
+            due.removeAll { $0 is any MessageEditingCheck }
+            if message == nil { editing = [] }
+        }
+        var outcomes = due.isEmpty ? [] : await run(due, stage: stage, facts: facts)
+        var edited = message
+        if let draft = message, !editing.isEmpty {
+            let (chained, last) = await runChain(editing, facts: facts, message: draft)
+            outcomes += chained
+            edited = last
+            due += editing.map { $0 as any StageCheck }
+        }
         var facts = facts
         for (index, outcome) in outcomes.enumerated() { facts.checks[due[index].name] = outcome }
         var verdict = await PolicyEngine.evaluate(policy, stage: stage, facts: facts)
@@ -153,17 +197,17 @@ public struct StagePipeline: Sendable {
                 if stage < .data, case .decided(let action, let reply) = decision, action == .discard || action == .quarantine {
                     // The whole message, once it is there.
                     if verdict.messageDisposition == nil {
-                        verdict.messageDisposition = DeferredDisposition(action: action, reply: reply, rule: "check:\(outcome.check)", reason: outcome.detail)
+                        verdict.messageDisposition = DeferredDisposition(action: action, reply: reply, rule: due[index].ruleName, reason: outcome.detail)
                     }
                     continue
                 }
                 verdict.outcome = decision
-                verdict.rule = "check:\(outcome.check)"
+                verdict.rule = due[index].ruleName
                 verdict.reason = outcome.detail
                 break
             }
         }
-        Self.applyConditionalDeferrals(outcomes, to: &verdict)
+        Self.applyConditionalDeferrals(outcomes, checks: due, to: &verdict)
         switch verdict.outcome {
         case .pass, .accept:
             for outcome in outcomes {
@@ -172,20 +216,22 @@ public struct StagePipeline: Sendable {
         case .decided:
             verdict.messageDisposition = nil
         }
+        if let edited, edited.contentChanged || edited.envelopeChanged { verdict.editedMessage = edited }
         return StageVerdict(stage: stage, verdict: verdict, checks: outcomes)
     }
 
     /// DEFER_IF_PERMIT when the stage would go on, DEFER_IF_REJECT when it would reject.
-    private static func applyConditionalDeferrals(_ outcomes: [CheckOutcome], to verdict: inout PolicyVerdict) {
+    private static func applyConditionalDeferrals(_ outcomes: [CheckOutcome], checks: [any StageCheck], to verdict: inout PolicyVerdict) {
         let goesOn: Bool
         switch verdict.outcome {
         case .pass, .accept: goesOn = true
         case .decided(let action, _): goesOn = false; guard action == .reject else { return }
         }
         let wanted: CheckOutcome.Result = goesOn ? .deferIfPermit : .deferIfReject
-        guard let outcome = outcomes.first(where: { $0.result == wanted }), let reply = outcome.reply else { return }
+        guard let index = outcomes.firstIndex(where: { $0.result == wanted }), let reply = outcomes[index].reply else { return }
+        let outcome = outcomes[index]
         verdict.outcome = .decided(.tempfail, reply)
-        verdict.rule = "check:\(outcome.check)"
+        verdict.rule = checks[index].ruleName
         verdict.reason = outcome.detail
     }
 
@@ -201,8 +247,14 @@ public struct StagePipeline: Sendable {
             .render(rule: outcome.check, facts: facts))
         case .tempfail: return .decided(.tempfail, outcome.reply ?? ReplyTemplate.checkFailed.render(rule: outcome.check, facts: facts))
         case .timeout, .error:
-            guard check.failureMode == .tempfail else { return nil }
-            return .decided(.tempfail, check.failureReply ?? ReplyTemplate.checkFailed.render(rule: outcome.check, facts: facts))
+            switch check.failureMode {
+            case .ignore: return nil
+            case .tempfail: return .decided(.tempfail, check.failureReply ?? ReplyTemplate.checkFailed.render(rule: outcome.check, facts: facts))
+            case .reject: return .decided(.reject, check.failureReply ?? ReplyTemplate.checkUnavailable.render(rule: outcome.check, facts: facts))
+            case .quarantine:
+                return .decided(.quarantine, ReplyTemplate.default(for: .quarantine, stage: outcome.stage, isLimit: false)!
+                    .render(rule: outcome.check, facts: facts))
+            }
         }
     }
 
@@ -218,12 +270,52 @@ public struct StagePipeline: Sendable {
         }
     }
 
-    /// One check against its timeout: whichever finishes first wins, the other is cancelled.
+    /// The message-editing checks in order, each with the message as the one before left it;
+    /// the first that refuses (or fails with a refusing failure mode) ends the chain.
+    private func runChain(_ chain: [any MessageEditingCheck], facts: TransactionFacts,
+                          message: MessageDraft) async -> ([CheckOutcome], MessageDraft) {
+        var draft = message
+        var outcomes: [CheckOutcome] = []
+        for check in chain {
+            let current = draft
+            let box = DraftBox()
+            let outcome = await run(check, stage: .data) {
+                let (finding, edited) = try await check.check(facts: facts, message: current)
+                box.set(edited)
+                return finding
+            }
+            if outcome.result != .timeout, outcome.result != .error, let edited = box.take() { draft = edited }
+            outcomes.append(outcome)
+            switch outcome.result {
+            case .reject, .tempfail, .discard: return (outcomes, draft)
+            case .timeout, .error:
+                if check.failureMode == .tempfail || check.failureMode == .reject { return (outcomes, draft) }
+            default: continue
+            }
+        }
+        return (outcomes, draft)
+    }
+
+    /// What a chained check left, handed out of its task.
+    private final class DraftBox: Sendable {
+        private let draft = Mutex<MessageDraft?>(nil)
+        func set(_ value: MessageDraft) { draft.withLock { $0 = value } }
+        func take() -> MessageDraft? { draft.withLock { $0 } }
+    }
+
     private func run(_ check: any StageCheck, stage: PolicyStage, facts: TransactionFacts) async -> CheckOutcome {
+        await run(check, stage: stage) { try await check.check(stage, facts: facts) }
+    }
+
+    /// One check against its timeout: whichever finishes first wins, the other is cancelled.
+    private func run(_ check: any StageCheck, stage: PolicyStage,
+                     _ evaluate: @escaping @Sendable () async throws -> CheckFinding) async -> CheckOutcome {
         let started = DispatchTime.now().uptimeNanoseconds
         let result: Result<CheckFinding, CheckFailure> = await withTaskGroup(of: Result<CheckFinding, CheckFailure>?.self) { group in
             group.addTask {
-                do { return .success(try await check.check(stage, facts: facts)) } catch { return .failure(.error("\(error)")) }
+                do { return .success(try await evaluate()) } catch {
+                    return .failure(.error("\(error)", kind: (error as? any CheckError)?.kind ?? "error"))
+                }
             }
             group.addTask { [clock] in
                 do { try await clock.sleep(for: check.timeout) } catch { return nil }  // cancelled: the check finished
@@ -232,7 +324,7 @@ public struct StagePipeline: Sendable {
             var first: Result<CheckFinding, CheckFailure>?
             while first == nil, let next = await group.next() { first = next }
             group.cancelAll()
-            return first ?? .failure(.error("cancelled"))
+            return first ?? .failure(.error("cancelled", kind: "error"))
         }
         let milliseconds = Int((DispatchTime.now().uptimeNanoseconds - started) / 1_000_000)
         switch result {
@@ -251,16 +343,20 @@ public struct StagePipeline: Sendable {
             }
             return outcome
         case .failure(.timeout):
-            return CheckOutcome(check: check.name, stage: stage, result: .timeout,
-                                detail: "no answer within \(check.timeout)", milliseconds: milliseconds)
-        case .failure(.error(let detail)):
-            return CheckOutcome(check: check.name, stage: stage, result: .error, detail: detail, milliseconds: milliseconds)
+            var outcome = CheckOutcome(check: check.name, stage: stage, result: .timeout,
+                                       detail: "no answer within \(check.timeout)", milliseconds: milliseconds)
+            outcome.errorKind = "timeout"
+            return outcome
+        case .failure(.error(let detail, let kind)):
+            var outcome = CheckOutcome(check: check.name, stage: stage, result: .error, detail: detail, milliseconds: milliseconds)
+            outcome.errorKind = kind
+            return outcome
         }
     }
 
     private enum CheckFailure: Error {
         case timeout
-        case error(String)
+        case error(String, kind: String)
     }
 }
 
@@ -268,4 +364,6 @@ extension ReplyTemplate {
     /// The reply when a check that must not be skipped failed (timed out, unreachable).
     public static let checkFailed = ReplyTemplate(code: 451, enhanced: EnhancedStatusCode(4, 7, 1),
                                                   text: "Temporary failure in a content or sender check, try again later (ref {id})")
+    /// The reply when a check whose failure refuses could not be asked (Postfix's milter reject default).
+    public static let checkUnavailable = ReplyTemplate(code: 550, enhanced: EnhancedStatusCode(5, 5, 0), text: "Service unavailable")
 }

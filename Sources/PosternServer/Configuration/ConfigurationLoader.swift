@@ -64,7 +64,7 @@ extension YAMLReader {
             return configuration
         }
         let top = mapping(root, "the configuration", keys: [
-            "hostname", "listen", "proxy_trusted_networks", "relay_domains", "trusted_networks", "auth", "tls", "upstreams", "upstream_retry_after", "upstream_probe", "policy_services", "limits",
+            "hostname", "listen", "proxy_trusted_networks", "relay_domains", "trusted_networks", "auth", "tls", "upstreams", "upstream_retry_after", "upstream_probe", "policy_services", "milters", "limits",
             "timeouts", "bare_line_endings", "forbid_improper_pipelining", "spool", "shutdown_grace_period", "log_level", "log_format", "decision_log", "metrics", "policy", "quarantine", "limits_store",
         ])
         if let node = top["hostname"], let value = string(node, "hostname") {
@@ -119,6 +119,15 @@ extension YAMLReader {
                 guard let service = policyService(entry) else { return nil }
                 if !names.insert(service.name).inserted { fail(entry, "two policy services named '\(service.name)'") }
                 return service
+            }
+        }
+        if let node = top["milters"] {
+            // One namespace with the policy services: a name is a check's name in records and metrics.
+            var names = Set(configuration.policyServices.map(\.name))
+            configuration.milters = sequence(node, "milters").compactMap { entry in
+                guard let milter = milter(entry) else { return nil }
+                if !names.insert(milter.name).inserted { fail(entry, "two checks named '\(milter.name)' (milters and policy services share names)") }
+                return milter
             }
         }
         if let node = top["limits"] { configuration.limits = limits(node) }
@@ -263,6 +272,74 @@ extension YAMLReader {
             }
         }
         return address == nil ? nil : service
+    }
+
+    /// `{ name, address: inet:HOST:PORT | unix:PATH, stages, timeouts: {connect, command, content},
+    /// default_action: accept | tempfail | reject | quarantine, macros: {STAGE: "names…"} }`.
+    mutating func milter(_ node: Node) -> MilterConfiguration? {
+        let entries = mapping(node, "a milter", keys: ["name", "address", "stages", "timeouts", "default_action", "macros"])
+        guard let nameNode = entries["name"], let name = string(nameNode, "milters.name") else {
+            if entries["name"] == nil { fail(node, "a milter needs a name") }
+            return nil
+        }
+        guard name.utf8.allSatisfy({ PathGrammar.isLetDig($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") }), !name.isEmpty else {
+            fail(nameNode, "milter name '\(name)' may only have letters, digits, '-' and '_'")
+            return nil
+        }
+        guard let addressNode = entries["address"] else {
+            fail(node, "milter '\(name)' needs an address (inet:HOST:PORT or unix:PATH)")
+            return nil
+        }
+        guard let text = string(addressNode, "milters.address") else { return nil }
+        guard var address = PolicyServiceConfiguration.Address(parsing: text) else {
+            fail(addressNode, "milter address must be inet:HOST:PORT or unix:PATH")
+            return nil
+        }
+        if case .unix(let path) = address { address = .unix(path: resolvedPath(path)) }
+        var milter = MilterConfiguration(name: name, address: address)
+        if let node = entries["stages"] {
+            var stages = Set<PolicyStage>()
+            for entry in sequence(node, "milters.stages") {
+                guard let text = string(entry, "a stage") else { continue }
+                if let stage = PolicyStage(rawValue: text) { stages.insert(stage) } else {
+                    fail(entry, "unknown stage '\(text)' (expected connect, helo, mail, rcpt or data)")
+                }
+            }
+            if case .sequence(let list) = node, list.isEmpty { fail(node, "stages needs at least one stage") }
+            if !stages.isEmpty { milter.stages = stages }
+        }
+        if let node = entries["timeouts"] {
+            let timeouts = mapping(node, "milters.timeouts", keys: ["connect", "command", "content"])
+            for (key, path) in [("connect", \MilterConfiguration.Timeouts.connect), ("command", \.command), ("content", \.content)] {
+                guard let entry = timeouts[key], let value = duration(entry, "milters.timeouts.\(key)") else { continue }
+                if value <= .zero { fail(entry, "milters.timeouts.\(key) must be longer than 0") } else { milter.timeouts[keyPath: path] = Duration(value) }
+            }
+        }
+        if let node = entries["default_action"], let text = string(node, "milters.default_action") {
+            if let action = MilterConfiguration.DefaultAction(rawValue: text) { milter.defaultAction = action } else {
+                fail(node, "default_action must be accept, tempfail, reject or quarantine")
+            }
+        }
+        if let node = entries["macros"] {
+            let lists = mapping(node, "milters.macros", keys: Set(MilterConfiguration.macroStageNames))
+            for (key, entry) in lists {
+                guard let stage = MilterConfiguration.macroStage(named: key), let text = string(entry, "milters.macros.\(key)") else { continue }
+                let names = text.split(separator: " ").map(String.init)
+                if let bad = names.first(where: { !Self.isMacroName($0) }) {
+                    fail(entry, "'\(bad)' is not a macro name (a letter such as j, or {name})")
+                } else {
+                    milter.macros[stage] = names
+                }
+            }
+        }
+        return milter
+    }
+
+    /// `j`, `_`, or `{name}` of letters, digits and `_`.
+    static func isMacroName(_ name: String) -> Bool {
+        let word = name.hasPrefix("{") && name.hasSuffix("}") && name.count > 2 ? name.dropFirst().dropLast() : Substring(name)
+        guard !word.isEmpty, word.count == 1 || name.hasPrefix("{") else { return false }
+        return word.utf8.allSatisfy { PathGrammar.isLetDig($0) || $0 == UInt8(ascii: "_") }
     }
 
     /// `upstream_probe: off`, or `{ interval: 1s, timeout: 5s }`.

@@ -127,6 +127,8 @@ public struct PosternConfiguration: Sendable {
     public var upstreamProbe = UpstreamProbeSettings()
     /// Policy servers (Postfix's `check_policy_service`), asked in this order.
     public var policyServices: [PolicyServiceConfiguration] = []
+    /// Milter filters, in chain order (Postfix's `smtpd_milters`).
+    public var milters: [MilterConfiguration] = []
     public var limits = Limits()
     public var timeouts = Timeouts()
     public var bareLineEndings: SMTPInputFramer.BareLineEndingPolicy = .reject

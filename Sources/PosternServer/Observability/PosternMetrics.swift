@@ -29,6 +29,8 @@ public final class PosternMetrics: Sendable {
     private let upstreamUp: LabelledMetric<Gauge>
     private let upstreamSinceSuccess: LabelledMetric<Gauge>
     private let checkResults: LabelledMetric<Counter>
+    private let checkErrors: LabelledMetric<Counter>
+    private let checkDurations: LabelledMetric<DurationHistogram>
     /// The shared rate-limit store's failures (see `limitsStoreFailure`): made on the first
     /// failure, so a server without Redis exports none of them.
     let limitsStoreErrors: LabelledMetric<Counter>
@@ -70,7 +72,15 @@ public final class PosternMetrics: Sendable {
                 buckets: [.microseconds(10), .microseconds(100), .milliseconds(1), .milliseconds(10), .milliseconds(100), .seconds(1)])
         }
         checkResults = counter(
-            "check_results_total", "Evaluations of the pipeline's checks (policy servers), by check and result.", labels: ["check", "result"])
+            "check_results_total", "Evaluations of the pipeline's checks (policy servers, milters), by check and result.", labels: ["check", "result"])
+        checkErrors = counter(
+            "check_errors_total", "Checks that failed (their default action applied), by check and kind of failure.", labels: ["check", "kind"])
+        checkDurations = LabelledMetric(labels: ["check"]) {
+            registry.makeDurationHistogram(
+                descriptor: PosternMetrics.name("check_duration_seconds", "Time each check took, per stage evaluation."),
+                labels: $0,
+                buckets: [.milliseconds(1), .milliseconds(10), .milliseconds(100), .seconds(1), .seconds(10), .seconds(60)])
+        }
         rateLimitRefusals = counter("rate_limit_refusals_total", "Refusals by rate-limit rules, by limit.", labels: ["limit"])
         authAttempts = counter("auth_attempts_total", "AUTH exchanges by mechanism and result.", labels: ["mechanism", "result"])
         defences = counter("defences_total", "Sessions ended by a connection defence, by defence.", labels: ["defence"])
@@ -158,8 +168,14 @@ public final class PosternMetrics: Sendable {
     }
 
     /// One evaluation of a pipeline check, by its result (pass, accept, reject, tempfail, timeout, error…).
-    func checkResult(check: String, result: String) {
+    func checkResult(check: String, result: String, milliseconds: Int) {
         checkResults(check, result).increment()
+        checkDurations(check).recordNanoseconds(Int64(milliseconds) * 1_000_000)
+    }
+
+    /// A check that failed, by kind (connect, timeout, closed, protocol…).
+    func checkError(check: String, kind: String) {
+        checkErrors(check, kind).increment()
     }
 
     /// Sets `postern_upstream_up` (1 alive, 0 marked down) and

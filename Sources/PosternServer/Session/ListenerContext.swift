@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOSSL
+import PosternEngines
 import PosternLog
 import PosternPolicy
 import PosternSession
@@ -25,6 +26,8 @@ final class ListenerContext: Sendable {
     let spool: PosternConfiguration.Spool
     /// The pipeline's checks besides the policy's own conditions (policy servers).
     let checks: [any StageCheck]
+    /// The milter filters, in chain order: each session opens its own connection to each.
+    let milters: [MilterFilter]
     let logger: Logger
     /// Test-only and unsafe (`POSTERN_TEST_UNSAFE_EARLY_ACK=1`, for the chaos run's self-check):
     /// the client is told 250 at the end of its message before the upstream has answered.
@@ -34,9 +37,10 @@ final class ListenerContext: Sendable {
         session: SessionConfiguration, pool: UpstreamPool, limiter: ConnectionLimiter, registry: SessionRegistry,
         tlsContext: NIOSSLContext?, decisionLog: DecisionLogWriter?, metrics: PosternMetrics, policy: PolicyStore,
         authenticator: Authenticator?, quarantine: String?, hostname: String, spool: PosternConfiguration.Spool,
-        checks: [any StageCheck] = [], logger: Logger, unsafeEarlyAck: Bool = false
+        checks: [any StageCheck] = [], milters: [MilterFilter] = [], logger: Logger, unsafeEarlyAck: Bool = false
     ) {
         self.checks = checks
+        self.milters = milters
         self.session = session
         self.pool = pool
         self.limiter = limiter
@@ -81,8 +85,8 @@ final class ListenerContext: Sendable {
 
     /// Runs a stage and counts what it did: time per filter, rules and shadow rules that
     /// matched, refusals by rate limits.
-    func evaluate(_ request: StageRequest, pipeline: StagePipeline, logger: Logger) async -> StageVerdict {
-        let result = await pipeline.evaluate(request.stage, facts: request.facts)
+    func evaluate(_ request: StageRequest, pipeline: StagePipeline, message: MessageDraft? = nil, logger: Logger) async -> StageVerdict {
+        let result = await pipeline.evaluate(request.stage, facts: request.facts, message: message)
         let verdict = result.verdict
         for (filter, nanoseconds) in verdict.filterNanoseconds { metrics.filterDuration(filter: filter, nanoseconds: nanoseconds) }
         if let limit = verdict.rateLimit { metrics.rateLimitRefusal(limit: limit) }
@@ -92,7 +96,8 @@ final class ListenerContext: Sendable {
         }
         if let rule = verdict.rule { metrics.ruleHit(rule: rule, mode: "enforce") }
         for outcome in result.checks {
-            metrics.checkResult(check: outcome.check, result: outcome.result.rawValue)
+            metrics.checkResult(check: outcome.check, result: outcome.result.rawValue, milliseconds: outcome.milliseconds)
+            if let kind = outcome.errorKind { metrics.checkError(check: outcome.check, kind: kind) }
             if outcome.result == .error || outcome.result == .timeout {
                 logger.info("check failed; its default action applies", metadata: [
                     "check": "\(outcome.check)", "stage": "\(outcome.stage.rawValue)", "error": "\(outcome.detail)",

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOSSL
+import PosternEngines
 import PosternLog
 import PosternPolicy
 import PosternSession
@@ -23,6 +24,8 @@ struct SMTPConnection {
     private let context: ListenerContext
     private var machine: SessionMachine
     private let pipeline: StagePipeline
+    /// This session's milters (each with its own filter connection), in chain order.
+    private let milters: [MilterCheck]
     private var logger: Logger
     private let work: SessionWork
     /// Replies waiting to be written.
@@ -43,7 +46,9 @@ struct SMTPConnection {
         self.context = context
         let policy = context.policy.policy  // the session keeps this snapshot; a reload serves later sessions
         self.machine = SessionMachine(configuration: context.session, policy: policy, peer: peer, now: Self.now())
-        self.pipeline = StagePipeline(policy: policy, checks: context.checks)
+        let milters = context.milters.map { $0.session() }
+        self.milters = milters
+        self.pipeline = StagePipeline(policy: policy, checks: context.checks + milters.map { $0 as any StageCheck })
         var logger = context.logger
         logger[metadataKey: "smtp.session.id"] = "\(machine.sessionID)"
         self.logger = logger
@@ -77,6 +82,7 @@ struct SMTPConnection {
             }
         }
         await runLateCommit()
+        for milter in milters { await milter.close() }
         // The client side is done (its slot is free); now the upstream connection goes back.
         await work.finish()
         logger.debug("session ended")
@@ -102,7 +108,11 @@ struct SMTPConnection {
             slot = key
             return machine.admitted(admission, now: Self.now())
         case .evaluate(let request):
-            let verdict = await context.evaluate(request, pipeline: pipeline, logger: logger)
+            var message: MessageDraft?
+            if request.stage == .data, pipeline.editsMessages {
+                message = await work.draft(facts: request.facts, addedHeaders: request.addedHeaders)
+            }
+            let verdict = await context.evaluate(request, pipeline: pipeline, message: message, logger: logger)
             return machine.stageEvaluated(verdict, now: Self.now())
         case .upstream(let request):
             await runLateCommit()

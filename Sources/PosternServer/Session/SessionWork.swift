@@ -173,6 +173,56 @@ final class SessionWork {
         return nil
     }
 
+    // MARK: The message for the milters
+
+    /// The stored message as the checks that edit it see it: its header fields (after the
+    /// headers earlier stages added), its body in the spool, the envelope. Nil without one.
+    func draft(facts: TransactionFacts, addedHeaders: [AddedHeader]) async -> MessageDraft? {
+        guard let spool, spoolFailure == nil else { return nil }
+        var head: [UInt8] = []
+        var parsed: (fields: [MessageDraft.Field], length: Int)?
+        do {
+            try await spool.forEachChunk { chunk in
+                guard parsed == nil else { return }
+                let searchFrom = max(0, head.count - 3)
+                head.append(contentsOf: chunk.readableBytesView)
+                if Self.findEmptyLine(head, from: searchFrom) { parsed = MessageDraft.parseHeaderSection(head) }
+            }
+        } catch {
+            logger.error("the message could not be read for the milters", metadata: ["error": "\(error)"])
+            return nil
+        }
+        if parsed == nil {
+            // No empty line: the message is all header (or ends in a line without CRLF).
+            let ending: [UInt8] = head.suffix(2) == [0x0D, 0x0A] ? [0x0D, 0x0A] : [0x0D, 0x0A, 0x0D, 0x0A]
+            parsed = MessageDraft.parseHeaderSection(head + ending).map { ($0.fields, min($0.length, head.count)) }
+        }
+        guard let (fields, length) = parsed else { return nil }
+        let added = addedHeaders.map { MessageDraft.Field(name: $0.name, text: $0.value, leadingSpace: false) }
+        return MessageDraft(fields: added + fields, body: .original(SpoolBody(spool: spool), offset: length),
+                            sender: facts.sender ?? .null, senderParameters: facts.senderParameters ?? MailParameters(),
+                            recipients: facts.recipients)
+    }
+
+    private static func findEmptyLine(_ bytes: [UInt8], from start: Int) -> Bool {
+        guard bytes.count >= 4 else { return bytes.starts(with: [0x0D, 0x0A]) }
+        if bytes.starts(with: [0x0D, 0x0A]) { return true }
+        var index = start
+        while index + 3 < bytes.count {
+            if bytes[index] == 0x0D, bytes[index + 1] == 0x0A, bytes[index + 2] == 0x0D, bytes[index + 3] == 0x0A { return true }
+            index += 1
+        }
+        return false
+    }
+
+    /// The spool as the milters read the body: only while the session's task waits for them.
+    private struct SpoolBody: MessageBodySource, @unchecked Sendable {
+        let spool: MessageSpool
+        func forEachChunk(from offset: Int, maximum: Int, _ body: (ByteBuffer) async throws -> Void) async throws {
+            try await spool.forEachChunk(from: offset, chunkSize: maximum, body)
+        }
+    }
+
     /// The spool handed to the thread pool while the session's task waits for it: one owner at a time.
     private struct Owned: @unchecked Sendable {
         let value: MessageSpool
