@@ -1,3 +1,4 @@
+import NIOCore
 import PosternPolicy
 import SMTPCore
 import Synchronization
@@ -218,4 +219,86 @@ final class StagePipelineTests: XCTestCase {
         let result = await StagePipeline(policy: .empty, checks: [Configured()]).evaluate(.rcpt, facts: Self.facts)
         XCTAssertEqual(result.verdict.outcome, .decided(.tempfail, SMTPReply(451, EnhancedStatusCode(4, 3, 5), "Server configuration problem")))
     }
+}
+
+/// The checks that edit the message at data: one after another, each seeing the edits of the ones before.
+final class MessageEditingChainTests: XCTestCase {
+    struct Editor: MessageEditingCheck {
+        var name: String
+        var stages: Set<PolicyStage> = [.data]
+        var timeout: Duration = .seconds(5)
+        var failureMode: CheckFailureMode = .ignore
+        var body: @Sendable (MessageDraft) async throws -> (CheckFinding, MessageDraft)
+
+        func check(_ stage: PolicyStage, facts: TransactionFacts) async throws -> CheckFinding { CheckFinding(.pass, detail: "envelope") }
+        func check(facts: TransactionFacts, message: MessageDraft) async throws -> (CheckFinding, MessageDraft) { try await body(message) }
+    }
+
+    static let draft = MessageDraft(fields: [MessageDraft.Field(name: "Subject", text: "hi", leadingSpace: false)],
+                                    body: .replaced(ByteBuffer(string: "body\r\n")), sender: .null, recipients: [])
+
+    func testEachEditorSeesTheEditsOfTheOneBefore() async {
+        let first = Editor(name: "dkim") { draft in
+            var draft = draft
+            draft.insertHeader(MessageDraft.Field(name: "Authentication-Results", text: "mx; dkim=pass", leadingSpace: false), at: 1)
+            return (CheckFinding(.pass, detail: "insert header Authentication-Results"), draft)
+        }
+        let second = Editor(name: "dmarc") { draft in
+            var draft = draft
+            let saw = draft.fields.contains { $0.name == "Authentication-Results" }
+            draft.addHeader(MessageDraft.Field(name: "X-Saw-DKIM", text: "\(saw)", leadingSpace: false))
+            return (CheckFinding(.pass, detail: "add header"), draft)
+        }
+        let pipeline = StagePipeline(policy: .empty, checks: [first, second])
+        XCTAssertTrue(pipeline.editsMessages)
+        let result = await pipeline.evaluate(.data, facts: StagePipelineTests.facts, message: Self.draft)
+        XCTAssertEqual(result.checks.map(\.check), ["dkim", "dmarc"])
+        let edited = result.verdict.editedMessage
+        XCTAssertEqual(edited?.fields.map(\.name), ["Authentication-Results", "Subject", "X-Saw-DKIM"])
+        XCTAssertEqual(edited?.fields.last.map { String(decoding: $0.value, as: UTF8.self) }, " true")
+    }
+
+    func testARefusalEndsTheChainAndNamesTheCheck() async {
+        let refuses = Editor(name: "spam") { (CheckFinding(.reject(StagePipelineTests.spam), detail: "reply 550"), $0) }
+        let never = Editor(name: "after") { _ in
+            XCTFail("a check after a refusal was asked")
+            return (CheckFinding(.pass, detail: ""), StagePipelineTests.draftPlaceholder)
+        }
+        let pipeline = StagePipeline(policy: .empty, checks: [refuses, never])
+        let result = await pipeline.evaluate(.data, facts: StagePipelineTests.facts, message: Self.draft)
+        XCTAssertEqual(result.checks.map(\.check), ["spam"])
+        XCTAssertEqual(result.verdict.outcome, .decided(.reject, StagePipelineTests.spam))
+        XCTAssertNil(result.verdict.editedMessage, "nothing changed")
+    }
+
+    func testAFailureTakesTheDefaultActionAndItsEditsAreDropped() async {
+        struct Broken: Error, CheckError { var kind: String { "protocol" } }
+        for (mode, expected) in [(CheckFailureMode.ignore, nil), (.reject, RuleAction.reject), (.quarantine, .quarantine), (.tempfail, .tempfail)] {
+            let breaks = Editor(name: "broken", failureMode: mode) { _ in throw Broken() }
+            let pipeline = StagePipeline(policy: .empty, checks: [breaks])
+            let result = await pipeline.evaluate(.data, facts: StagePipelineTests.facts, message: Self.draft)
+            XCTAssertEqual(result.checks.first?.result, .error, "\(mode)")
+            XCTAssertEqual(result.checks.first?.errorKind, "protocol")
+            if let expected {
+                guard case .decided(let action, _) = result.verdict.outcome else { XCTFail("\(mode): \(result.verdict.outcome)"); continue }
+                XCTAssertEqual(action, expected)
+                XCTAssertEqual(result.verdict.rule, "check:broken")
+            } else {
+                XCTAssertEqual(result.verdict.outcome, .pass)
+            }
+        }
+    }
+
+    func testWithoutAMessageTheEditorsAreNotAsked() async {
+        let editor = Editor(name: "dkim") { _ in
+            XCTFail("asked without a message")
+            return (CheckFinding(.pass, detail: ""), StagePipelineTests.draftPlaceholder)
+        }
+        let result = await StagePipeline(policy: .empty, checks: [editor]).evaluate(.data, facts: StagePipelineTests.facts)
+        XCTAssertEqual(result.checks.map(\.check), [])
+    }
+}
+
+extension StagePipelineTests {
+    static let draftPlaceholder = MessageDraft(fields: [], body: .replaced(ByteBuffer()), sender: .null, recipients: [])
 }
