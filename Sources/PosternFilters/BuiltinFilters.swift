@@ -17,6 +17,8 @@ public enum BuiltinFilters {
         registry.register("asn", GeoIPCondition.factory(.asn))
         registry.register("limit", LimitCondition.make)
         registry.register("header.", ContentCondition.factory(.header("")))
+        registry.register("milter.", EngineCondition.factory(prefix: "milter."))
+        registry.register("policy_service.", EngineCondition.factory(prefix: "policy_service."))
         registry.register("subject", ContentCondition.factory(.subject))
         registry.register("body", ContentCondition.factory(.body))
         registry.register("attachment_name", ContentCondition.factory(.attachmentName))

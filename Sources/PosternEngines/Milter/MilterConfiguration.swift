@@ -43,6 +43,8 @@ public struct MilterConfiguration: Hashable, Sendable {
     /// Macro names per stage, replacing Postern's defaults for that stage (a filter's own
     /// request at negotiation replaces both).
     public var macros: [Milter.MacroStage: [String]]
+    /// `mode: shadow`: the filter is asked and its answer recorded; it decides and changes nothing.
+    public var shadow = false
 
     public init(name: String, address: PolicyServiceConfiguration.Address, stages: Set<PolicyStage> = Set(PolicyStage.allCases),
                 timeouts: Timeouts = Timeouts(), defaultAction: DefaultAction = .tempfail, macros: [Milter.MacroStage: [String]] = [:]) {

@@ -16,6 +16,8 @@ struct MilterExchange {
     private(set) var quarantine: String?
     /// What the filter did to the message, for the record.
     private(set) var edits: [String] = []
+    /// The same for the rules.
+    private(set) var effects = CheckEffects()
 
     init(connection: MilterConnection, negotiation: Milter.Negotiation, configuration: MilterConfiguration, hostname: String,
          draft: MessageDraft) {
@@ -172,13 +174,21 @@ struct MilterExchange {
             case .addHeader(let name, let value):
                 draft.addHeader(MessageDraft.Field(name: name, text: value, leadingSpace: leadingSpace))
                 edits.append("add header \(name)")
+                noteHeader(name, value: value, action: "add header")
             case .insertHeader(let index, let name, let value):
                 draft.insertHeader(MessageDraft.Field(name: name, text: value, leadingSpace: leadingSpace), at: Int(index))
                 edits.append("insert header \(name)")
+                noteHeader(name, value: value, action: "add header")
             case .changeHeader(let index, let name, let value):
+                let existed = draft.fields.contains { $0.name.lowercased() == name.lowercased() }
                 draft.changeHeader(name: name, index: Int(index),
                                    to: value.isEmpty ? nil : MessageDraft.Field(name: name, text: value, leadingSpace: leadingSpace))
                 edits.append(value.isEmpty ? "delete header \(name)" : "change header \(name)")
+                if value.isEmpty {
+                    if existed { note("delete header") }
+                } else {
+                    noteHeader(name, value: value, action: name.lowercased() == "subject" ? "rewrite subject" : existed ? "change header" : "add header")
+                }
             case .replaceBody(var chunk):
                 if newBody == nil { newBody = ByteBuffer() }
                 newBody!.writeBuffer(&chunk)
@@ -191,34 +201,52 @@ struct MilterExchange {
                                         smtpUTF8: draft.senderParameters.smtpUTF8, ret: parsed.ret, envelopeID: parsed.envelopeID)
                 draft.changeSender(path, parameters: parsed)
                 edits.append("change sender")
+                note("change sender")
             case .addRecipient(let recipient, let parameters):
                 guard case .rcpt(let path, _) = Self.parse("RCPT TO:", recipient, parameters) else {
                     throw MilterError(.protocolError, "ADDRCPT with an address Postern cannot read: \(recipient)")
                 }
                 draft.addRecipient(path)
                 edits.append("add recipient")
+                note("add recipient")
             case .deleteRecipient(let recipient):
                 guard case .rcpt(let path, _) = Self.parse("RCPT TO:", recipient, nil) else {
                     throw MilterError(.protocolError, "DELRCPT with an address Postern cannot read: \(recipient)")
                 }
                 draft.deleteRecipient(path)
                 edits.append("delete recipient")
+                note("delete recipient")
             case .continue, .accept, .skip:
-                if let newBody { draft.replaceBody(newBody); edits.append("replace body") }
+                if let newBody { draft.replaceBody(newBody); edits.append("replace body"); note("replace body") }
                 return nil
             case .reject, .tempfail, .reply, .discard, .shutdown:
-                return Self.messageFinding(try Self.decision(response, to: .endOfMessage)!)
+                var finding = Self.messageFinding(try Self.decision(response, to: .endOfMessage)!)
+                finding.effects = effects
+                return finding
             case .negotiation:
                 throw MilterError(.protocolError, "option negotiation in answer to end of message")
             }
         }
     }
 
+    private mutating func note(_ action: String) {
+        if !effects.actions.contains(action) { effects.actions.append(action) }
+    }
+
+    private mutating func noteHeader(_ name: String, value: String, action: String) {
+        note(action)
+        let lowered = name.lowercased()
+        if !effects.headers.contains(lowered) { effects.headers.append(lowered) }
+        if let score = CheckEffects.score(inHeader: name, value: value) { effects.score = score }
+    }
+
     /// The finding of a filter that did not decide (or accepted): pass, or the quarantine it asked for.
     func finding() -> CheckFinding {
         let detail = edits.isEmpty ? "continue" : edits.joined(separator: "; ")
-        if let quarantine { return CheckFinding(.quarantine, detail: "quarantine: \(quarantine)" + (edits.isEmpty ? "" : "; " + detail)) }
-        return CheckFinding(.pass, detail: detail)
+        if let quarantine {
+            return CheckFinding(.quarantine, detail: "quarantine: \(quarantine)" + (edits.isEmpty ? "" : "; " + detail), effects: effects)
+        }
+        return CheckFinding(.pass, detail: detail, effects: effects)
     }
 
     private static func messageFinding(_ answer: Answer) -> CheckFinding {

@@ -72,6 +72,7 @@ public final class MilterCheck: MessageEditingCheck {
 
     public var name: String { filter.configuration.name }
     public var ruleName: String { "milter:\(filter.configuration.name)" }
+    public var isShadow: Bool { filter.configuration.shadow }
     public var stages: Set<PolicyStage> { filter.configuration.stages }
     /// The filter's own timeouts bound each read; this only catches what they cannot.
     public var timeout: Duration { .seconds(3600) }

@@ -12,6 +12,8 @@ public struct PolicyServiceCheck: StageCheck {
     }
 
     public var name: String { client.configuration.name }
+    public var ruleName: String { "policy_service:\(client.configuration.name)" }
+    public var isShadow: Bool { client.configuration.shadow }
     public var stages: Set<PolicyStage> { client.configuration.stages }
     /// A little past the client's own deadline, which closes the connection first.
     public var timeout: Duration { client.configuration.timeout + .milliseconds(500) }

@@ -58,6 +58,8 @@ public struct PolicyServiceConfiguration: Hashable, Sendable {
     public var maximumConnections: Int
     /// A connection idle this long is closed (Postfix's `smtpd_policy_service_max_idle`).
     public var maximumIdle: Duration
+    /// `mode: shadow`: the server is asked and its answer recorded; it decides nothing.
+    public var shadow = false
 
     public init(name: String, address: Address, stages: Set<PolicyStage> = [.rcpt], timeout: Duration = .seconds(100),
                 defaultAction: DefaultAction = .postfix, maximumConnections: Int = 16, maximumIdle: Duration = .seconds(300)) {

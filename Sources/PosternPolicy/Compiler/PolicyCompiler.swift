@@ -478,13 +478,14 @@ public struct PolicyCompiler: Sendable {
                     conditions.append(NotCondition(nested, description: Self.describe(value)))
                 }
             default:
-                let factoryName = name.hasPrefix("header.") ? "header." : name
-                guard let factory = registry.factory(factoryName) else {
+                // `header.NAME`, `milter.NAME`…: a factory registered as a prefix ending in a dot.
+                let prefix = registry.names.first { $0.hasSuffix(".") && name.hasPrefix($0) }
+                guard let factory = registry.factory(prefix ?? name) else {
                     context.reader.fail(key, "unknown condition '\(name)' (known: any, all, not, \(registry.names.joined(separator: ", ")))")
                     continue
                 }
-                if name.hasPrefix("header.") {
-                    // The header name travels to the factory as a one-entry mapping.
+                if prefix != nil {
+                    // The name after the prefix travels to the factory as a one-entry mapping.
                     let wrapped = Node.mapping(Node.Mapping([(key, value)]))
                     if let built = factory(wrapped, &context) { conditions.append(built) }
                 } else if let built = factory(value, &context) {

@@ -18,6 +18,9 @@ public protocol StageCheck: Sendable {
     var failureReply: SMTPReply? { get }
     /// The `rule` of a decision this check makes: `check:NAME` unless it says otherwise.
     var ruleName: String { get }
+    /// `mode: shadow`: the check is asked and what it would have done is recorded, but it
+    /// decides nothing and changes nothing.
+    var isShadow: Bool { get }
     /// Evaluates `facts` at `stage`; a thrown error is a failure (`failureMode`). A
     /// ``CheckError`` names its kind for the metrics.
     func check(_ stage: PolicyStage, facts: TransactionFacts) async throws -> CheckFinding
@@ -26,6 +29,7 @@ public protocol StageCheck: Sendable {
 extension StageCheck {
     public var failureReply: SMTPReply? { nil }
     public var ruleName: String { "check:\(name)" }
+    public var isShadow: Bool { false }
 }
 
 /// A check that reads the whole message at `data` and may edit it (a milter). Such checks
@@ -76,11 +80,50 @@ public struct CheckFinding: Hashable, Sendable {
     public var detail: String
     /// Headers the check adds to the message when the transaction goes on (PREPEND).
     public var headers: [AddedHeader]
+    /// What an engine did, for the rules (`milter.NAME: { action: … }`).
+    public var effects: CheckEffects
 
-    public init(_ verdict: Verdict, detail: String, headers: [AddedHeader] = []) {
+    public init(_ verdict: Verdict, detail: String, headers: [AddedHeader] = [], effects: CheckEffects = CheckEffects()) {
         self.verdict = verdict
         self.detail = detail
         self.headers = headers
+        self.effects = effects
+    }
+}
+
+/// What an engine did to the message, in words a rule can name: `add header`, `change
+/// header`, `delete header`, `rewrite subject`, `replace body`, `change sender`, `add
+/// recipient`, `delete recipient`; the headers it added or changed; and its score, when
+/// one of those headers carries one (rspamd's X-Spamd-Result, X-Spam-Score, X-Spam-Status).
+public struct CheckEffects: Hashable, Sendable {
+    public var actions: [String]
+    /// Lowercased names of the headers added or changed.
+    public var headers: [String]
+    public var score: Double?
+
+    public init(actions: [String] = [], headers: [String] = [], score: Double? = nil) {
+        self.actions = actions
+        self.headers = headers
+        self.score = score
+    }
+
+    /// The score in a spam header's value: `default: False [3.40 / 15.00]`, `Yes, score=7.1`, `5.3`.
+    public static func score(inHeader name: String, value: String) -> Double? {
+        let text: Substring
+        switch name.lowercased() {
+        case "x-spamd-result":
+            guard let open = value.firstIndex(of: "[") else { return nil }
+            text = value[value.index(after: open)...]
+        case "x-spam-status":
+            guard let range = value.range(of: "score=") else { return nil }
+            text = value[range.upperBound...]
+        case "x-spam-score", "x-rspamd-score":
+            text = Substring(value)
+        default:
+            return nil
+        }
+        let number = text.drop { $0 == " " || $0 == "\t" }.prefix { $0.isNumber || $0 == "." || $0 == "-" }
+        return Double(number)
     }
 }
 
@@ -114,6 +157,9 @@ public struct CheckOutcome: Hashable, Sendable {
     public var headers: [AddedHeader] = []
     /// For `error`: what kind of failure (`CheckError.kind`, `timeout`, or `error`).
     public var errorKind: String?
+    public var effects = CheckEffects()
+    /// The check is in shadow mode: recorded, not enforced.
+    public var shadow = false
 
     public init(check: String, stage: PolicyStage, result: Result, detail: String, milliseconds: Int) {
         self.check = check
@@ -192,7 +238,7 @@ public struct StagePipeline: Sendable {
         var verdict = await PolicyEngine.evaluate(policy, stage: stage, facts: facts)
         guard !outcomes.isEmpty else { return StageVerdict(stage: stage, verdict: verdict, checks: outcomes) }
         if verdict.outcome == .pass {
-            for (index, outcome) in outcomes.enumerated() {
+            for (index, outcome) in outcomes.enumerated() where !outcome.shadow {
                 guard let decision = Self.decision(outcome, check: due[index], facts: facts) else { continue }
                 if stage < .data, case .decided(let action, let reply) = decision, action == .discard || action == .quarantine {
                     // The whole message, once it is there.
@@ -207,10 +253,15 @@ public struct StagePipeline: Sendable {
                 break
             }
         }
-        Self.applyConditionalDeferrals(outcomes, checks: due, to: &verdict)
+        for (index, outcome) in outcomes.enumerated() where outcome.shadow {
+            guard let decision = Self.decision(outcome, check: due[index], facts: facts), case .decided(let action, _) = decision else { continue }
+            verdict.shadowHits.append(ShadowHit(rule: due[index].ruleName, action: action.name, reason: outcome.detail))
+        }
+        Self.applyConditionalDeferrals(outcomes.map { $0.shadow ? CheckOutcome(check: $0.check, stage: $0.stage, result: .pass, detail: "", milliseconds: 0) : $0 },
+                                       checks: due, to: &verdict)
         switch verdict.outcome {
         case .pass, .accept:
-            for outcome in outcomes {
+            for outcome in outcomes where !outcome.shadow {
                 verdict.headerActions += outcome.headers.map { RuleAction.addHeader(name: $0.name, value: $0.value) }
             }
         case .decided:
@@ -284,8 +335,10 @@ public struct StagePipeline: Sendable {
                 box.set(edited)
                 return finding
             }
-            if outcome.result != .timeout, outcome.result != .error, let edited = box.take() { draft = edited }
             outcomes.append(outcome)
+            // A shadow check is asked with the message as it is, and changes nothing.
+            if check.isShadow { continue }
+            if outcome.result != .timeout, outcome.result != .error, let edited = box.take() { draft = edited }
             switch outcome.result {
             case .reject, .tempfail, .discard: return (outcomes, draft)
             case .timeout, .error:
@@ -331,6 +384,8 @@ public struct StagePipeline: Sendable {
         case .success(let finding):
             var outcome = CheckOutcome(check: check.name, stage: stage, result: .pass, detail: finding.detail, milliseconds: milliseconds)
             outcome.headers = finding.headers
+            outcome.effects = finding.effects
+            outcome.shadow = check.isShadow
             switch finding.verdict {
             case .pass: break
             case .accept: outcome.result = .accept
@@ -346,10 +401,12 @@ public struct StagePipeline: Sendable {
             var outcome = CheckOutcome(check: check.name, stage: stage, result: .timeout,
                                        detail: "no answer within \(check.timeout)", milliseconds: milliseconds)
             outcome.errorKind = "timeout"
+            outcome.shadow = check.isShadow
             return outcome
         case .failure(.error(let detail, let kind)):
             var outcome = CheckOutcome(check: check.name, stage: stage, result: .error, detail: detail, milliseconds: milliseconds)
             outcome.errorKind = kind
+            outcome.shadow = check.isShadow
             return outcome
         }
     }

@@ -211,7 +211,7 @@ extension YAMLReader {
     /// `{ name, address: inet:HOST:PORT | unix:PATH, or spawn: [argv…], stages, timeout, default_action, max_connections }`.
     mutating func policyService(_ node: Node) -> PolicyServiceConfiguration? {
         let what = "a policy service"
-        let entries = mapping(node, what, keys: ["name", "address", "spawn", "stages", "timeout", "default_action", "max_connections", "max_idle"])
+        let entries = mapping(node, what, keys: ["name", "address", "spawn", "stages", "timeout", "default_action", "max_connections", "max_idle", "mode"])
         guard let nameNode = entries["name"], let name = string(nameNode, "policy_services.name") else {
             if entries["name"] == nil { fail(node, "a policy service needs a name") }
             return nil
@@ -271,13 +271,25 @@ extension YAMLReader {
             default: fail(node, "default_action must be DUNNO or a 4xx reply such as \"451 4.3.5 Server configuration problem\"")
             }
         }
+        if let node = entries["mode"] { service.shadow = shadowMode(node, "policy_services.mode") }
         return address == nil ? nil : service
+    }
+
+    /// `mode: enforce | shadow`; true for shadow.
+    mutating func shadowMode(_ node: Node, _ what: String) -> Bool {
+        switch string(node, what) {
+        case "shadow"?: return true
+        case "enforce"?, nil: return false
+        case let other?:
+            fail(node, "\(what) must be enforce or shadow, not '\(other)'")
+            return false
+        }
     }
 
     /// `{ name, address: inet:HOST:PORT | unix:PATH, stages, timeouts: {connect, command, content},
     /// default_action: accept | tempfail | reject | quarantine, macros: {STAGE: "names…"} }`.
     mutating func milter(_ node: Node) -> MilterConfiguration? {
-        let entries = mapping(node, "a milter", keys: ["name", "address", "stages", "timeouts", "default_action", "macros"])
+        let entries = mapping(node, "a milter", keys: ["name", "address", "stages", "timeouts", "default_action", "macros", "mode"])
         guard let nameNode = entries["name"], let name = string(nameNode, "milters.name") else {
             if entries["name"] == nil { fail(node, "a milter needs a name") }
             return nil
@@ -332,6 +344,7 @@ extension YAMLReader {
                 }
             }
         }
+        if let node = entries["mode"] { milter.shadow = shadowMode(node, "milters.mode") }
         return milter
     }
 
