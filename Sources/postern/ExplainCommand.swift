@@ -1,5 +1,9 @@
 import ArgumentParser
 import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import PosternEngines
 import PosternFilters
 import PosternMIME
 import PosternPolicy
@@ -48,21 +52,38 @@ extension Postern {
         @Argument(help: ArgumentHelp("The message (RFC 5322, e.g. a .eml file) for data-stage rules.", valueName: "message.eml"))
         var message: String?
 
+        @Flag(name: .customLong("engines"), help: "Also ask the configuration's policy servers and milters (they see a made-up session) and show each answer.")
+        var engines = false
+
         func run() async throws {
-            let (compiled, policyPath, relayControl, input): (Policy, String, RelayControl, SessionExplanation.Input)
+            let (compiled, policyPath, relayControl, input, configuration): (Policy, String, RelayControl, SessionExplanation.Input, PosternConfiguration)
             do {
-                (compiled, policyPath, relayControl, input) = try prepare()
+                (compiled, policyPath, relayControl, input, configuration) = try prepare()
             } catch let error as InvalidConfiguration {
                 FileHandle.standardError.write(Data("\(error.message)\n".utf8))
                 throw ExitCode(2)
             }
-            let explanation = await SessionExplanation.explain(compiled, relayControl: relayControl, input: input)
+            var checks: [any StageCheck] = []
+            var milters: [MilterCheck] = []
+            var services: [PolicyServiceClient] = []
+            if engines {
+                let quiet = Logger(label: "postern.explain", factory: { _ in SwiftLogNoOpLogHandler() })
+                services = configuration.policyServices.map { PolicyServiceClient(configuration: $0, group: MultiThreadedEventLoopGroup.singleton, logger: quiet) }
+                milters = configuration.milters.map {
+                    MilterFilter(configuration: $0, hostname: configuration.hostname, group: MultiThreadedEventLoopGroup.singleton, logger: quiet).session()
+                }
+                checks = services.map { PolicyServiceCheck(client: $0) } + milters.map { $0 as any StageCheck }
+            }
+            let explanation = await SessionExplanation.explain(compiled, relayControl: relayControl, input: input, checks: checks,
+                                                               message: engines ? messageDraft(input) : nil)
+            for milter in milters { await milter.close() }
+            for service in services { service.close() }
             print(explanation.report(policyPath: policyPath, policy: compiled).joined(separator: "\n"))
             if explanation.refused { throw ExitCode(1) }
         }
 
         /// Checks the arguments, loads the configuration, compiles the policy, reads the message.
-        private func prepare() throws -> (Policy, String, RelayControl, SessionExplanation.Input) {
+        private func prepare() throws -> (Policy, String, RelayControl, SessionExplanation.Input, PosternConfiguration) {
             let configuration: PosternConfiguration
             do {
                 configuration = try ConfigurationLoader.load(fileOrBundled: config)
@@ -98,7 +119,17 @@ extension Postern {
             let relayControl = RelayControl(relayDomains: configuration.relayDomains, trustedNetworks: configuration.trustedNetworks)
             let input = SessionExplanation.Input(
                 client: address, helo: helo, sender: sender, recipients: recipients, authUser: authUser, tls: tls, message: messageInput)
-            return (compiled, policyPath, relayControl, input)
+            return (compiled, policyPath, relayControl, input, configuration)
+        }
+
+        /// The message file as the milters see it at data.
+        private func messageDraft(_ input: SessionExplanation.Input) -> MessageDraft? {
+            guard let message, let data = FileManager.default.contents(atPath: message) else { return nil }
+            let bytes = Self.crlf(data)
+            let (fields, length) = MessageDraft.parseHeaderSection(bytes) ?? (MessageDraft.parseHeaderSection(bytes + [0x0D, 0x0A, 0x0D, 0x0A])
+                .map { ($0.fields, min($0.length, bytes.count)) } ?? ([], 0))
+            return MessageDraft(fields: fields, body: .replaced(ByteBuffer(bytes: bytes[length...])), sender: input.sender ?? .null,
+                                recipients: input.recipients)
         }
 
         /// As much of a message as a session's content rules look at.

@@ -153,7 +153,7 @@ extension Postern {
 
         @OptionGroup var options: ConfigurationOptions
 
-        @Flag(name: .customLong("engines"), help: "Also connect to each policy server (start each spawned one) and report it; exit 1 when one cannot be reached.")
+        @Flag(name: .customLong("engines"), help: "Also connect to each policy server (start each spawned one) and negotiate with each milter, and report what each offers; exit 1 when one cannot be reached.")
         var engines = false
 
         func run() async throws {
@@ -171,7 +171,8 @@ extension Postern {
                     throw InvalidConfiguration(message: error.description)
                 }
                 let services = configuration.policyServices.isEmpty ? "" : ", \(configuration.policyServices.count) policy service(s)"
-                print("configuration OK: \(configuration.listeners.count) listener(s), \(configuration.upstreams.count) upstream(s)\(services)")
+                let milters = configuration.milters.isEmpty ? "" : ", \(configuration.milters.count) milter(s)"
+                print("configuration OK: \(configuration.listeners.count) listener(s), \(configuration.upstreams.count) upstream(s)\(services)\(milters)")
                 if let path = configuration.policy {
                     let policy = prepared.policy.policy
                     print("policy OK: \(path), \(policy.rules.count) rule(s), version \(policy.version)")
@@ -187,6 +188,17 @@ extension Postern {
                         } catch {
                             unreachable += 1
                             FileHandle.standardError.write(Data("policy service \(service.name) (\(service.address)): \(error.detail)\n".utf8))
+                        }
+                    }
+                    for milter in configuration.milters {
+                        let filter = MilterFilter(configuration: milter, hostname: configuration.hostname, group: MultiThreadedEventLoopGroup.singleton,
+                                                  logger: Logger(label: "postern.check", factory: { _ in SwiftLogNoOpLogHandler() }))
+                        do {
+                            let offer = try await filter.probe()
+                            print("milter \(milter.name) (\(milter.address)): \(MilterFilter.describe(offer))")
+                        } catch {
+                            unreachable += 1
+                            FileHandle.standardError.write(Data("milter \(milter.name) (\(milter.address)): \(error.detail)\n".utf8))
                         }
                     }
                     if unreachable > 0 { throw ExitCode(1) }

@@ -39,6 +39,41 @@ public final class MilterFilter: Sendable {
         return negotiation
     }
 
+    /// What a filter asked for at negotiation, in words: `version 6, actions: add headers,
+    /// change headers; events: no HELO, no DATA; no replies to: headers; macros at mail: i {auth_type}`.
+    public static func describe(_ negotiation: Milter.Negotiation) -> String {
+        let actionNames: [(Milter.Actions, String)] = [
+            (.addHeaders, "add headers"), (.changeBody, "replace body"), (.addRecipients, "add recipients"),
+            (.deleteRecipients, "delete recipients"), (.changeHeaders, "change headers"), (.quarantine, "quarantine"),
+            (.changeFrom, "change sender"), (.addRecipientsWithParameters, "add recipients with parameters"), (.setMacroLists, "macro lists"),
+        ]
+        let omitted: [(Milter.ProtocolFlags, String)] = [
+            (.noConnect, "CONNECT"), (.noHelo, "HELO"), (.noMail, "MAIL"), (.noRecipient, "RCPT"), (.noData, "DATA"),
+            (.noHeaders, "headers"), (.noEndOfHeaders, "end of headers"), (.noBody, "body"), (.noUnknown, "unknown commands"),
+        ]
+        let unanswered: [(Milter.ProtocolFlags, String)] = [
+            (.noConnectReply, "CONNECT"), (.noHeloReply, "HELO"), (.noMailReply, "MAIL"), (.noRecipientReply, "RCPT"),
+            (.noDataReply, "DATA"), (.noHeaderReply, "headers"), (.noEndOfHeadersReply, "end of headers"), (.noBodyReply, "body"),
+            (.noUnknownReply, "unknown commands"),
+        ]
+        var parts = ["version \(negotiation.version)"]
+        let actions = actionNames.filter { negotiation.actions.contains($0.0) }.map(\.1)
+        parts.append("actions: " + (actions.isEmpty ? "none" : actions.joined(separator: ", ")))
+        let skipped = omitted.filter { negotiation.flags.contains($0.0) }.map(\.1)
+        if !skipped.isEmpty { parts.append("events left out: " + skipped.joined(separator: ", ")) }
+        let silent = unanswered.filter { negotiation.flags.contains($0.0) }.map(\.1)
+        if !silent.isEmpty { parts.append("no reply to: " + silent.joined(separator: ", ")) }
+        var options: [String] = []
+        if negotiation.flags.contains(.skip) { options.append("SKIP") }
+        if negotiation.flags.contains(.rejectedRecipients) { options.append("rejected recipients") }
+        if negotiation.flags.contains(.headerLeadingSpace) { options.append("header leading space") }
+        if !options.isEmpty { parts.append("options: " + options.joined(separator: ", ")) }
+        for stage in Milter.MacroStage.allCases {
+            if let names = negotiation.macros[stage] { parts.append("macros at \(stage): \(names.joined(separator: " "))") }
+        }
+        return parts.joined(separator: "; ")
+    }
+
     func streak(ended success: Bool, _ error: MilterError? = nil) {
         let changed = failing.withLock { failing -> Bool in
             defer { failing = !success }

@@ -67,18 +67,28 @@ public struct SessionExplanation: Sendable {
     public var refused: Bool { refusal != nil || allRecipientsRefused }
 
     /// Walks `input` through `policy` with `relayControl` (trusted networks, relay domains).
-    public static func explain(_ policy: Policy, relayControl: RelayControl, input: Input) async -> SessionExplanation {
-        var explanation = SessionExplanation(input: input)
+    /// With `checks` (`explain --engines`), each stage asks them first, as a session does, and
+    /// their answers are listed and given to the rules; `message` is what the ones that read
+    /// the message get at data.
+    public static func explain(_ policy: Policy, relayControl: RelayControl, input: Input, checks: [any StageCheck] = [],
+                               message: MessageDraft? = nil) async -> SessionExplanation {
+        var explanation = SessionExplanation(input: input, checks: checks, draft: message)
         await explanation.run(policy, relayControl: relayControl)
         return explanation
     }
 
-    private init(input: Input) {
+    private let checks: [any StageCheck]
+    private let draft: MessageDraft?
+
+    private init(input: Input, checks: [any StageCheck], draft: MessageDraft?) {
         self.input = input
+        self.checks = checks
+        self.draft = draft
     }
 
     private mutating func run(_ policy: Policy, relayControl: RelayControl) async {
-        var walk = PolicyWalk(policy: policy, relayControl: relayControl, clientTrusted: relayControl.isTrusted(input.client))
+        var walk = PolicyWalk(policy: policy, relayControl: relayControl, clientTrusted: relayControl.isTrusted(input.client),
+                              checkedStages: checks.reduce(into: Set<PolicyStage>()) { $0.formUnion($1.stages) })
         var facts = TransactionFacts(transactionID: "EXPLAIN", clientAddress: input.client, clientPort: 0, helo: nil, tls: input.tls,
                                      authUser: input.authUser)
         let noSender = input.sender == nil ? "no sender given (--from)" : nil
@@ -154,7 +164,21 @@ public struct SessionExplanation: Sendable {
                     skip(stage, why, label: label(stage), policy: policy)
                     return false
                 }
-                let result = await PolicyExplainer.explainStage(policy, stage: stage, facts: facts)
+                var stageFacts = facts
+                var engineVerdict: PolicyVerdict?
+                if checks.contains(where: { $0.stages.contains(stage) }) {
+                    let asked = await StagePipeline(policy: policy, checks: checks)
+                        .evaluate(stage, facts: facts, message: stage == .data ? draft : nil)
+                    for outcome in asked.checks {
+                        let rule = checks.first { $0.name == outcome.check }?.ruleName ?? outcome.check
+                        let shadow = outcome.shadow ? " (shadow)" : ""
+                        lines.append(Line(label: label(stage), rule: rule, text: "engine answered\(shadow): \(outcome.result.rawValue) (\(outcome.detail))"))
+                        stageFacts.checks[outcome.check] = outcome
+                    }
+                    engineVerdict = asked.verdict
+                }
+                var result = await PolicyExplainer.explainStage(policy, stage: stage, facts: stageFacts)
+                if let engineVerdict { result.verdict = engineVerdict }
                 lines += result.rules.map { Line(label: label(stage), rule: $0.rule, text: Self.describe($0)) }
                 for rule in result.rules where rule.mode == .shadow && rule.matched { shadow.append((rule, recipient)) }
                 if result.verdict.outcome == .accept, let rule = result.verdict.rule { acceptedBy = acceptedBy ?? (stage, rule) }
