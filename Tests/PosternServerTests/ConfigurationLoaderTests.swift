@@ -393,6 +393,57 @@ final class ConfigurationLoaderTests: XCTestCase {
         ])
     }
 
+    func testMilters() throws {
+        let loaded = try load("""
+            upstreams: [{ url: "smtp://a" }]
+            milters:
+              - { name: rspamd, address: "inet:127.0.0.1:11332", default_action: accept, timeouts: { content: 150s } }
+              - name: dkim
+                address: unix:/run/opendkim/opendkim.sock
+                stages: [data]
+                mode: shadow
+                macros: { mail: "i {auth_type} {auth_authen}", connect: j }
+            """)
+        XCTAssertEqual(loaded.milters.map(\.name), ["rspamd", "dkim"], "in chain order")
+        let rspamd = loaded.milters[0]
+        XCTAssertEqual(rspamd.address, .inet(host: "127.0.0.1", port: 11332))
+        XCTAssertEqual(rspamd.stages, Set(PolicyStage.allCases), "every stage by default")
+        XCTAssertEqual(rspamd.defaultAction, .accept)
+        XCTAssertEqual(rspamd.timeouts, MilterConfiguration.Timeouts(connect: .seconds(30), command: .seconds(30), content: .seconds(150)))
+        XCTAssertFalse(rspamd.shadow)
+        let dkim = loaded.milters[1]
+        XCTAssertEqual(dkim.address, .unix(path: "/run/opendkim/opendkim.sock"))
+        XCTAssertEqual(dkim.stages, [.data])
+        XCTAssertEqual(dkim.defaultAction, .tempfail, "Postfix's default")
+        XCTAssertTrue(dkim.shadow)
+        XCTAssertEqual(dkim.macros, [.mail: ["i", "{auth_type}", "{auth_authen}"], .connect: ["j"]])
+    }
+
+    func testMilterErrors() {
+        let found = errors("""
+            upstreams: [{ url: "smtp://a" }]
+            policy_services: [{ name: shared, address: "inet:h:1" }]
+            milters:
+              - { name: a, address: "spawn:/bin/cat" }
+              - { name: b }
+              - { name: c, address: "inet:h:1", default_action: shutdown, mode: loud }
+              - { name: d, address: "inet:h:1", timeouts: { command: 0s, reply: 1s } }
+              - { name: e, address: "inet:h:1", macros: { mail: "i {bad name", queue: i } }
+              - { name: shared, address: "inet:h:2" }
+            """)
+        XCTAssertEqual(found, [
+            "test.yaml:4:25: milter address must be inet:HOST:PORT or unix:PATH",
+            "test.yaml:5:5: milter 'b' needs an address (inet:HOST:PORT or unix:PATH)",
+            "test.yaml:6:53: default_action must be accept, tempfail, reject or quarantine",
+            "test.yaml:6:69: milters.mode must be enforce or shadow, not 'loud'",
+            "test.yaml:7:62: unknown key 'reply' in milters.timeouts (expected one of: command, connect, content)",
+            "test.yaml:7:58: milters.timeouts.command must be longer than 0",
+            "test.yaml:8:68: unknown key 'queue' in milters.macros (expected one of: connect, data, end_of_headers, end_of_message, helo, mail, rcpt)",
+            "test.yaml:8:53: '{bad' is not a macro name (a letter such as j, or {name})",
+            "test.yaml:9:5: two checks named 'shared' (milters and policy services share names)",
+        ])
+    }
+
     func testDurations() {
         XCTAssertEqual(YAMLReader.parseDuration("30s"), .seconds(30))
         XCTAssertEqual(YAMLReader.parseDuration("30"), .seconds(30))
