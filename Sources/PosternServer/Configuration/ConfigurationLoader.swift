@@ -246,17 +246,7 @@ extension YAMLReader {
             fail(node, "policy service '\(name)' needs address (inet:HOST:PORT, unix:PATH) or spawn ([program, args…])")
         }
         var service = PolicyServiceConfiguration(name: name, address: address ?? .unix(path: "/"))
-        if let node = entries["stages"] {
-            var stages = Set<PolicyStage>()
-            for entry in sequence(node, "policy_services.stages") {
-                guard let text = string(entry, "a stage") else { continue }
-                if let stage = PolicyStage(rawValue: text) { stages.insert(stage) } else {
-                    fail(entry, "unknown stage '\(text)' (expected connect, helo, mail, rcpt or data)")
-                }
-            }
-            if case .sequence(let list) = node, list.isEmpty { fail(node, "stages needs at least one stage") }
-            if !stages.isEmpty { service.stages = stages }
-        }
+        if let node = entries["stages"], let stages = stages(node, "policy_services.stages") { service.stages = stages }
         if let node = entries["timeout"], let value = duration(node, "policy_services.timeout") {
             if value <= .zero { fail(node, "policy_services.timeout must be longer than 0") } else { service.timeout = Duration(value) }
         }
@@ -273,6 +263,19 @@ extension YAMLReader {
         }
         if let node = entries["mode"] { service.shadow = shadowMode(node, "policy_services.mode") }
         return address == nil ? nil : service
+    }
+
+    /// `stages: [rcpt, data]`: nil when none could be read (each problem is reported).
+    mutating func stages(_ node: Node, _ what: String) -> Set<PolicyStage>? {
+        var stages = Set<PolicyStage>()
+        for entry in sequence(node, what) {
+            guard let text = string(entry, "a stage") else { continue }
+            if let stage = PolicyStage(rawValue: text) { stages.insert(stage) } else {
+                fail(entry, "unknown stage '\(text)' (expected connect, helo, mail, rcpt or data)")
+            }
+        }
+        if case .sequence(let list) = node, list.isEmpty { fail(node, "stages needs at least one stage") }
+        return stages.isEmpty ? nil : stages
     }
 
     /// `mode: enforce | shadow`; true for shadow.
@@ -309,17 +312,7 @@ extension YAMLReader {
         }
         if case .unix(let path) = address { address = .unix(path: resolvedPath(path)) }
         var milter = MilterConfiguration(name: name, address: address)
-        if let node = entries["stages"] {
-            var stages = Set<PolicyStage>()
-            for entry in sequence(node, "milters.stages") {
-                guard let text = string(entry, "a stage") else { continue }
-                if let stage = PolicyStage(rawValue: text) { stages.insert(stage) } else {
-                    fail(entry, "unknown stage '\(text)' (expected connect, helo, mail, rcpt or data)")
-                }
-            }
-            if case .sequence(let list) = node, list.isEmpty { fail(node, "stages needs at least one stage") }
-            if !stages.isEmpty { milter.stages = stages }
-        }
+        if let node = entries["stages"], let stages = stages(node, "milters.stages") { milter.stages = stages }
         if let node = entries["timeouts"] {
             let timeouts = mapping(node, "milters.timeouts", keys: ["connect", "command", "content"])
             for (key, path) in [("connect", \MilterConfiguration.Timeouts.connect), ("command", \.command), ("content", \.content)] {
