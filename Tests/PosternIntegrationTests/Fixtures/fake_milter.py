@@ -413,7 +413,7 @@ class Session:
                 return next((v for name, v in self.headers if name.lower() == arg.lower()), "")
             if kind == "macro":
                 bare = arg.strip("{}")
-                for stage in "ENTRMHC":  # newest stage first, as smfi_getsymval looks
+                for stage in "EBNLTRMHC":  # newest stage first, as smfi_getsymval looks
                     macros = self.macros.get(stage, {})
                     for key in (bare, "{" + bare + "}"):
                         if key in macros:
