@@ -10,7 +10,9 @@ BUILD_PACKAGES := lib:libpcre2-8=libpcre2-dev lib:libmaxminddb=libmaxminddb-dev
 # Real peers the integration tests drive.
 TEST_PACKAGES := cmd:swaks=swaks perl:Net::SSLeay=libnet-ssleay-perl cmd:smtp-sink=postfix cmd:openssl=openssl cmd:python3=python3 \
 	cmd:haproxy=haproxy cmd:systemd-analyze=systemd cmd:redis-server=redis-server cmd:logrotate=logrotate \
-	cmd:postfwd1=postfwd cmd:policyd-spf=postfix-policyd-spf-python
+	cmd:postfwd1=postfwd cmd:policyd-spf=postfix-policyd-spf-python \
+	cmd:rspamd=rspamd cmd:opendkim=opendkim cmd:opendkim-genkey=opendkim-tools cmd:opendkim-testmsg=opendkim-tools \
+	cmd:opendmarc=opendmarc cmd:clamav-milter=clamav-milter cmd:clamd=clamav-daemon cmd:unshare=util-linux
 
 .PHONY: all build run test check deps test-deps clean bench-policy bench fuzz chaos chaos-broken
 

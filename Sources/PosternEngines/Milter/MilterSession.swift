@@ -195,9 +195,13 @@ actor MilterSession {
     }
 
     func quit() async {
-        if case .open(let connection, _) = phase {
+        switch phase {
+        case .open(let connection, _):
             try? await connection.send([MilterEncoder.packet(.quit)])
             connection.close()
+            filter.streak(ended: true)
+        case .acceptedSession, .refusedSession: filter.streak(ended: true)
+        case .new, .failed, .closed: break
         }
         phase = .closed
     }
@@ -219,7 +223,9 @@ actor MilterSession {
             var exchange = try await connect(facts: facts, draft: untouched)
             let finding = try await body(&exchange)
             if case .open = phase { phase = .open(exchange.connection, exchange.negotiation) }
-            filter.streak(ended: true)
+            // A filter that answers the envelope and then hangs on every message is one failure
+            // streak: only a whole message, or a session that ends well, ends it.
+            if draft != nil { filter.streak(ended: true) }
             return (finding ?? exchange.finding(), exchange.draft)
         } catch {
             let failure = error as? MilterError ?? MilterError(.protocolError, "\(error)")
