@@ -227,13 +227,13 @@ extension SessionMachine {
             let answer = prepared(decision.reply)
             transaction?.refuseRecipient(decision, reply: answer)
             recipientAnswered(path, parameters, decision.reply)
-        case .data(let stored, _):
+        case .data(let stored, let verdict):
             if upstreamOpen {
                 upstreamOpen = false
                 emit(.upstream(.abort))
             }
             if decision.action == .quarantine {
-                quarantine(stored, decision)
+                quarantine(stored, decision, edited: verdict?.editedMessage)
             } else {
                 log(.notice, "message refused by policy", ["rule": decision.rule ?? "", "action": decision.action.name])
                 finishMessage(decision.reply, size: stored.size, relayed: false, reason: decision.reason,

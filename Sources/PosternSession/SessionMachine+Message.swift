@@ -154,22 +154,10 @@ extension SessionMachine {
         for case .addHeader(let name, let value) in headerActions {
             prefix.writeString("\(name): \(value)\r\n")
         }
-        var section = edited.encodedHeaderSection()
         let tags = headerActions.compactMap { action -> String? in
             if case .tagSubject(let tag) = action { return tag } else { return nil }
         }
-        if !tags.isEmpty, let tagged = SubjectTagger.tag(MessageHeaderSection(parsing: section.readableBytesView), tags: tags) {
-            section = ByteBuffer(bytes: tagged)
-        }
-        prefix.writeBuffer(&section)
-        let skipping: Int
-        switch edited.body {
-        case .original(_, let offset):
-            skipping = offset
-        case .replaced(var body):
-            prefix.writeBuffer(&body)
-            skipping = stored.size  // nothing of the stored message
-        }
+        let skipping = Self.append(edited, to: &prefix, storedSize: stored.size, tags: tags)
         let content = OutgoingContent(prefix: prefix, skipping: skipping, chunked: envelope.usesChunking)
         guard edited.envelopeChanged else {
             state = .upstream(.commit(size: stored.size), since: now.uptime)
@@ -185,6 +173,23 @@ extension SessionMachine {
                               lastRefusal: nil, content: content, size: stored.size)
         state = .upstream(.reenvelope(plan), since: now.uptime)
         emit(.upstream(.begin(UpstreamEnvelope(client: upstreamClient, reversePath: edited.sender, parameters: edited.senderParameters))))
+    }
+
+    /// Writes the edited header section (and a replaced body) after `prefix`; returns how many
+    /// octets of the stored message the content then skips.
+    static func append(_ edited: MessageDraft, to prefix: inout ByteBuffer, storedSize: Int, tags: [String] = []) -> Int {
+        var section = edited.encodedHeaderSection()
+        if !tags.isEmpty, let tagged = SubjectTagger.tag(MessageHeaderSection(parsing: section.readableBytesView), tags: tags) {
+            section = ByteBuffer(bytes: tagged)
+        }
+        prefix.writeBuffer(&section)
+        switch edited.body {
+        case .original(_, let offset):
+            return offset
+        case .replaced(var body):
+            prefix.writeBuffer(&body)
+            return storedSize  // nothing of the stored message
+        }
     }
 
     /// The upstream answered a step of a transaction started again with a filter's envelope.
@@ -237,14 +242,19 @@ extension SessionMachine {
     /// Keeps the message in the quarantine Maildir with who sent it to whom and why; the
     /// client gets the rule's reply once it is stored (451 when it cannot be: nothing
     /// acknowledged is lost).
-    mutating func quarantine(_ stored: StoredMessage, _ decision: PolicyDecision) {
+    /// With `edited` (the milters' edits), the message is kept as they left it: a virus
+    /// scanner's `X-Virus-Status` shows in the quarantine.
+    mutating func quarantine(_ stored: StoredMessage, _ decision: PolicyDecision, edited: MessageDraft? = nil) {
         guard let envelope = smtp.transaction else { return }
-        var prefix = receivedHeader(for: envelope)
+        let recipients = edited?.recipients ?? envelope.recipients.map(\.path)
+        var prefix = receivedHeader(for: envelope, recipients: recipients)
         prefix.writeString("X-Postern-Quarantine: rule=\(decision.rule ?? "?"); id=\(transactionID)\r\n")
+        let skipping = edited.map { Self.append($0, to: &prefix, storedSize: stored.size) } ?? 0
         state = .quarantining(decision, size: stored.size)
         emit(.quarantine(QuarantineRequest(
-            envelope: UpstreamEnvelope(client: upstreamClient, reversePath: envelope.reversePath, parameters: envelope.parameters),
-            recipients: envelope.recipients.map(\.path), content: OutgoingContent(prefix: prefix, skipping: 0, chunked: false))))
+            envelope: UpstreamEnvelope(client: upstreamClient, reversePath: edited?.sender ?? envelope.reversePath,
+                                       parameters: envelope.parameters),
+            recipients: recipients, content: OutgoingContent(prefix: prefix, skipping: skipping, chunked: false))))
     }
 
     mutating func quarantineFinished(_ result: Result<SMTPReply, UpstreamError>, decision: PolicyDecision, size: Int) {

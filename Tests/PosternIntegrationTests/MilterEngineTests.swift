@@ -218,6 +218,12 @@ final class MilterEngineTests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertTrue((record?["reason"] as? String)?.hasPrefix("quarantine: quarantined by clamav-milter") == true, "\(record ?? [:])")
         let kept = try FileManager.default.contentsOfDirectory(atPath: quarantine.appendingPathComponent("new").path)
         XCTAssertEqual(kept.count, 1)
+        // Kept as the filter left it: Postern's headers, then clamav-milter's verdict, then the message.
+        let text = try String(contentsOf: quarantine.appendingPathComponent("new").appendingPathComponent(kept[0]), encoding: .utf8)
+        let section = text.components(separatedBy: "\r\n\r\n").first ?? text.components(separatedBy: "\n\n").first ?? ""
+        XCTAssertTrue(section.contains("X-Virus-Status: Infected (\(ClamdEngine.signatureName))"), section)
+        XCTAssertTrue(section.contains("X-Postern-Quarantine: rule=milter:clamav"), section)
+        XCTAssertTrue(text.contains(ClamdEngine.eicar), text)
         XCTAssertEqual(sink.messageCount, 0)
     }
 }

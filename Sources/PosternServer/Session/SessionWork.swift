@@ -123,7 +123,7 @@ final class SessionWork {
                 parameters: request.envelope.parameters))
             guard let delivery = start.delivery else { return .success(start.reply) }
             for recipient in request.recipients { _ = try await delivery.addRecipient(recipient, RecipientParameters()) }
-            return .success(try await delivery.commit(OutgoingMessage(prefix: request.content.prefix, content: spool, skipping: 0, chunked: false)))
+            return .success(try await delivery.commit(OutgoingMessage(prefix: request.content.prefix, content: spool, skipping: request.content.skipping, chunked: false)))
         } catch {
             return .failure(error)
         }
