@@ -85,6 +85,48 @@ final class PolicyServiceTests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertTrue(message.text.contains("envelope-from=a@client.example"), message.text)
     }
 
+    /// policyd-spf evaluating real SPF records: it runs (spawned by Postern) in a private mount
+    /// namespace whose resolver is a stub DNS serving the zone, and checks loopback clients too.
+    func testPolicydSPFAgainstALocalZoneRejectsAFailAndStampsAPass() throws {
+        let policyd = try requireTool("policyd-spf")
+        let dns = try startStubDNS([("pass.test", "v=spf1 ip4:127.0.0.1 -all"), ("fail.test", "v=spf1 ip4:192.0.2.1 -all")],
+                                   name: "spf-dns")
+        let conf = workDir.appendingPathComponent("policyd-spf.conf")
+        try """
+            debugLevel = 1
+            TestOnly = 1
+            HELO_reject = Fail
+            Mail_From_reject = Fail
+            PermError_reject = False
+            TempError_Defer = False
+            skip_addresses = 192.0.2.255/32
+
+            """.write(to: conf, atomically: true, encoding: .utf8)
+        let (exe, args) = try dns.namespaced(policyd, [conf.path])
+        let spawn = String(decoding: try JSONSerialization.data(withJSONObject: [exe.path] + args, options: [.withoutEscapingSlashes]),
+                           as: UTF8.self)
+        let decisions = workDir.appendingPathComponent("decisions.log")
+        let (postern, sink) = try startPosternWithSink {
+            $0.extra = """
+                decision_log: \(decisions.path)
+                policy_services:
+                  - { name: spf, spawn: \(spawn), timeout: 30s }
+                """
+        }
+        let failed = try runSwaks(port: postern.port, ["--from", "a@fail.test", "--to", "r@example.org"])
+        XCTAssertNotEqual(failed.status, 0, failed.description)
+        XCTAssertTrue(failed.swaksReplies.contains { $0.hasPrefix("550 5.7.23 Message rejected due to: SPF fail") }, failed.description)
+        let record = DecisionLog.waitForRecord(decisions) { ($0["decision"] as? String) == "rejected" }
+        XCTAssertEqual(record?["rule"] as? String, "policy_service:spf", "\(record ?? [:])")
+
+        let passed = try runSwaks(port: postern.port, ["--from", "a@pass.test", "--to", "r@example.org"])
+        XCTAssertEqual(passed.status, 0, passed.description)
+        let message = try XCTUnwrap(sink.waitForMessages(1).first)
+        XCTAssertTrue(message.text.contains("Received-SPF: Pass (mailfrom) identity=mailfrom; client-ip=127.0.0.1"), message.text)
+        XCTAssertTrue(message.text.contains("envelope-from=a@pass.test"), message.text)
+        XCTAssertEqual(sink.messageCount, 1)
+    }
+
     func testAServiceThatIsDownGetsItsDefaultAction() throws {
         let closed = try Net.freePort()
         let metricsPort = try Net.freePort()
