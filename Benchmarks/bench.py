@@ -36,6 +36,7 @@ from pathlib import Path
 sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import heavy_policy  # noqa: E402
+import rspamd_engine  # noqa: E402
 import smtp_clients  # noqa: E402
 from smtp_clients import BenchError  # noqa: E402
 
@@ -57,6 +58,8 @@ BIG = 50 * 1024 * 1024  # "50 MB": the message octets after the headers
 TARGET_RATIO_4K = 0.6
 TARGET_RATIO_100K = 0.5
 TARGET_RATIO_HEAVY = 0.5
+# The policy name of the cells with a milter in the chain (no target: they show its cost).
+ENGINE_POLICY = "rspamd"
 TARGET_CPU_MS_4K = 0.3
 TARGET_IDLE_BYTES = 8_000
 TARGET_BIG_RSS_BYTES = 20_000_000
@@ -177,7 +180,7 @@ def stop_process(process, grace=15):
 class Postern:
     """A release Postern relaying to the sink, with its own configuration and decision log."""
 
-    def __init__(self, binary, workdir, name, sink_port, policy=None, nofile=None):
+    def __init__(self, binary, workdir, name, sink_port, policy=None, nofile=None, extra=(), engine=None):
         self.port = free_port()
         self.name = name
         self.decision_log = workdir / f"postern-{name}-decisions.log"
@@ -201,6 +204,9 @@ class Postern:
         ]
         if policy:
             config.append(f"policy: {policy}")
+        config += list(extra)
+        # An engine in the chain (rspamd): its CPU is measured with Postern's.
+        self.engine = engine
         self.config = workdir / f"postern-{name}.yaml"
         self.config.write_text("\n".join(config) + "\n")
         check = subprocess.run([binary, "check", "--config", str(self.config)], capture_output=True, text=True)
@@ -322,8 +328,10 @@ def relay_run(sink, postern, sessions, messages, size):
     accepted_before = postern.accepted()
     postern.reset_hwm()
     cpu_before = postern.cpu_seconds()
+    engine_before = postern.engine.cpu_seconds() if postern.engine else 0
     elapsed = smtp_source(postern.port, sessions, messages, size)
     cpu = postern.cpu_seconds() - cpu_before
+    engine_cpu = postern.engine.cpu_seconds() - engine_before if postern.engine else None
     if not postern.wait_accepted(accepted_before + messages):
         raise BenchError(f"postern run: {postern.accepted() - accepted_before} of {messages} messages accepted; "
                          f"stderr: {postern.stderr_tail(5)}")
@@ -331,7 +339,8 @@ def relay_run(sink, postern, sessions, messages, size):
         raise BenchError(f"postern run: smtp-sink counted {sink.messages - sink_before} of {messages} messages")
     return {"messages": messages, "seconds": elapsed, "rate": messages / elapsed,
             "cpu_seconds": cpu, "cpu_ms_per_message": cpu * 1000 / messages,
-            "peak_rss_bytes": postern.hwm_bytes(), "rss_bytes": postern.rss_bytes()}
+            "peak_rss_bytes": postern.hwm_bytes(), "rss_bytes": postern.rss_bytes(),
+            **({"engine_cpu_ms_per_message": engine_cpu * 1000 / messages} if engine_cpu is not None else {})}
 
 
 def messages_for(rate, seconds, sessions, minimum):
@@ -373,10 +382,13 @@ def throughput_cell(sink, postern, policy, sessions, size, rounds, seconds):
         "ceiling_rate": ceiling, "postern_rate": through, "ratio": median(ratios), "round_ratios": ratios,
         "cpu_ms_per_message": median([r["cpu_ms_per_message"] for r in postern_runs]),
         "peak_rss_bytes": max(r["peak_rss_bytes"] for r in postern_runs),
+        **({"engine_cpu_ms_per_message": median([r["engine_cpu_ms_per_message"] for r in postern_runs])}
+           if postern.engine else {}),
         "direct_runs": direct_runs, "postern_runs": postern_runs,
     }
+    engine = f"  engine cpu {cell['engine_cpu_ms_per_message']:.3f} ms/msg" if postern.engine else ""
     log(f"  {label:32} ceiling {ceiling:8.0f}/s  postern {through:8.0f}/s  ratio {cell['ratio']:.2f}  "
-        f"cpu {cell['cpu_ms_per_message']:.3f} ms/msg  peak rss {cell['peak_rss_bytes'] / 2**20:.1f} MiB")
+        f"cpu {cell['cpu_ms_per_message']:.3f} ms/msg  peak rss {cell['peak_rss_bytes'] / 2**20:.1f} MiB{engine}")
     return cell
 
 
@@ -534,6 +546,8 @@ def targets(cells, idle, big):
     rows = []
     for cell in cells:
         kb = cell["size"] // 1024
+        if ENGINE_POLICY in cell["policy"]:
+            continue
         if cell["policy"] == "default":
             need = TARGET_RATIO_4K if cell["size"] == KB4 else TARGET_RATIO_100K
         else:
@@ -577,10 +591,27 @@ def markdown(env, cells, latencies, idle, big, policy, rows, settings):
             "| policy | size | sessions | ceiling msg/s | Postern msg/s | ratio | target | result | CPU ms/msg | peak RSS MiB |",
             "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for c in cells:
+        if ENGINE_POLICY in c["policy"]:
+            continue
         need = TARGET_RATIO_HEAVY if c["policy"] != "default" else (TARGET_RATIO_4K if c["size"] == KB4 else TARGET_RATIO_100K)
         out.append(f"| {c['policy']} | {c['size'] // 1024} KB | {c['sessions']} | {c['ceiling_rate']:.0f} | "
                    f"{c['postern_rate']:.0f} | {c['ratio']:.2f} | {need} | {verdict(c['ratio'] >= need)} | "
                    f"{c['cpu_ms_per_message']:.3f} | {c['peak_rss_bytes'] / 2**20:.1f} |")
+    engine_cells = [c for c in cells if ENGINE_POLICY in c["policy"]]
+    if engine_cells:
+        plain = {(c["size"], c["sessions"]): c for c in cells if c["policy"] == "default"}
+        out += ["", "## With rspamd in the chain", "",
+                "The default policy plus `milters: [rspamd]` (rspamd 3.4, one rspamd_proxy worker in milter mode "
+                "scanning by itself, the stock rules without the network modules, no Hyperscan): every message "
+                "goes through rspamd before it is relayed. Postern's CPU per message is compared with the same "
+                "cell without the milter in this run; rspamd's is its own processes' user+system time.", "",
+                "| size | sessions | ceiling msg/s | Postern + rspamd msg/s | ratio | Postern CPU ms/msg | without milter | rspamd CPU ms/msg |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for c in engine_cells:
+            base = plain.get((c["size"], c["sessions"]))
+            without = f"{base['cpu_ms_per_message']:.3f}" if base else "n/a"
+            out.append(f"| {c['size'] // 1024} KB | {c['sessions']} | {c['ceiling_rate']:.0f} | {c['postern_rate']:.0f} | "
+                       f"{c['ratio']:.2f} | {c['cpu_ms_per_message']:.3f} | {without} | {c['engine_cpu_ms_per_message']:.3f} |")
     out += ["", "## Added latency per message", "",
             "One 4 KB transaction at a time per connection (MAIL, RCPT, DATA, each waiting for its reply), "
             "default policy; wall time from MAIL to the final reply.", "",
@@ -710,6 +741,23 @@ def main():
                 raise BenchError(f"postern ({policy_name}) died: {postern.stderr_tail()}")
             postern.stop()
             processes.remove(postern)
+
+        engine_plan = [(KB4, 10)] if quick else [(KB4, 1), (KB4, 10), (KB100, 10)]
+        rspamd = rspamd_engine.start(workdir)
+        if rspamd is None:
+            log("throughput with rspamd: skipped (rspamd is not installed)")
+        else:
+            processes.append(rspamd)
+            log(f"throughput, default policy + rspamd ({rspamd.milter_address}):")
+            postern = Postern(binary, workdir, "rspamd", sink.port, policy=ROOT / "Policies" / "default.yaml",
+                              extra=["milters:", f'  - {{ name: rspamd, address: "{rspamd.milter_address}" }}'], engine=rspamd)
+            processes.append(postern)
+            for size, sessions in engine_plan:
+                cells.append(throughput_cell(sink, postern, f"default + {ENGINE_POLICY}", sessions, size, rounds, seconds))
+            postern.stop()
+            processes.remove(postern)
+            rspamd.stop()
+            processes.remove(rspamd)
 
         log("memory:")
         idle = idle_connections(binary, workdir, sink, idle_count)
