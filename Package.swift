@@ -75,10 +75,14 @@ let package = Package(
             pkgConfig: "libmaxminddb",
             providers: [.apt(["libmaxminddb-dev"])]
         ),
+        // libunbound: the asynchronous, caching, validating resolver (libunbound-dev). Not
+        // through pkg-config: Debian's libunbound.pc requires the .pc files of its private
+        // dependencies (libevent, nettle), which libunbound-dev does not install.
+        .systemLibrary(name: "CUnbound"),
         // crypt(3) (libxcrypt; headers from libcrypt-dev, which libc6-dev pulls in).
         .systemLibrary(name: "CCrypt"),
-        // Safe Swift types over PCRE2 (regex, JIT), libmaxminddb (GeoIP) and crypt(3).
-        .target(name: "PosternNative", dependencies: ["CPCRE2", "CMaxMindDB", "CCrypt"]),
+        // Safe Swift types over PCRE2 (regex, JIT), libmaxminddb (GeoIP), libunbound (DNS) and crypt(3).
+        .target(name: "PosternNative", dependencies: ["CPCRE2", "CMaxMindDB", "CUnbound", "CCrypt"]),
         // The policy model, its YAML compiler and the rule engine.
         .target(
             name: "PosternPolicy",

@@ -2,7 +2,8 @@
 # Makes sure the Debian packages Postern needs are installed.
 # Usage: ensure-packages.sh CHECK=PACKAGE...
 #   CHECK is "lib:NAME" (a pkg-config module), "cmd:NAME" (a command on PATH or in /usr/sbin)
-#   or "perl:MODULE" (a Perl module, e.g. Net::SSLeay for swaks --tls).
+#   "perl:MODULE" (a Perl module, e.g. Net::SSLeay for swaks --tls) or "file:PATH" (a file a
+#   package installs, e.g. a header).
 # Missing packages are installed with apt-get when running as root; otherwise the script
 # says which ones to install and exits 1.
 set -euo pipefail
@@ -16,6 +17,7 @@ for spec in "$@"; do
         cmd:*) name=${check#cmd:}
                command -v "$name" >/dev/null 2>&1 || [ -x "/usr/sbin/$name" ] || missing+=("$package") ;;
         perl:*) perl -M"${check#perl:}" -e 1 >/dev/null 2>&1 || missing+=("$package") ;;
+        file:*) [ -e "${check#file:}" ] || missing+=("$package") ;;
         *) echo "ensure-packages: bad check '$spec'" >&2; exit 2 ;;
     esac
 done
