@@ -169,7 +169,7 @@ final class DeploymentGuideTests: IntegrationTestCase, @unchecked Sendable {
 
         // 1. Install.
         let install = try run(blocks["install"], deployment, [
-            ("apt-get install libpcre2-dev libmaxminddb-dev\n", ""),
+            ("apt-get install libpcre2-dev libmaxminddb-dev libunbound-dev\n", ""),
             ("make build\n", ""),
             (".build/release/postern", try posternBinary().path),
             ("systemd-sysusers postern.conf", "systemd-sysusers --root=\(deployment.root.path) postern.conf"),
