@@ -126,7 +126,7 @@ let package = Package(
             name: "PosternServer",
             dependencies: [
                 "SMTPCore", "SMTPNIO", "PosternUpstream", "PosternLog", "PosternPolicy", "PosternFilters", "PosternRedis", "PosternEngines",
-                "PosternSession", "PosternMIME",
+                "PosternSession", "PosternMIME", "PosternNative",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -7,6 +7,8 @@ public enum BuiltinFilters {
         var registry = ConditionRegistry()
         registry.register("client_ip", ClientAddressCondition.make)
         registry.register("helo", HeloCondition.make)
+        registry.register("client_name", ClientNameCondition.make)
+        registry.register("client_name_status", ClientNameStatusCondition.make)
         registry.register("sender", AddressCondition.makeSender)
         registry.register("recipient", AddressCondition.makeRecipient)
         registry.register("auth_user", AuthUserCondition.make)

@@ -25,7 +25,14 @@ public struct DecisionRecord: Sendable, Equatable {
         public var country: String?
         /// Autonomous system number, when the policy has a GeoIP ASN database and knows the address.
         public var asn: Int?
-        public init(ip: String, port: Int, helo: String? = nil, tls: String? = nil, auth: String? = nil, country: String? = nil, asn: Int? = nil) {
+        /// The client's host name from reverse DNS, with `nameStatus` saying whether it was
+        /// forward-confirmed (`verified`, `unverified`, `none`, `tempfail`); nil without a resolver.
+        public var name: String?
+        public var nameStatus: String?
+        public init(ip: String, port: Int, helo: String? = nil, tls: String? = nil, auth: String? = nil, country: String? = nil, asn: Int? = nil,
+                    name: String? = nil, nameStatus: String? = nil) {
+            self.name = name
+            self.nameStatus = nameStatus
             self.ip = ip
             self.port = port
             self.country = country
@@ -170,6 +177,10 @@ public struct DecisionRecord: Sendable, Equatable {
         json.object("client") { object in
             object.field("ip", client.ip)
             object.field("port", client.port)
+            if let status = client.nameStatus {
+                object.field("name", client.name)
+                object.field("name_status", status)
+            }
             object.field("country", client.country)
             object.field("asn", client.asn)
             object.field("helo", client.helo)

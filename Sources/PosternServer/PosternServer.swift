@@ -6,6 +6,7 @@ import NIOPosix
 import NIOSSL
 import PosternEngines
 import PosternLog
+import PosternNative
 import PosternPolicy
 import PosternSession
 import PosternUpstream
@@ -26,6 +27,8 @@ public final class PosternServer: Service, Sendable {
     private let limiter: ConnectionLimiter
     private let tlsContext: NIOSSLContext?
     private let decisionLog: DecisionLogWriter?
+    /// The resolver (`dns:`); nil: no DNS.
+    private let resolver: DNSResolver?
     /// AUTH credentials and lockout, when `auth` is configured.
     private let authenticator: Authenticator?
     private let relayControl: RelayControl
@@ -83,6 +86,7 @@ public final class PosternServer: Service, Sendable {
         tlsContext = prepared.tlsContext
         policy = prepared.policy
         decisionLog = prepared.decisionLog
+        resolver = prepared.resolver
     }
 
     /// The addresses actually bound (port 0 resolved), once listening.
@@ -225,8 +229,11 @@ public final class PosternServer: Service, Sendable {
         return ListenerContext(
             session: session, pool: pool, limiter: limiter, registry: registry, tlsContext: tlsContext, decisionLog: decisionLog,
             metrics: metrics, policy: policy, authenticator: authenticator, quarantine: configuration.quarantine,
-            hostname: configuration.hostname, spool: configuration.spool, checks: checks, milters: milters, logger: logger,
-            unsafeEarlyAck: unsafeEarlyAck)
+            hostname: configuration.hostname, spool: configuration.spool, checks: checks, milters: milters,
+            clientNames: resolver.flatMap { resolver in
+                configuration.dns?.verifyClientNames == true ? ClientNameVerifier(resolver: resolver, timeout: resolver.configuration.timeout) : nil
+            },
+            logger: logger, unsafeEarlyAck: unsafeEarlyAck)
     }
 
     /// The stage checks of every session: the policy servers, in configured order.

@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import NIOSSL
 import PosternLog
+import PosternNative
 import PosternPolicy
 import PosternUpstream
 
@@ -24,6 +25,8 @@ public struct ServerPreparation: Sendable {
     /// The open decision log, when `decision_log` is configured; always nil when
     /// `createDirectories` is false (a check opens nothing for writing).
     public let decisionLog: DecisionLogWriter?
+    /// The resolver, when `dns:` is configured.
+    public let resolver: DNSResolver?
 
     /// Runs every check. With `createDirectories`, missing Maildir directories are created
     /// and the decision log is opened (created when missing), as `serve` needs them; without
@@ -60,6 +63,14 @@ public struct ServerPreparation: Sendable {
             let rules = compiled.rules.filter { $0.mode == .enforce && $0.action == .quarantine }.map(\.id)
             problems.append("the policy has quarantine rules (\(rules.joined(separator: ", "))) but no quarantine: Maildir is configured")
         }
+        var resolver: DNSResolver?
+        if let dns = configuration.dns {
+            do {
+                resolver = try DNSResolver(dns.resolver, observer: { metrics.dnsQuery($0) })
+            } catch {
+                problems.append("dns: \(error.description)")
+            }
+        }
         var decisionLog: DecisionLogWriter?
         if let path = configuration.decisionLog {
             if !createDirectories {
@@ -78,7 +89,7 @@ public struct ServerPreparation: Sendable {
         guard problems.isEmpty, let policy else {
             throw PosternServer.StartupError(description: problems.joined(separator: "\n"))
         }
-        return ServerPreparation(tlsContext: tlsContext, policy: policy, decisionLog: decisionLog)
+        return ServerPreparation(tlsContext: tlsContext, policy: policy, decisionLog: decisionLog, resolver: resolver)
     }
 
     /// A problem, as text, for `Result`.

@@ -7,6 +7,8 @@ import Synchronization
 struct ReceivedHeader {
     var heloName: String?
     var clientAddress: IPAddress
+    /// The verified (forward-confirmed) name; "unknown" without one, as Postfix writes.
+    var clientName: String? = nil
     var hostname: String
     var extended: Bool
     var tlsVersion: String?
@@ -24,7 +26,7 @@ struct ReceivedHeader {
 
     func encoded() -> ByteBuffer {
         let address = clientAddress.isIPv6 ? "IPv6:\(clientAddress)" : "\(clientAddress)"
-        var text = "Received: from \(Self.sanitise(heloName ?? "unknown")) (unknown [\(address)])\r\n"
+        var text = "Received: from \(Self.sanitise(heloName ?? "unknown")) (\(Self.sanitise(clientName ?? "unknown")) [\(address)])\r\n"
         text += "\tby \(hostname) (Postern) with \(protocolName) id \(transactionID)"
         if let tlsVersion { text += "\r\n\t(using \(tlsVersion))" }
         // Naming the recipient only for single-recipient mail keeps lists private.

@@ -55,13 +55,16 @@ public struct UpstreamClient: Hashable, Sendable {
     public var protocolName: String
     /// The user of a successful AUTH.
     public var login: String?
+    /// What forward-confirmed reverse DNS found (XCLIENT/XFORWARD `NAME=`).
+    public var name: ClientName?
 
-    public init(address: IPAddress, port: Int, helo: String?, protocolName: String, login: String?) {
+    public init(address: IPAddress, port: Int, helo: String?, protocolName: String, login: String?, name: ClientName? = nil) {
         self.address = address
         self.port = port
         self.helo = helo
         self.protocolName = protocolName
         self.login = login
+        self.name = name
     }
 }
 

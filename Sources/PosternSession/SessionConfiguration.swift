@@ -72,10 +72,13 @@ public struct SessionTimeouts: Hashable, Sendable {
 public struct ClientEndpoint: Hashable, Sendable, CustomStringConvertible {
     public var address: IPAddress
     public var port: Int
+    /// What forward-confirmed reverse DNS found (nil: no resolver configured, or not looked up).
+    public var name: ClientName?
 
-    public init(address: IPAddress, port: Int) {
+    public init(address: IPAddress, port: Int, name: ClientName? = nil) {
         self.address = address
         self.port = port
+        self.name = name
     }
 
     public var description: String { "\(address):\(port)" }

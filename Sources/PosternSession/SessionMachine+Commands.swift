@@ -108,7 +108,7 @@ extension SessionMachine {
 
     var upstreamClient: UpstreamClient {
         UpstreamClient(address: client.address, port: client.port, helo: smtp.helloName,
-                       protocolName: smtp.isExtended ? "ESMTP" : "SMTP", login: smtp.authenticatedUser)
+                       protocolName: smtp.isExtended ? "ESMTP" : "SMTP", login: smtp.authenticatedUser, name: client.name)
     }
 
     // MARK: The policy walk
@@ -146,6 +146,7 @@ extension SessionMachine {
             transactionID: transactionID, clientAddress: client.address, clientPort: client.port, helo: smtp.helloName,
             tls: smtp.isTLSActive, authUser: smtp.authenticatedUser, recipients: smtp.transaction?.recipients.map(\.path) ?? [])
         facts.location = location
+        facts.clientName = client.name
         facts.protocolName = smtp.helloName == nil ? nil : smtp.isExtended ? "ESMTP" : "SMTP"
         facts.tlsVersion = tlsVersion
         facts.authMechanism = authMechanism

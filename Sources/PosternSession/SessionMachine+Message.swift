@@ -233,7 +233,7 @@ extension SessionMachine {
     /// The trace header (RFC 5321 §4.4).
     func receivedHeader(for envelope: SMTPServerStateMachine.Transaction, recipients: [ForwardPath]? = nil) -> ByteBuffer {
         ReceivedHeader(
-            heloName: smtp.helloName, clientAddress: client.address, hostname: configuration.hostname, extended: smtp.isExtended,
+            heloName: smtp.helloName, clientAddress: client.address, clientName: client.name?.verifiedName, hostname: configuration.hostname, extended: smtp.isExtended,
             tlsVersion: tlsVersion, utf8: envelope.parameters.smtpUTF8, transactionID: transactionID,
             recipients: recipients ?? envelope.recipients.map(\.path), date: now.wallMilliseconds / 1000
         ).encoded()

@@ -240,10 +240,12 @@ public struct SessionMachine: Sendable {
         return finish()
     }
 
-    /// The driver's answer to `.admit`.
-    public mutating func admitted(_ admission: Admission, now: SessionTime) -> [SessionAction] {
+    /// The driver's answer to `.admit`, with the client's name when the driver looked it up
+    /// (forward-confirmed reverse DNS, before the greeting, as Postfix's smtpd does).
+    public mutating func admitted(_ admission: Admission, clientName: ClientName? = nil, now: SessionTime) -> [SessionAction] {
         begin(now)
         guard case .admitting = state else { return finish() }
+        if let clientName { client.name = clientName }
         admit(admission)
         return finish()
     }
@@ -404,7 +406,8 @@ public struct SessionMachine: Sendable {
             sessionID: sessionID,
             client: DecisionRecord.Client(
                 ip: "\(client.address)", port: client.port, helo: smtp.helloName, tls: tlsVersion, auth: smtp.authenticatedUser,
-                country: location?.country, asn: location?.asn.map(Int.init)),
+                country: location?.country, asn: location?.asn.map(Int.init), name: client.name?.name,
+                nameStatus: client.name?.status.rawValue),
             policyVersion: policy.rules.isEmpty ? nil : policy.version, wallMilliseconds: now.wallMilliseconds, now: now.uptime)
     }
 

@@ -91,23 +91,27 @@ public struct ClientIdentity: Hashable, Sendable {
     /// `SMTP` or `ESMTP`.
     public var protocolName: String
     public var login: String?
+    /// The client's name as FCrDNS found it; nil: not looked up (`NAME=[UNAVAILABLE]`).
+    public var name: ClientName?
 
-    public init(address: IPAddress, port: Int, helo: String?, protocolName: String, login: String? = nil) {
+    public init(address: IPAddress, port: Int, helo: String?, protocolName: String, login: String? = nil, name: ClientName? = nil) {
         self.address = address
         self.port = port
         self.helo = helo
         self.protocolName = protocolName
         self.login = login
+        self.name = name
     }
 
-    /// `ADDR=… PORT=… NAME=[UNAVAILABLE] HELO=… PROTO=…` with xtext-encoded values, only the
-    /// attributes the server listed after XCLIENT or XFORWARD in its EHLO reply.
+    /// `ADDR=… PORT=… NAME=… HELO=… PROTO=…` with xtext-encoded values, only the attributes
+    /// the server listed after XCLIENT or XFORWARD in its EHLO reply. NAME is the verified
+    /// name, `[TEMPUNAVAIL]` after a temporary DNS error, else `[UNAVAILABLE]`.
     func attributes(offered: Set<String>) -> String {
         let address = self.address.unmapped
         var parts: [String] = []
         if offered.contains("ADDR") { parts.append("ADDR=" + (address.isIPv6 ? "IPV6:\(address)" : "\(address)")) }
         if offered.contains("PORT") { parts.append("PORT=\(port)") }
-        if offered.contains("NAME") { parts.append("NAME=[UNAVAILABLE]") }
+        if offered.contains("NAME") { parts.append("NAME=" + Self.xtext(name?.xclientValue ?? "[UNAVAILABLE]")) }
         if offered.contains("HELO"), let helo { parts.append("HELO=" + Self.xtext(helo)) }
         if offered.contains("PROTO") { parts.append("PROTO=" + protocolName) }
         if offered.contains("LOGIN"), let login { parts.append("LOGIN=" + Self.xtext(login)) }

@@ -1,4 +1,5 @@
 import PosternPolicy
+import SMTPCore
 import XCTest
 
 final class EnvelopeConditionTests: XCTestCase {
@@ -73,6 +74,26 @@ final class EnvelopeConditionTests: XCTestCase {
         try await expectMatch(true, "{ helo: { is_fqdn: false } }", stage: .helo, facts(helo: "localhost"))
         try await expectMatch(true, "{ helo: { is_fqdn: false } }", stage: .helo, facts(helo: "192.0.2.1"))
         try await expectMatch(false, "{ helo: { is_fqdn: false } }", stage: .helo, facts(helo: "mail.example.org"))
+    }
+
+    func testClientNameAndItsStatus() async throws {
+        func named(_ status: ClientName.Status, _ name: String?) -> TransactionFacts {
+            var facts = facts()
+            facts.clientName = ClientName(status, name: name)
+            return facts
+        }
+        try await expectMatch(true, "{ client_name: Mail.Example.ORG. }", stage: .connect, named(.verified, "mail.example.org"))
+        try await expectMatch(true, "{ client_name: { domain: example.org } }", stage: .connect, named(.verified, "mx1.example.org"))
+        try await expectMatch(true, "{ client_name: { domain: example.org } }", stage: .connect, named(.verified, "example.org"))
+        try await expectMatch(false, "{ client_name: { domain: example.org } }", stage: .connect, named(.verified, "badexample.org"))
+        try await expectMatch(true, "{ client_name: { regex: '(^|[.-])dyn[0-9]' } }", stage: .connect, named(.verified, "host-dyn42.isp.example"))
+        // An unverified name is never the client's name.
+        try await expectMatch(false, "{ client_name: { domain: example.org } }", stage: .connect, named(.unverified, "mx1.example.org"))
+        try await expectMatch(true, "{ client_name_status: [none, unverified] }", stage: .connect, named(.unverified, "mx1.example.org"))
+        try await expectMatch(false, "{ client_name_status: [none, unverified] }", stage: .connect, named(.verified, "mx1.example.org"))
+        try await expectMatch(true, "{ client_name_status: tempfail }", stage: .connect, named(.tempfail, nil))
+        // Without a resolver nothing is known, and nothing matches.
+        try await expectMatch(false, "{ client_name_status: [none, unverified, tempfail, verified] }", stage: .connect, facts())
     }
 
     func testAuthUserTLSAndSize() async throws {

@@ -326,6 +326,32 @@ final class ConfigurationLoaderTests: XCTestCase {
         }
     }
 
+    func testDNS() throws {
+        XCTAssertNil(try load("upstreams: [{ url: \"smtp://a\" }]").dns)
+        let dns = try XCTUnwrap(try load("""
+            upstreams: [{ url: "smtp://a" }]
+            dns: { servers: ["127.0.0.1:5353", "[::1]:53", 192.0.2.53], timeout: 2s, cache_size: 500, verify_client_names: false }
+            """).dns)
+        XCTAssertEqual(dns.resolver.servers, ["127.0.0.1:5353", "[::1]:53", "192.0.2.53"])
+        XCTAssertEqual(dns.resolver.timeout, .seconds(2))
+        XCTAssertEqual(dns.resolver.cacheSize, 500)
+        XCTAssertFalse(dns.verifyClientNames)
+        let validating = try XCTUnwrap(try load("upstreams: [{ url: \"smtp://a\" }]\ndns: { dnssec: validate }").dns)
+        XCTAssertEqual(validating.resolver.dnssec, .validate(trustAnchorFile: "/usr/share/dns/root.key"))
+        XCTAssertEqual(validating.resolver.servers, [], "the system's resolv.conf")
+        XCTAssertEqual(errors("""
+            upstreams: [{ url: "smtp://a" }]
+            dns: { servers: [dns.example, "127.0.0.1:0"], timeout: 0s, dnssec: maybe, trust_anchor: /k, cache: 1 }
+            """), [
+            "test.yaml:2:93: unknown key 'cache' in dns (expected one of: cache_size, dnssec, servers, timeout, trust_anchor, verify_client_names)",
+            "test.yaml:2:18: dns.servers: 'dns.example' is not ADDR or ADDR:PORT (an IP address; [IPv6]:PORT)",
+            "test.yaml:2:31: dns.servers: '127.0.0.1:0' is not ADDR or ADDR:PORT (an IP address; [IPv6]:PORT)",
+            "test.yaml:2:56: dns.timeout must be between 1ms and 60s",
+            "test.yaml:2:68: dns.dnssec must be off or validate",
+            "test.yaml:2:89: dns.trust_anchor needs dnssec: validate",
+        ])
+    }
+
     func testUpstreamProbe() throws {
         let defaults = try load("upstreams: [{ url: \"smtp://a\" }]")
         XCTAssertEqual(defaults.upstreamProbe, UpstreamProbeSettings(interval: .seconds(1), timeout: .seconds(5)))

@@ -346,7 +346,8 @@ final class SMTPUpstreamSessionTests: XCTestCase {
         script.capabilities = ["PIPELINING", "XFORWARD NAME ADDR PROTO HELO SOURCE"]
         let server = try await FakeSMTPServer(script: script, group: group)
         defer { Task { await server.stop() } }
-        let client = ClientIdentity(address: IPAddress("192.0.2.7")!, port: 40000, helo: "client.example", protocolName: "SMTP")
+        let client = ClientIdentity(address: IPAddress("192.0.2.7")!, port: 40000, helo: "client.example", protocolName: "SMTP",
+                                    name: ClientName(.tempfail))
         let session = try await SMTPUpstreamSession.open(
             UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: server.port)), host: "127.0.0.1", port: server.port,
             heloName: "gw.example", group: group, logger: logger, client: client)
@@ -355,7 +356,7 @@ final class SMTPUpstreamSessionTests: XCTestCase {
         await session.reset()
         _ = try await session.mail(.null, MailParameters())
         let commands = server.transcript.commands
-        let forward = "XFORWARD ADDR=192.0.2.7 NAME=[UNAVAILABLE] HELO=client.example PROTO=SMTP SOURCE=REMOTE"
+        let forward = "XFORWARD ADDR=192.0.2.7 NAME=[TEMPUNAVAIL] HELO=client.example PROTO=SMTP SOURCE=REMOTE"
         XCTAssertEqual(commands.filter { $0 == forward }.count, 2, "\(commands)")
         XCTAssertEqual(commands.firstIndex(of: forward).map { commands[$0 + 1].hasPrefix("MAIL") }, true)
         await session.close()

@@ -64,7 +64,8 @@ struct MilterExchange {
     func connectEvent(_ facts: TransactionFacts) async throws(MilterError) -> Answer? {
         let address = "\(facts.clientAddress)"
         let family: Milter.Family = address.contains(":") ? .inet6 : .inet
-        let packet = MilterEncoder.connect(hostname: "[\(address)]", family: family, port: UInt16(clamping: facts.clientPort), address: address)
+        // Postfix: the verified client name, else the address in brackets.
+        let packet = MilterEncoder.connect(hostname: facts.clientName?.verifiedName ?? "[\(address)]", family: family, port: UInt16(clamping: facts.clientPort), address: address)
         return try await event(.connect, packet, macros: .connect, facts: facts, timeout: configuration.timeouts.command)
     }
 
@@ -338,10 +339,11 @@ struct MilterExchange {
         switch key {
         case "j", "daemon_name": return hostname
         case "v": return "Postern"
-        case "_": return "unknown [\(facts.clientAddress)]"
+        case "_": return "\(facts.clientName?.verifiedName ?? "unknown") [\(facts.clientAddress)]"
         case "client_addr": return "\(facts.clientAddress)"
         case "client_port": return "\(facts.clientPort)"
-        case "client_name", "client_ptr": return "unknown"
+        case "client_name": return facts.clientName?.verifiedName ?? "unknown"
+        case "client_ptr": return facts.clientName?.name ?? "unknown"
         case "i": return inTransaction ? facts.transactionID : nil
         case "tls_version": return facts.tlsVersion
         case "auth_type": return facts.authUser == nil ? nil : facts.authMechanism

@@ -60,8 +60,9 @@ public struct PolicyServiceCheck: StageCheck {
             ("recipient_count", stage == .data ? "\(facts.recipients.count)" : "0"),
             ("client_address", "\(facts.clientAddress)"),
             // Postern does no reverse DNS yet: Postfix's word for a name it could not find.
-            ("client_name", "unknown"),
-            ("reverse_client_name", "unknown"),
+            // Postfix: the verified name, and the PTR name whether it verifies or not.
+            ("client_name", facts.clientName?.verifiedName ?? "unknown"),
+            ("reverse_client_name", facts.clientName?.name ?? "unknown"),
             ("client_port", "\(facts.clientPort)"),
             ("instance", facts.transactionID),
             ("size", "\(facts.size ?? 0)"),

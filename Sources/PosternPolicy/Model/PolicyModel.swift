@@ -55,6 +55,8 @@ public struct TransactionFacts: Sendable {
     public var message: (any PolicyMessage)?
     /// Where the client is, when the policy has `geoip:` databases.
     public var location: ClientLocation?
+    /// The client's name from forward-confirmed reverse DNS, when a resolver is configured.
+    public var clientName: ClientName?
     /// What the pipeline's checks found at this stage, by check name.
     public var checks: [String: CheckOutcome] = [:]
     /// `ESMTP` after EHLO, `SMTP` after HELO; nil before either.

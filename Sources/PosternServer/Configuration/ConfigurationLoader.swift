@@ -5,6 +5,7 @@ import PosternUpstream
 import SMTPCore
 import PosternEngines
 import PosternLog
+import PosternNative
 import PosternPolicy
 import Yams
 
@@ -64,7 +65,7 @@ extension YAMLReader {
             return configuration
         }
         let top = mapping(root, "the configuration", keys: [
-            "hostname", "listen", "proxy_trusted_networks", "relay_domains", "trusted_networks", "auth", "tls", "upstreams", "upstream_retry_after", "upstream_probe", "policy_services", "milters", "limits",
+            "hostname", "listen", "proxy_trusted_networks", "relay_domains", "trusted_networks", "auth", "tls", "upstreams", "upstream_retry_after", "upstream_probe", "dns", "policy_services", "milters", "limits",
             "timeouts", "bare_line_endings", "forbid_improper_pipelining", "spool", "shutdown_grace_period", "log_level", "log_format", "decision_log", "metrics", "policy", "quarantine", "limits_store",
         ])
         if let node = top["hostname"], let value = string(node, "hostname") {
@@ -113,6 +114,7 @@ extension YAMLReader {
         }
         if let node = top["upstream_retry_after"], let value = duration(node, "upstream_retry_after") { configuration.upstreamRetryAfter = value }
         if let node = top["upstream_probe"] { configuration.upstreamProbe = upstreamProbe(node) }
+        if let node = top["dns"] { configuration.dns = dns(node) }
         if let node = top["policy_services"] {
             var names = Set<String>()
             configuration.policyServices = sequence(node, "policy_services").compactMap { entry in
@@ -346,6 +348,51 @@ extension YAMLReader {
         let word = name.hasPrefix("{") && name.hasSuffix("}") && name.count > 2 ? name.dropFirst().dropLast() : Substring(name)
         guard !word.isEmpty, word.count == 1 || name.hasPrefix("{") else { return false }
         return word.utf8.allSatisfy { PathGrammar.isLetDig($0) || $0 == UInt8(ascii: "_") }
+    }
+
+    /// `dns: { servers, timeout, dnssec, trust_anchor, cache_size, verify_client_names }`; the
+    /// resolver itself is made (and its servers and trust anchor checked) when the server starts
+    /// and by `postern check`.
+    mutating func dns(_ node: Node) -> DNSSettings {
+        var settings = DNSSettings()
+        if node.scalar?.string == "" || node.scalar?.string == "{}" { return settings }
+        let entries = mapping(node, "dns", keys: ["servers", "timeout", "dnssec", "trust_anchor", "cache_size", "verify_client_names"])
+        if let entry = entries["servers"] {
+            settings.resolver.servers = sequence(entry, "dns.servers").compactMap { server in
+                guard let text = string(server, "a DNS server") else { return nil }
+                guard DNSResolver.Configuration.unboundAddress(text) != nil else {
+                    fail(server, "dns.servers: '\(text)' is not ADDR or ADDR:PORT (an IP address; [IPv6]:PORT)")
+                    return nil
+                }
+                return text
+            }
+        }
+        if let entry = entries["timeout"], let value = duration(entry, "dns.timeout") {
+            if value <= .zero || value > .seconds(60) { fail(entry, "dns.timeout must be between 1ms and 60s") } else {
+                settings.resolver.timeout = .nanoseconds(value.nanoseconds)
+            }
+        }
+        var validate = false
+        if let entry = entries["dnssec"], let text = string(entry, "dns.dnssec") {
+            switch text {
+            case "off": break
+            case "validate": validate = true
+            default: fail(entry, "dns.dnssec must be off or validate")
+            }
+        }
+        if validate {
+            let anchor = entries["trust_anchor"].flatMap { string($0, "dns.trust_anchor") }.map(resolvedPath) ?? "/usr/share/dns/root.key"
+            settings.resolver.dnssec = .validate(trustAnchorFile: anchor)
+        } else if let entry = entries["trust_anchor"] {
+            fail(entry, "dns.trust_anchor needs dnssec: validate")
+        }
+        if let entry = entries["cache_size"], let value = integer(entry, "dns.cache_size", range: 0...10_000_000) {
+            settings.resolver.cacheSize = value
+        }
+        if let entry = entries["verify_client_names"], let value = bool(entry, "dns.verify_client_names") {
+            settings.verifyClientNames = value
+        }
+        return settings
     }
 
     /// `upstream_probe: off`, or `{ interval: 1s, timeout: 5s }`.

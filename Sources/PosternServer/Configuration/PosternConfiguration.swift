@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import PosternEngines
 import PosternLog
+import PosternNative
 import PosternUpstream
 import SMTPCore
 
@@ -125,6 +126,8 @@ public struct PosternConfiguration: Sendable {
     public var upstreamRetryAfter: TimeAmount = .seconds(60)
     /// Probes of an upstream marked down; `.off` leaves it to `upstreamRetryAfter`.
     public var upstreamProbe = UpstreamProbeSettings()
+    /// `dns:`: the resolver, and what Postern looks up with it; nil: no DNS at all.
+    public var dns: DNSSettings?
     /// Policy servers (Postfix's `check_policy_service`), asked in this order.
     public var policyServices: [PolicyServiceConfiguration] = []
     /// Milter filters, in chain order (Postfix's `smtpd_milters`).
@@ -182,4 +185,15 @@ public struct PosternConfiguration: Sendable {
         guard authentication != nil else { return .off }
         return listener.auth ?? .afterTLS
     }
+}
+
+/// `dns: { servers: [ADDR[:PORT], …], timeout: 5s, dnssec: off | validate, trust_anchor: FILE,
+/// cache_size: 10000, verify_client_names: true }`.
+public struct DNSSettings: Sendable, Hashable {
+    public var resolver = DNSResolver.Configuration()
+    /// Forward-confirmed reverse DNS of every client before the greeting (XCLIENT NAME=,
+    /// the Received header, `client_name` conditions).
+    public var verifyClientNames = true
+
+    public init() {}
 }

@@ -1,4 +1,6 @@
+import PosternNative
 import Prometheus
+import SMTPCore
 import Synchronization
 
 /// Postern's Prometheus metrics, on one registry that `/metrics` renders. Names follow the
@@ -30,6 +32,10 @@ public final class PosternMetrics: Sendable {
     private let upstreamSinceSuccess: LabelledMetric<Gauge>
     private let checkResults: LabelledMetric<Counter>
     private let checkErrors: LabelledMetric<Counter>
+    private let dnsQueries: LabelledMetric<Counter>
+    private let dnsDurations: LabelledMetric<DurationHistogram>
+    private let dnsCacheHits: LabelledMetric<Counter>
+    private let clientNames: LabelledMetric<Counter>
     private let checkDurations: LabelledMetric<DurationHistogram>
     /// The shared rate-limit store's failures (see `limitsStoreFailure`): made on the first
     /// failure, so a server without Redis exports none of them.
@@ -81,6 +87,17 @@ public final class PosternMetrics: Sendable {
                 labels: $0,
                 buckets: [.milliseconds(1), .milliseconds(10), .milliseconds(100), .seconds(1), .seconds(10), .seconds(60)])
         }
+        dnsQueries = counter("dns_queries_total", "DNS lookups by record type and result (records, nodata, nxdomain, timeout, servfail, refused, bogus, failure), cache hits included.",
+                             labels: ["type", "result"])
+        dnsCacheHits = counter("dns_cache_hits_total", "DNS lookups answered from Postern's cache, by record type.", labels: ["type"])
+        dnsDurations = LabelledMetric(labels: ["type"]) {
+            registry.makeDurationHistogram(
+                descriptor: PosternMetrics.name("dns_query_duration_seconds", "Time DNS lookups took (not cache hits), by record type."),
+                labels: $0,
+                buckets: [.milliseconds(1), .milliseconds(5), .milliseconds(25), .milliseconds(100), .milliseconds(500), .seconds(2), .seconds(10)])
+        }
+        clientNames = counter("client_names_total", "Clients by what forward-confirmed reverse DNS found (verified, unverified, none, tempfail).",
+                              labels: ["status"])
         rateLimitRefusals = counter("rate_limit_refusals_total", "Refusals by rate-limit rules, by limit.", labels: ["limit"])
         authAttempts = counter("auth_attempts_total", "AUTH exchanges by mechanism and result.", labels: ["mechanism", "result"])
         defences = counter("defences_total", "Sessions ended by a connection defence, by defence.", labels: ["defence"])
@@ -171,6 +188,20 @@ public final class PosternMetrics: Sendable {
     func checkResult(check: String, result: String, milliseconds: Int) {
         checkResults(check, result).increment()
         checkDurations(check).recordNanoseconds(Int64(milliseconds) * 1_000_000)
+    }
+
+    /// One DNS lookup (the resolver's observer).
+    func dnsQuery(_ event: DNSQueryEvent) {
+        dnsQueries(event.type.description, event.result).increment()
+        if event.cached {
+            dnsCacheHits(event.type.description).increment()
+        } else {
+            dnsDurations(event.type.description).recordNanoseconds(Int64(event.seconds * 1e9))
+        }
+    }
+
+    func clientName(_ status: ClientName.Status) {
+        clientNames(status.rawValue).increment()
     }
 
     /// A check that failed, by kind (connect, timeout, closed, protocol…).

@@ -106,7 +106,14 @@ struct SMTPConnection {
             logger[metadataKey: "smtp.client"] = "\(client)"
             let (admission, key) = context.admit(client, channel: channel)
             slot = key
-            return machine.admitted(admission, now: Self.now())
+            var name: ClientName?
+            if case .admitted = admission, let verifier = context.clientNames {
+                let found = await verifier.verify(client.address)
+                context.metrics.clientName(found.status)
+                logger[metadataKey: "smtp.client.name"] = "\(found)"
+                name = found
+            }
+            return machine.admitted(admission, clientName: name, now: Self.now())
         case .evaluate(let request):
             var message: MessageDraft?
             if request.stage == .data, pipeline.editsMessages {

@@ -130,7 +130,8 @@ final class SessionWork {
     }
 
     static func identity(_ client: UpstreamClient) -> ClientIdentity {
-        ClientIdentity(address: client.address, port: client.port, helo: client.helo, protocolName: client.protocolName, login: client.login)
+        ClientIdentity(address: client.address, port: client.port, helo: client.helo, protocolName: client.protocolName, login: client.login,
+                       name: client.name)
     }
 
     // MARK: The spool

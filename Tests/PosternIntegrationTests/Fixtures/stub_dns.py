@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""A tiny authoritative DNS server for tests: TXT records from a file, nothing else.
+"""A tiny authoritative DNS server for tests: TXT, A, AAAA and PTR records from a file.
 
     stub_dns.py ADDRESS PORT RECORDS
 
 ADDRESS "auto" picks a free address 127.53.X.Y (port 53 then needs root). RECORDS holds one
-record a line, "name<TAB>text": a TXT record (split into 255-octet strings as needed). A query
+record a line, "name<TAB>text": a TXT record (split into 255-octet strings as needed), or
+"name<TAB>TYPE<TAB>value" with TYPE one of A, AAAA, PTR (value: an address, a host name). A query
 for a listed name gets its TXT records (other types: an empty answer); a parent of a listed
 name (an empty non-terminal such as example.test under _dmarc.example.test) gets an empty
 answer; any other name gets NXDOMAIN. UDP answers over 512 octets are truncated (TC) so the
@@ -21,6 +22,7 @@ import threading
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
 address, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+TYPES = {"A": 1, "PTR": 12, "TXT": 16, "AAAA": 28}
 records = {}
 with open(path, encoding="utf-8") as f:
     for line in f:
@@ -28,7 +30,23 @@ with open(path, encoding="utf-8") as f:
         if not line.strip() or line.startswith("#"):
             continue
         name, text = line.split("\t", 1)
-        records.setdefault(name.strip().rstrip(".").lower(), []).append(text.encode())
+        rtype = 16
+        if "\t" in text and text.split("\t", 1)[0] in TYPES:
+            kind, value = text.split("\t", 1)
+            rtype, text = TYPES[kind], value
+        records.setdefault(name.strip().rstrip(".").lower(), []).append((rtype, text))
+
+
+def rdata(rtype, text):
+    if rtype == 1:
+        return socket.inet_pton(socket.AF_INET, text)
+    if rtype == 28:
+        return socket.inet_pton(socket.AF_INET6, text)
+    if rtype == 12:
+        return b"".join(bytes([len(label)]) + label.encode() for label in text.rstrip(".").split(".")) + b"\0"
+    data = text.encode()
+    chunks = [data[j:j + 255] for j in range(0, len(data), 255)] or [b""]
+    return b"".join(bytes([len(c)]) + c for c in chunks)
 
 
 def answer(query, limit=None):
@@ -49,11 +67,10 @@ def answer(query, limit=None):
     name = ".".join(labels).lower()
     rd = flags & 0x0100
     rrs = []
-    if name in records and qtype in (16, 255):
-        for text in records[name]:
-            chunks = [text[j:j + 255] for j in range(0, len(text), 255)] or [b""]
-            rdata = b"".join(bytes([len(c)]) + c for c in chunks)
-            rrs.append(b"\xc0\x0c" + struct.pack(">HHIH", 16, 1, 60, len(rdata)) + rdata)
+    for rtype, text in records.get(name, []):
+        if qtype not in (rtype, 255):
+            continue
+        rrs.append(b"\xc0\x0c" + struct.pack(">HHIH", rtype, 1, 60, len(rdata(rtype, text))) + rdata(rtype, text))
     exists = name in records or any(k.endswith("." + name) for k in records)
     rcode = 0 if exists else 3
     body = b"".join(rrs)

@@ -1,0 +1,51 @@
+import PosternNative
+import SMTPCore
+
+/// Forward-confirmed reverse DNS, as Postfix's smtpd does it before the greeting: the PTR
+/// names of the client's address, then the A (or AAAA) records of each, until one includes
+/// the address. At most `maximumNames` PTR names are tried; all lookups share one deadline.
+struct ClientNameVerifier: Sendable {
+    static let maximumNames = 10
+
+    let resolver: DNSResolver
+    let timeout: Duration
+
+    func verify(_ address: IPAddress) async -> ClientName {
+        let address = address.unmapped
+        let deadline = ContinuousClock.now + timeout
+        func left() -> Duration { max(.zero, deadline - ContinuousClock.now) }
+        let reverse = await resolver.lookup(Self.reverseName(address), .ptr, timeout: left())
+        let names: [String]
+        switch reverse {
+        case .failure: return ClientName(.tempfail)
+        case .success(let answer):
+            names = answer.records.compactMap { if case .name(let name) = $0 { name } else { nil } }
+        }
+        guard !names.isEmpty else { return ClientName(.none) }
+        var temporary = false
+        for name in names.prefix(Self.maximumNames) {
+            switch await resolver.lookup(name, address.isIPv6 ? .aaaa : .a, timeout: left()) {
+            case .failure: temporary = true
+            case .success(let answer):
+                let found = answer.records.contains { record in
+                    switch record {
+                    case .a(let octets), .aaaa(let octets): IPAddress(bytes: octets) == address
+                    default: false
+                    }
+                }
+                if found { return ClientName(.verified, name: name) }
+            }
+        }
+        return temporary ? ClientName(.tempfail, name: names[0]) : ClientName(.unverified, name: names[0])
+    }
+
+    /// `7.2.0.192.in-addr.arpa`, or the 32 nibbles under `ip6.arpa`.
+    static func reverseName(_ address: IPAddress) -> String {
+        let bytes = address.bytes
+        if address.isIPv6 {
+            let nibbles = bytes.reversed().flatMap { [String($0 & 0x0F, radix: 16), String($0 >> 4, radix: 16)] }
+            return nibbles.joined(separator: ".") + ".ip6.arpa"
+        }
+        return bytes.reversed().map(String.init).joined(separator: ".") + ".in-addr.arpa"
+    }
+}
