@@ -9,6 +9,8 @@ public enum BuiltinFilters {
         registry.register("helo", HeloCondition.make)
         registry.register("client_name", ClientNameCondition.make)
         registry.register("client_name_status", ClientNameStatusCondition.make)
+        registry.register("dnsbl", DNSListCondition.make)
+        registry.register("dnsbl_score", DNSListScoreCondition.make)
         registry.register("sender", AddressCondition.makeSender)
         registry.register("recipient", AddressCondition.makeRecipient)
         registry.register("auth_user", AuthUserCondition.make)

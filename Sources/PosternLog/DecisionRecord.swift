@@ -14,6 +14,23 @@ public struct DecisionRecord: Sendable, Equatable {
         case connect, helo, mail, rcpt, data
     }
 
+    /// One DNS list's answer about the client, in the record.
+    public struct DNSListEntry: Sendable, Equatable {
+        public var name: String
+        /// `listed` or `error`.
+        public var result: String
+        /// The return code (listed) or what went wrong (error).
+        public var detail: String
+        public var weight: Double
+
+        public init(name: String, result: String, detail: String, weight: Double) {
+            self.name = name
+            self.result = result
+            self.detail = detail
+            self.weight = weight
+        }
+    }
+
     public struct Client: Sendable, Equatable {
         public var ip: String
         public var port: Int
@@ -29,8 +46,11 @@ public struct DecisionRecord: Sendable, Equatable {
         /// forward-confirmed (`verified`, `unverified`, `none`, `tempfail`); nil without a resolver.
         public var name: String?
         public var nameStatus: String?
+        /// The DNS lists that listed the client or failed: `{name, result: listed|error, code|error, weight}`.
+        public var dnsLists: [DNSListEntry] = []
         public init(ip: String, port: Int, helo: String? = nil, tls: String? = nil, auth: String? = nil, country: String? = nil, asn: Int? = nil,
-                    name: String? = nil, nameStatus: String? = nil) {
+                    name: String? = nil, nameStatus: String? = nil, dnsLists: [DNSListEntry] = []) {
+            self.dnsLists = dnsLists
             self.name = name
             self.nameStatus = nameStatus
             self.ip = ip
@@ -181,6 +201,14 @@ public struct DecisionRecord: Sendable, Equatable {
                 object.field("name", client.name)
                 object.field("name_status", status)
             }
+            if !client.dnsLists.isEmpty {
+                object.array("dnsbl", client.dnsLists) { entry, list in
+                    entry.field("name", list.name)
+                    entry.field("result", list.result)
+                    entry.field(list.result == "listed" ? "code" : "error", list.detail)
+                    entry.field("weight", list.weight)
+                }
+            }
             object.field("country", client.country)
             object.field("asn", client.asn)
             object.field("helo", client.helo)
@@ -282,6 +310,13 @@ struct JSONObjectWriter {
     mutating func field(_ name: String, _ value: Int?) {
         key(name)
         text += value.map(String.init) ?? "null"
+    }
+
+    /// A finite number, as an integer when it is one (`3`, `-1.5`).
+    mutating func field(_ name: String, _ value: Double) {
+        key(name)
+        guard value.isFinite else { return text += "null" }
+        text += value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
     }
 
     mutating func null(_ name: String) {

@@ -233,6 +233,7 @@ public final class PosternServer: Service, Sendable {
             clientNames: resolver.flatMap { resolver in
                 configuration.dns?.verifyClientNames == true ? ClientNameVerifier(resolver: resolver, timeout: resolver.configuration.timeout) : nil
             },
+            dnsLists: resolver.map { DNSListChecker(resolver: $0, logger: logger) },
             logger: logger, unsafeEarlyAck: unsafeEarlyAck)
     }
 

@@ -63,6 +63,9 @@ public struct ServerPreparation: Sendable {
             let rules = compiled.rules.filter { $0.mode == .enforce && $0.action == .quarantine }.map(\.id)
             problems.append("the policy has quarantine rules (\(rules.joined(separator: ", "))) but no quarantine: Maildir is configured")
         }
+        if let compiled = policy?.policy, !compiled.dnsLists.isEmpty, configuration.dns == nil {
+            problems.append("the policy has dnsbl: lists (\(compiled.dnsLists.map(\.name).joined(separator: ", "))) but no dns: resolver is configured")
+        }
         var resolver: DNSResolver?
         if let dns = configuration.dns {
             do {

@@ -147,6 +147,7 @@ extension SessionMachine {
             tls: smtp.isTLSActive, authUser: smtp.authenticatedUser, recipients: smtp.transaction?.recipients.map(\.path) ?? [])
         facts.location = location
         facts.clientName = client.name
+        facts.dnsLists = dnsLists
         facts.protocolName = smtp.helloName == nil ? nil : smtp.isExtended ? "ESMTP" : "SMTP"
         facts.tlsVersion = tlsVersion
         facts.authMechanism = authMechanism

@@ -96,6 +96,8 @@ public struct SessionMachine: Sendable {
     var walk: PolicyWalk
     /// Where the client is (looked up once per session), when the policy has GeoIP databases.
     var location: ClientLocation?
+    /// What the policy's DNS lists said about the client, asked when it was admitted.
+    var dnsLists: [DNSListResult] = []
     var transaction: TransactionRecord?
     /// The message content of the transaction in progress, from the 354 or the first BDAT.
     var message: MessageProgress?
@@ -242,10 +244,12 @@ public struct SessionMachine: Sendable {
 
     /// The driver's answer to `.admit`, with the client's name when the driver looked it up
     /// (forward-confirmed reverse DNS, before the greeting, as Postfix's smtpd does).
-    public mutating func admitted(_ admission: Admission, clientName: ClientName? = nil, now: SessionTime) -> [SessionAction] {
+    public mutating func admitted(_ admission: Admission, clientName: ClientName? = nil, dnsLists: [DNSListResult] = [],
+                                  now: SessionTime) -> [SessionAction] {
         begin(now)
         guard case .admitting = state else { return finish() }
         if let clientName { client.name = clientName }
+        self.dnsLists = dnsLists
         admit(admission)
         return finish()
     }
@@ -407,7 +411,7 @@ public struct SessionMachine: Sendable {
             client: DecisionRecord.Client(
                 ip: "\(client.address)", port: client.port, helo: smtp.helloName, tls: tlsVersion, auth: smtp.authenticatedUser,
                 country: location?.country, asn: location?.asn.map(Int.init), name: client.name?.name,
-                nameStatus: client.name?.status.rawValue),
+                nameStatus: client.name?.status.rawValue, dnsLists: dnsLists.compactMap(\.recordEntry)),
             policyVersion: policy.rules.isEmpty ? nil : policy.version, wallMilliseconds: now.wallMilliseconds, now: now.uptime)
     }
 
@@ -474,4 +478,18 @@ public struct SessionMachine: Sendable {
 struct UpstreamFailure: Error {
     var error: UpstreamError
     var upstream: String?
+}
+
+extension DNSListResult {
+    /// The decision record's entry: listed and failed lists only.
+    var recordEntry: DecisionRecord.DNSListEntry? {
+        switch outcome {
+        case .listed(let codes):
+            return DecisionRecord.DNSListEntry(name: list, result: "listed",
+                                               detail: codes.map { DNSList.Returns(low: $0, high: $0).description }.joined(separator: ","),
+                                               weight: weight)
+        case .error(let detail): return DecisionRecord.DNSListEntry(name: list, result: "error", detail: detail, weight: 0)
+        case .notListed, .skipped: return nil
+        }
+    }
 }

@@ -96,6 +96,81 @@ final class EnvelopeConditionTests: XCTestCase {
         try await expectMatch(false, "{ client_name_status: [none, unverified, tempfail, verified] }", stage: .connect, facts())
     }
 
+    func testDNSListsCompileAndMatch() async throws {
+        let fixture = try PolicyFixture()
+        defer { fixture.remove() }
+        let policy = try fixture.compile("""
+            dnsbl:
+              - { name: zen, zone: zen.example., returns: [127.0.0.2-11, 127.0.1.0/24], weight: 3 }
+              - { name: wl, zone: wl.example, weight: -2.5, ipv6: true }
+            rules:
+              - { id: listed, stage: connect, if: { dnsbl: zen }, then: reject }
+              - { id: pbl, stage: connect, if: { dnsbl: { name: zen, returns: [127.0.0.10-11] } }, then: reject }
+              - { id: down, stage: connect, if: { dnsbl: { name: zen, error: true } }, then: tempfail }
+              - { id: score, stage: connect, if: { dnsbl_score: { over: 2 } }, then: reject }
+            """)
+        XCTAssertEqual(policy.dnsLists.map(\.name), ["zen", "wl"])
+        XCTAssertEqual(policy.dnsLists[0].zone, "zen.example")
+        XCTAssertEqual(policy.dnsLists[0].returns.map(\.description), ["127.0.0.2-127.0.0.11", "127.0.1.0-127.0.1.255"])
+        XCTAssertEqual(policy.dnsLists[1].weight, -2.5)
+        XCTAssertEqual(policy.dnsLists[0].query(for: IPAddress("192.0.2.7")!), "7.2.0.192.zen.example")
+        XCTAssertNil(policy.dnsLists[0].query(for: IPAddress("2001:db8::1")!), "ipv6: false")
+        XCTAssertEqual(policy.dnsLists[1].query(for: IPAddress("2001:db8::1")!),
+                       "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.wl.example")
+        XCTAssertTrue(policy.dnsLists[0].lists(0x7F00_0002))
+        XCTAssertFalse(policy.dnsLists[0].lists(0x7F00_000C))
+        XCTAssertFalse(policy.dnsLists[1].lists(0x7FFF_FFFE), "127.255.255.254 is a refusal, never a listing")
+        XCTAssertTrue(policy.dnsLists[1].lists(0x7F00_0064), "no returns: any 127/8 code")
+
+        func listed(_ results: [DNSListResult]) -> TransactionFacts {
+            var facts = facts()
+            facts.dnsLists = results
+            return facts
+        }
+        let zen = DNSListResult(list: "zen", outcome: .listed([0x7F00_000A]), weight: 3)
+        let allowed = DNSListResult(list: "wl", outcome: .listed([0x7F00_0002]), weight: -2.5)
+        let rules = Dictionary(uniqueKeysWithValues: policy.rules.map { ($0.id, $0.condition) })
+        let listedMatch = await rules["listed"]!.evaluate(listed([zen]))
+        XCTAssertEqual(listedMatch?.reason, "listed in zen (127.0.0.10)")
+        let pblMatch = await rules["pbl"]!.evaluate(listed([zen]))
+        XCTAssertNotNil(pblMatch)
+        let notPBL = await rules["pbl"]!.evaluate(listed([DNSListResult(list: "zen", outcome: .listed([0x7F00_0002]), weight: 3)]))
+        XCTAssertNil(notPBL)
+        let down = await rules["down"]!.evaluate(listed([DNSListResult(list: "zen", outcome: .error("timeout: no answer"), weight: 0)]))
+        XCTAssertEqual(down?.reason, "DNS list zen failed: timeout: no answer")
+        let over = await rules["score"]!.evaluate(listed([zen]))
+        XCTAssertNotNil(over)
+        let under = await rules["score"]!.evaluate(listed([zen, allowed]))
+        XCTAssertNil(under, "3 - 2.5 is not over 2")
+        let nothing = await rules["listed"]!.evaluate(facts())
+        XCTAssertNil(nothing)
+    }
+
+    func testDNSListErrors() throws {
+        let fixture = try PolicyFixture()
+        defer { fixture.remove() }
+        XCTAssertEqual(fixture.errors("""
+            dnsbl:
+              - { name: n, zone: nodot }
+              - { name: b, zone: b.example, returns: [10.0.0.1, 127.0.0.9-3], weight: heavy }
+              - { zone: c.example }
+              - { name: b, zone: b2.example, ttl: 5 }
+            rules:
+              - { id: x, stage: connect, if: { dnsbl: nosuch }, then: reject }
+              - { id: y, stage: connect, if: { dnsbl: { name: b, error: true, returns: [127.0.0.2] } }, then: reject }
+            """), [
+            "policy.yaml:2:22: zone 'nodot' is not a DNS name (zen.spamhaus.org)",
+            "policy.yaml:3:43: return code '10.0.0.1' is not 127.X.Y.Z, 127.X.Y.Z-N or 127.X.Y.Z/BITS",
+            "policy.yaml:3:53: return code '127.0.0.9-3' is not 127.X.Y.Z, 127.X.Y.Z-N or 127.X.Y.Z/BITS",
+            "policy.yaml:3:75: weight must be a number (negative for an allow list)",
+            "policy.yaml:4:5: a DNS list needs a name and a zone",
+            "policy.yaml:5:34: unknown key 'ttl' in a DNS list (expected one of: ipv6, name, returns, weight, zone)",
+            "policy.yaml:5:5: DNS list 'b' is defined twice",
+            "policy.yaml:7:43: unknown DNS list 'nosuch' (defined: b)",
+            "policy.yaml:8:43: dnsbl: error: true and returns: cannot be combined",
+        ])
+    }
+
     func testAuthUserTLSAndSize() async throws {
         try await expectMatch(true, "{ auth_user: { in: users } }", stage: .mail, facts(authUser: "bob"), lists: lists)
         try await expectMatch(false, "{ auth_user: { in: users } }", stage: .mail, facts(authUser: "eve"), lists: lists)

@@ -93,6 +93,38 @@ final class ExamplePoliciesTests: XCTestCase {
         }
     }
 
+    // MARK: - postscreen.yaml
+
+    func testPostscreenScoresTheListsLikePostscreen() async throws {
+        let policy = try compile("Policies/examples/postscreen.yaml")
+        XCTAssertEqual(policy.dnsLists.map(\.name), ["zen", "zen-pbl", "barracuda", "spamcop", "dnswl"])
+        func listed(_ lists: [(String, UInt32)]) -> TransactionFacts {
+            var facts = facts(client: "203.0.113.9")
+            facts.dnsLists = lists.map { name, code in
+                let list = policy.dnsLists.first { $0.name == name }!
+                return list.lists(code) ? DNSListResult(list: name, outcome: .listed([code]), weight: list.weight)
+                    : DNSListResult(list: name, outcome: .notListed, weight: 0)
+            }
+            return facts
+        }
+        assertRejected(await PolicyEngine.evaluate(policy, stage: .connect, facts: listed([("zen", 0x7F00_0002)])), by: "dnsbl-threshold")
+        assertRejected(await PolicyEngine.evaluate(policy, stage: .connect, facts: listed([("barracuda", 0x7F00_0002), ("spamcop", 0x7F00_0002)])),
+                       by: "dnsbl-threshold")
+        let one = await PolicyEngine.evaluate(policy, stage: .connect, facts: listed([("barracuda", 0x7F00_0002)]))
+        XCTAssertEqual(one.outcome, .pass, "2 is not over 2")
+        let allowed = await PolicyEngine.evaluate(policy, stage: .connect, facts: listed([("zen", 0x7F00_0004), ("dnswl", 0x7F00_0A02)]))
+        XCTAssertEqual(allowed.outcome, .pass, "the allow list outweighs ZEN")
+        let noneLevel = await PolicyEngine.evaluate(policy, stage: .connect, facts: listed([("zen", 0x7F00_0004), ("dnswl", 0x7F00_0A00)]))
+        XCTAssertEqual(noneLevel.rule, "dnsbl-threshold", "DNSWL trust level 0 is no allowance")
+        // A dynamic address (PBL) is not scored at connect; it is refused at RCPT.
+        var pbl = listed([("zen", 0x7F00_000A), ("zen-pbl", 0x7F00_000A)])
+        let connect = await PolicyEngine.evaluate(policy, stage: .connect, facts: pbl)
+        XCTAssertEqual(connect.outcome, .pass)
+        pbl.sender = .mailbox(Mailbox(localPart: "a", domain: "dial.example"))
+        pbl.recipient = .mailbox(Mailbox(localPart: "b", domain: "example.com"))
+        assertRejected(await PolicyEngine.evaluate(policy, stage: .rcpt, facts: pbl), by: "dynamic-address")
+    }
+
     // MARK: - small-office.yaml
 
     func testSmallOfficeAcceptsTheOfficeAtConnect() async throws {

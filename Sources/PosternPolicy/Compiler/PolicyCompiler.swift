@@ -46,6 +46,8 @@ public struct ConditionCompileContext {
     public var reader: YAMLReader
     public let lists: [String: PolicyList]
     public let limits: [String: PolicyLimit]
+    /// `dnsbl:` lists by name, in policy order.
+    public let dnsLists: [DNSList]
     public let rateLimitStore: any RateLimitStore
     /// `geoip:` entries (`country`, `asn`) with their absolute paths and where they were written.
     public let geoipDatabases: [String: (path: String, node: Node)]
@@ -129,7 +131,7 @@ public struct PolicyCompiler: Sendable {
         var files: Set<String> = []
     }
 
-    private static let topLevelKeys: Set<String> = ["version", "include", "lists", "geoip", "limits", "rules"]
+    private static let topLevelKeys: Set<String> = ["version", "include", "lists", "geoip", "limits", "dnsbl", "rules"]
 
     /// Every path a policy names (includes, list `file:`, `geoip:` databases) goes through
     /// here: a relative path is relative to the directory of the file that names it, and the
@@ -202,6 +204,7 @@ public struct PolicyCompiler: Sendable {
         var geoip: [String: (path: String, node: Node)] = [:]
         var geoipFiles: [String: String] = [:]
         var limits: [String: PolicyLimit] = [:]
+        var dnsLists: [DNSList] = []
         var ruleNodes: [(YAMLReader, Node)] = []
         for (file, root) in documents {
             var reader = YAMLReader(file: file)
@@ -237,6 +240,16 @@ public struct PolicyCompiler: Sendable {
             } else if let limitsNode = top["limits"] {
                 reader.fail(limitsNode, "limits must be a mapping of names to { key:, count:, rate:, burst: }")
             }
+            if let dnsblNode = top["dnsbl"] {
+                for entry in reader.sequence(dnsblNode, "dnsbl") {
+                    guard let list = dnsList(entry, reader: &reader) else { continue }
+                    if dnsLists.contains(where: { $0.name == list.name }) {
+                        reader.fail(entry, "DNS list '\(list.name)' is defined twice")
+                    } else {
+                        dnsLists.append(list)
+                    }
+                }
+            }
             if let rulesNode = top["rules"] {
                 for rule in reader.sequence(rulesNode, "rules") { ruleNodes.append((YAMLReader(file: file), rule)) }
             }
@@ -265,7 +278,7 @@ public struct PolicyCompiler: Sendable {
         var seen: Set<String> = []
         for (reader, node) in ruleNodes {
             var context = ConditionCompileContext(
-                reader: reader, lists: lists, limits: limits, rateLimitStore: rateLimitStore, geoipDatabases: geoip,
+                reader: reader, lists: lists, limits: limits, dnsLists: dnsLists, rateLimitStore: rateLimitStore, geoipDatabases: geoip,
                 resources: resources, compileNested: { node, context in
                 self.condition(node, context: &context)
             })
@@ -284,8 +297,43 @@ public struct PolicyCompiler: Sendable {
             if let bytes = FileManager.default.contents(atPath: path) { state.hashInput.append(contentsOf: bytes) }
         }
         let files = state.files.union(listFiles).union(geoip.values.map(\.path))
-        return Policy(version: Self.hash(state.hashInput), rules: rules, files: files.sorted(),
-                      geoip: geoip.isEmpty ? nil : databases)
+        var policy = Policy(version: Self.hash(state.hashInput), rules: rules, files: files.sorted(),
+                            geoip: geoip.isEmpty ? nil : databases)
+        policy.dnsLists = dnsLists
+        return policy
+    }
+
+    /// One `dnsbl:` entry: `{ name, zone, returns: [...], weight, ipv6 }`.
+    private func dnsList(_ node: Node, reader: inout YAMLReader) -> DNSList? {
+        let entries = reader.mapping(node, "a DNS list", keys: ["name", "zone", "returns", "weight", "ipv6"])
+        guard let nameNode = entries["name"], let name = reader.string(nameNode, "name"), let zoneNode = entries["zone"],
+              let zone = reader.string(zoneNode, "zone") else {
+            if entries["name"] == nil || entries["zone"] == nil { reader.fail(node, "a DNS list needs a name and a zone") }
+            return nil
+        }
+        let trimmed = zone.lowercased().hasSuffix(".") ? String(zone.lowercased().dropLast()) : zone.lowercased()
+        guard trimmed.contains("."), trimmed.split(separator: ".", omittingEmptySubsequences: false).allSatisfy({ !$0.isEmpty && $0.count < 64 }) else {
+            reader.fail(zoneNode, "zone '\(zone)' is not a DNS name (zen.spamhaus.org)")
+            return nil
+        }
+        var list = DNSList(name: name, zone: trimmed)
+        if let returnsNode = entries["returns"] {
+            for item in reader.sequence(returnsNode, "returns") {
+                guard let text = reader.string(item, "a return code") else { continue }
+                guard let range = DNSList.Returns.parse(text), range.low >> 24 == 127 else {
+                    reader.fail(item, "return code '\(text)' is not 127.X.Y.Z, 127.X.Y.Z-N or 127.X.Y.Z/BITS")
+                    continue
+                }
+                list.returns.append(range)
+            }
+        }
+        if let weightNode = entries["weight"] {
+            if let text = weightNode.scalar?.string, let weight = Double(text) { list.weight = weight } else {
+                reader.fail(weightNode, "weight must be a number (negative for an allow list)")
+            }
+        }
+        if let ipv6Node = entries["ipv6"], let ipv6 = reader.bool(ipv6Node, "ipv6") { list.ipv6 = ipv6 }
+        return list
     }
 
     private func list(named name: String, _ node: Node, file: String, reader: inout YAMLReader) -> PolicyList? {

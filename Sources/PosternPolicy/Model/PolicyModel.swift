@@ -57,6 +57,10 @@ public struct TransactionFacts: Sendable {
     public var location: ClientLocation?
     /// The client's name from forward-confirmed reverse DNS, when a resolver is configured.
     public var clientName: ClientName?
+    /// What each of the policy's DNS lists said about the client (asked at connect).
+    public var dnsLists: [DNSListResult] = []
+    /// The sum of the weights of the DNS lists that list the client.
+    public var dnsListScore: Double { dnsLists.reduce(0) { $0 + $1.weight } }
     /// What the pipeline's checks found at this stage, by check name.
     public var checks: [String: CheckOutcome] = [:]
     /// `ESMTP` after EHLO, `SMTP` after HELO; nil before either.
@@ -362,6 +366,8 @@ public struct Policy: Sendable {
     public var files: [String]
     /// The policy's GeoIP databases, when it has any.
     public var geoip: PolicyGeoIP?
+    /// The policy's DNS block and allow lists (`dnsbl:`), asked for every client at connect.
+    public var dnsLists: [DNSList] = []
     /// True when some rule reads the message's content: the session then parses it.
     public let needsMessage: Bool
     /// True when some rule quarantines (the server then needs a quarantine Maildir).

@@ -1,4 +1,5 @@
 import PosternNative
+import PosternPolicy
 import Prometheus
 import SMTPCore
 import Synchronization
@@ -36,6 +37,7 @@ public final class PosternMetrics: Sendable {
     private let dnsDurations: LabelledMetric<DurationHistogram>
     private let dnsCacheHits: LabelledMetric<Counter>
     private let clientNames: LabelledMetric<Counter>
+    private let dnsListResults: LabelledMetric<Counter>
     private let checkDurations: LabelledMetric<DurationHistogram>
     /// The shared rate-limit store's failures (see `limitsStoreFailure`): made on the first
     /// failure, so a server without Redis exports none of them.
@@ -98,6 +100,8 @@ public final class PosternMetrics: Sendable {
         }
         clientNames = counter("client_names_total", "Clients by what forward-confirmed reverse DNS found (verified, unverified, none, tempfail).",
                               labels: ["status"])
+        dnsListResults = counter("dnsbl_results_total", "DNS list answers for connecting clients, by list and result (listed, not_listed, error, skipped).",
+                                 labels: ["dnsbl", "result"])
         rateLimitRefusals = counter("rate_limit_refusals_total", "Refusals by rate-limit rules, by limit.", labels: ["limit"])
         authAttempts = counter("auth_attempts_total", "AUTH exchanges by mechanism and result.", labels: ["mechanism", "result"])
         defences = counter("defences_total", "Sessions ended by a connection defence, by defence.", labels: ["defence"])
@@ -198,6 +202,16 @@ public final class PosternMetrics: Sendable {
         } else {
             dnsDurations(event.type.description).recordNanoseconds(Int64(event.seconds * 1e9))
         }
+    }
+
+    func dnsList(_ result: DNSListResult) {
+        let label = switch result.outcome {
+        case .listed: "listed"
+        case .notListed: "not_listed"
+        case .error: "error"
+        case .skipped: "skipped"
+        }
+        dnsListResults(result.list, label).increment()
     }
 
     func clientName(_ status: ClientName.Status) {

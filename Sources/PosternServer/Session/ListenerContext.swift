@@ -30,6 +30,8 @@ final class ListenerContext: Sendable {
     let milters: [MilterFilter]
     /// Forward-confirmed reverse DNS of each client before the greeting (`dns:`).
     let clientNames: ClientNameVerifier?
+    /// The policy's DNS lists, asked at connect (`dns:`).
+    let dnsLists: DNSListChecker?
     let logger: Logger
     /// Test-only and unsafe (`POSTERN_TEST_UNSAFE_EARLY_ACK=1`, for the chaos run's self-check):
     /// the client is told 250 at the end of its message before the upstream has answered.
@@ -39,11 +41,12 @@ final class ListenerContext: Sendable {
         session: SessionConfiguration, pool: UpstreamPool, limiter: ConnectionLimiter, registry: SessionRegistry,
         tlsContext: NIOSSLContext?, decisionLog: DecisionLogWriter?, metrics: PosternMetrics, policy: PolicyStore,
         authenticator: Authenticator?, quarantine: String?, hostname: String, spool: PosternConfiguration.Spool,
-        checks: [any StageCheck] = [], milters: [MilterFilter] = [], clientNames: ClientNameVerifier? = nil, logger: Logger,
-        unsafeEarlyAck: Bool = false
+        checks: [any StageCheck] = [], milters: [MilterFilter] = [], clientNames: ClientNameVerifier? = nil,
+        dnsLists: DNSListChecker? = nil, logger: Logger, unsafeEarlyAck: Bool = false
     ) {
         self.checks = checks
         self.clientNames = clientNames
+        self.dnsLists = dnsLists
         self.milters = milters
         self.session = session
         self.pool = pool

@@ -26,6 +26,8 @@ struct SMTPConnection {
     private let pipeline: StagePipeline
     /// This session's milters (each with its own filter connection), in chain order.
     private let milters: [MilterCheck]
+    /// The session's policy's DNS lists (`dnsbl:`), asked when the client is admitted.
+    private let dnsLists: [DNSList]
     private var logger: Logger
     private let work: SessionWork
     /// Replies waiting to be written.
@@ -46,6 +48,7 @@ struct SMTPConnection {
         self.context = context
         let policy = context.policy.policy  // the session keeps this snapshot; a reload serves later sessions
         self.machine = SessionMachine(configuration: context.session, policy: policy, peer: peer, now: Self.now())
+        dnsLists = context.dnsLists == nil ? [] : policy.dnsLists
         let milters = context.milters.map { $0.session() }
         self.milters = milters
         self.pipeline = StagePipeline(policy: policy, checks: context.checks + milters.map { $0 as any StageCheck })
@@ -107,13 +110,21 @@ struct SMTPConnection {
             let (admission, key) = context.admit(client, channel: channel)
             slot = key
             var name: ClientName?
-            if case .admitted = admission, let verifier = context.clientNames {
-                let found = await verifier.verify(client.address)
-                context.metrics.clientName(found.status)
-                logger[metadataKey: "smtp.client.name"] = "\(found)"
-                name = found
+            var listings: [DNSListResult] = []
+            if case .admitted = admission {
+                // The client's name and the DNS lists, at once, before the greeting.
+                let (verifier, checker, wanted, address) = (context.clientNames, context.dnsLists, dnsLists, client.address)
+                async let found = verifier?.verify(address)
+                async let lists = wanted.isEmpty ? [] : checker?.check(wanted, address: address) ?? []
+                name = await found
+                listings = await lists
+                if let name {
+                    context.metrics.clientName(name.status)
+                    logger[metadataKey: "smtp.client.name"] = "\(name)"
+                }
+                for listing in listings { context.metrics.dnsList(listing) }
             }
-            return machine.admitted(admission, clientName: name, now: Self.now())
+            return machine.admitted(admission, clientName: name, dnsLists: listings, now: Self.now())
         case .evaluate(let request):
             var message: MessageDraft?
             if request.stage == .data, pipeline.editsMessages {

@@ -1,0 +1,57 @@
+import Logging
+import PosternNative
+import PosternPolicy
+import SMTPCore
+import Synchronization
+
+/// The policy's DNS lists, asked for a client in parallel when it connects (postscreen's
+/// DNSBL checks): each list's answer within the resolver's timeout. A refusal code
+/// (127.255.255.x, 127.0.0.255) or a failed lookup is an error for that list, never a
+/// listing; each list's refusal is logged once per process.
+final class DNSListChecker: Sendable {
+    let resolver: DNSResolver
+    let logger: Logger
+    private let warned = Mutex<Set<String>>([])
+
+    init(resolver: DNSResolver, logger: Logger) {
+        self.resolver = resolver
+        self.logger = logger
+    }
+
+    func check(_ lists: [DNSList], address: IPAddress) async -> [DNSListResult] {
+        await withTaskGroup(of: (Int, DNSListResult).self) { group in
+            for (index, list) in lists.enumerated() {
+                group.addTask { (index, await self.check(list, address: address)) }
+            }
+            var results = [DNSListResult?](repeating: nil, count: lists.count)
+            for await (index, result) in group { results[index] = result }
+            return results.compactMap { $0 }
+        }
+    }
+
+    private func check(_ list: DNSList, address: IPAddress) async -> DNSListResult {
+        guard let query = list.query(for: address) else { return DNSListResult(list: list.name, outcome: .skipped, weight: 0) }
+        switch await resolver.lookup(query, .a) {
+        case .failure(let error):
+            return DNSListResult(list: list.name, outcome: .error(error.description), weight: 0)
+        case .success(let answer):
+            let codes = answer.records.compactMap { record -> UInt32? in
+                guard case .a(let octets) = record else { return nil }
+                return octets.reduce(0) { $0 << 8 | UInt32($1) }
+            }
+            if let refusal = codes.first(where: DNSList.isError) {
+                let text = DNSList.Returns(low: refusal, high: refusal).description
+                let first = warned.withLock { $0.insert(list.name).inserted }
+                if first {
+                    logger.warning("a DNS list refused the query: its answers are errors, not listings", metadata: [
+                        "dnsbl": "\(list.name)", "zone": "\(list.zone)", "code": "\(text)",
+                    ])
+                }
+                return DNSListResult(list: list.name, outcome: .error("refused (\(text))"), weight: 0)
+            }
+            let listed = codes.filter(list.lists)
+            return listed.isEmpty ? DNSListResult(list: list.name, outcome: .notListed, weight: 0)
+                : DNSListResult(list: list.name, outcome: .listed(listed), weight: list.weight)
+        }
+    }
+}

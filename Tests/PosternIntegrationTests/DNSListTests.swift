@@ -1,0 +1,136 @@
+import Foundation
+import XCTest
+
+/// postscreen-style weighted DNS lists through the real binary, against a DNS server on a
+/// loopback port serving the list zones (Fixtures/stub_dns.py).
+final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
+    private func startDNS(_ lines: [String]) throws -> Int {
+        let python = try requirePython()
+        let records = workDir.appendingPathComponent("dns-records")
+        try (lines.joined(separator: "\n") + "\n").write(to: records, atomically: true, encoding: .utf8)
+        let port = try Net.freePort()
+        let process = try launch("dns", python, [Paths.fixture("stub_dns.py").path, "127.0.0.1", "\(port)", records.path])
+        try process.waitForOutput(containing: "READY ", timeout: 15)
+        return port
+    }
+
+    func testWeightsAddUpAllowListsSubtractAndRefusalCodesAreErrors() throws {
+        let dnsPort = try startDNS([
+            "30.2.0.192.bl.test\tA\t127.0.0.2",
+            "31.2.0.192.bl.test\tA\t127.0.0.2", "31.2.0.192.bl2.test\tA\t127.0.0.4",
+            "32.2.0.192.bl.test\tA\t127.0.0.2", "32.2.0.192.bl2.test\tA\t127.0.0.4", "32.2.0.192.wl.test\tA\t127.0.10.2",
+            "40.2.0.192.bl.test\tA\t127.255.255.254", "41.2.0.192.bl.test\tA\t127.255.255.254",
+            // Listed with a code the list's `returns` does not count.
+            "50.2.0.192.bl2.test\tA\t127.0.0.99",
+        ])
+        let policy = workDir.appendingPathComponent("policy.yaml")
+        try """
+            dnsbl:
+              - { name: block, zone: bl.test, weight: 2 }
+              - { name: other, zone: bl2.test, returns: [127.0.0.2-10], weight: 2 }
+              - { name: allow, zone: wl.test., returns: [127.0.0.0/16], weight: -5 }
+            rules:
+              - id: dnsbl-threshold
+                stage: connect
+                if: { dnsbl_score: { over: 3 } }
+                then: reject
+                reply: "554 5.7.1 Service unavailable; client [{client_ip}] blocked using DNS lists"
+            """.write(to: policy, atomically: true, encoding: .utf8)
+        let sink = try startRecordingSink()
+        let server = try startTrustServer(
+            listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
+            extra: "policy: \(policy.path)\ndns: { servers: [\"127.0.0.1:\(dnsPort)\"], timeout: 3s, verify_client_names: false }\n")
+        func greeting(_ source: String) throws -> SMTPReply {
+            let client = try RawSMTPClient(port: server.port, timeout: 10)
+            try client.send("PROXY TCP4 \(source) 127.0.0.1 40000 25\r\n")
+            let reply = try client.readReply()
+            _ = try? client.command("QUIT")
+            return reply
+        }
+        XCTAssertEqual(try greeting("192.0.2.30").code, 220, "one list (2) is not over 3")
+        let refused = try greeting("192.0.2.31")
+        XCTAssertEqual(refused.code, 554, "two lists (4) are: \(refused)")
+        XCTAssertTrue(refused.text.contains("client [192.0.2.31] blocked using DNS lists"), "\(refused)")
+        XCTAssertEqual(try greeting("192.0.2.32").code, 220, "the allow list (-5) outweighs both")
+        XCTAssertEqual(try greeting("192.0.2.40").code, 220, "a refusal code is not a listing")
+        XCTAssertEqual(try greeting("192.0.2.41").code, 220)
+        XCTAssertEqual(try greeting("192.0.2.50").code, 220, "a code outside `returns` is not a listing")
+
+        let record = DecisionLog.waitForRecord(server.decisionLog) { ($0["rule"] as? String) == "dnsbl-threshold" }
+        XCTAssertTrue((record?["reason"] as? String)?.contains("DNS list score 4") == true, "\(record ?? [:])")
+        let lists = DecisionLog.client(record ?? [:])["dnsbl"] as? [[String: Any]] ?? []
+        XCTAssertEqual(lists.map { $0["name"] as? String ?? "" }, ["block", "other"], "\(lists)")
+        XCTAssertEqual(lists.map { $0["code"] as? String ?? "" }, ["127.0.0.2", "127.0.0.4"], "\(lists)")
+        XCTAssertEqual(lists.map { $0["weight"] as? Int ?? 0 }, [2, 2], "\(lists)")
+        // The refusal code: one warning for the list, however many clients.
+        XCTAssertEqual(server.log.components(separatedBy: "a DNS list refused the query").count - 1, 1, server.log)
+        let metrics = try Metrics.scrape(port: server.metricsPort)
+        XCTAssertEqual(Metrics.value(metrics, "postern_dnsbl_results_total", ["dnsbl": "block", "result": "listed"]), 3, metrics)
+        XCTAssertEqual(Metrics.value(metrics, "postern_dnsbl_results_total", ["dnsbl": "block", "result": "error"]), 2, metrics)
+        XCTAssertEqual(Metrics.value(metrics, "postern_dnsbl_results_total", ["dnsbl": "other", "result": "not_listed"]), 4, metrics)
+    }
+
+    func testAListedClientIsNamedAndAFailedLookupCanTempfail() throws {
+        // A UDP port that never answers, for the second list.
+        let silentPort = try Net.freePort()
+        let silent = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(silent) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = in_port_t(UInt16(silentPort).bigEndian)
+        _ = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(silent, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        let dnsPort = try startDNS(["60.2.0.192.bl.test\tA\t127.0.0.3"])
+        let policy = workDir.appendingPathComponent("policy.yaml")
+        try """
+            dnsbl:
+              - { name: block, zone: bl.test }
+            rules:
+              - id: listed
+                stage: connect
+                if: { dnsbl: { name: block, returns: [127.0.0.3] } }
+                then: reject
+              - id: list-down
+                stage: connect
+                if: { dnsbl: { name: block, error: true } }
+                then: tempfail
+            """.write(to: policy, atomically: true, encoding: .utf8)
+        let sink = try startRecordingSink()
+        let server = try startTrustServer(
+            listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
+            extra: "policy: \(policy.path)\ndns: { servers: [\"127.0.0.1:\(dnsPort)\"], timeout: 2s, verify_client_names: false }\n")
+        let client = try RawSMTPClient(port: server.port, timeout: 10)
+        try client.send("PROXY TCP4 192.0.2.60 127.0.0.1 40000 25\r\n")
+        XCTAssertEqual(try client.readReply().code, 554)
+        let record = DecisionLog.waitForRecord(server.decisionLog) { ($0["rule"] as? String) == "listed" }
+        XCTAssertEqual(record?["reason"] as? String, "listed in block (127.0.0.3)", "\(record ?? [:])")
+
+        // The same policy with a DNS server that never answers: a temporary refusal, within the timeout.
+        let down = try startTrustServer(
+            listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
+            extra: "policy: \(policy.path)\ndns: { servers: [\"127.0.0.1:\(silentPort)\"], timeout: 1s, verify_client_names: false }\n",
+            name: "down")
+        let start = Date()
+        let second = try RawSMTPClient(port: down.port, timeout: 10)
+        try second.send("PROXY TCP4 192.0.2.61 127.0.0.1 40000 25\r\n")
+        let reply = try second.readReply()
+        XCTAssertEqual(reply.code / 100, 4, "\(reply)")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 3)
+    }
+
+    func testCheckRefusesDNSListsWithoutAResolver() throws {
+        let policy = workDir.appendingPathComponent("policy.yaml")
+        try "dnsbl:\n  - { name: block, zone: bl.test }\nrules: []\n".write(to: policy, atomically: true, encoding: .utf8)
+        let config = try writeConfig("""
+            hostname: mx.test
+            listen: [{ address: "127.0.0.1:\(try Net.freePort())" }]
+            upstreams: [{ url: "smtp://127.0.0.1:1" }]
+            policy: \(policy.path)
+            """, name: "check.yaml")
+        let result = try Command.run(try Paths.posternBinary(), ["check", "--config", config.path], timeout: 30)
+        XCTAssertNotEqual(result.status, 0, result.description)
+        XCTAssertTrue(result.output.contains("the policy has dnsbl: lists (block) but no dns: resolver is configured"), result.description)
+    }
+}
