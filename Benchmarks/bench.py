@@ -60,6 +60,9 @@ TARGET_RATIO_100K = 0.5
 TARGET_RATIO_HEAVY = 0.5
 # The policy name of the cells with a milter in the chain (no target: they show its cost).
 ENGINE_POLICY = "rspamd"
+# The policy name of the cells with a connect-stage DNS list (no target: they show its cost).
+DNSBL_POLICY = "dnsbl"
+STUB_DNS = ROOT / "Tests" / "PosternIntegrationTests" / "Fixtures" / "stub_dns.py"
 TARGET_CPU_MS_4K = 0.3
 TARGET_IDLE_BYTES = 8_000
 TARGET_BIG_RSS_BYTES = 20_000_000
@@ -546,7 +549,7 @@ def targets(cells, idle, big):
     rows = []
     for cell in cells:
         kb = cell["size"] // 1024
-        if ENGINE_POLICY in cell["policy"]:
+        if ENGINE_POLICY in cell["policy"] or DNSBL_POLICY in cell["policy"]:
             continue
         if cell["policy"] == "default":
             need = TARGET_RATIO_4K if cell["size"] == KB4 else TARGET_RATIO_100K
@@ -591,7 +594,7 @@ def markdown(env, cells, latencies, idle, big, policy, rows, settings):
             "| policy | size | sessions | ceiling msg/s | Postern msg/s | ratio | target | result | CPU ms/msg | peak RSS MiB |",
             "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for c in cells:
-        if ENGINE_POLICY in c["policy"]:
+        if ENGINE_POLICY in c["policy"] or DNSBL_POLICY in c["policy"]:
             continue
         need = TARGET_RATIO_HEAVY if c["policy"] != "default" else (TARGET_RATIO_4K if c["size"] == KB4 else TARGET_RATIO_100K)
         out.append(f"| {c['policy']} | {c['size'] // 1024} KB | {c['sessions']} | {c['ceiling_rate']:.0f} | "
@@ -612,6 +615,20 @@ def markdown(env, cells, latencies, idle, big, policy, rows, settings):
             without = f"{base['cpu_ms_per_message']:.3f}" if base else "n/a"
             out.append(f"| {c['size'] // 1024} KB | {c['sessions']} | {c['ceiling_rate']:.0f} | {c['postern_rate']:.0f} | "
                        f"{c['ratio']:.2f} | {c['cpu_ms_per_message']:.3f} | {without} | {c['engine_cpu_ms_per_message']:.3f} |")
+    dns_cells = [c for c in cells if DNSBL_POLICY in c["policy"]]
+    if dns_cells:
+        plain = {(c["size"], c["sessions"]): c for c in cells if c["policy"] == "default"}
+        out += ["", "## With a DNS list at connect", "",
+                "The default policy plus `dns:` (servers: a local stub DNS server, records with TTL 0, so nothing is "
+                "cached) and one `dnsbl:` list with a connect rule: before each greeting Postern verifies the client's "
+                "name (PTR, then A) and asks the list, every connection (smtp-source opens one per message).", "",
+                "| size | sessions | ceiling msg/s | Postern msg/s | ratio | Postern CPU ms/msg | without DNS |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
+        for c in dns_cells:
+            base = plain.get((c["size"], c["sessions"]))
+            without = f"{base['cpu_ms_per_message']:.3f}" if base else "n/a"
+            out.append(f"| {c['size'] // 1024} KB | {c['sessions']} | {c['ceiling_rate']:.0f} | {c['postern_rate']:.0f} | "
+                       f"{c['ratio']:.2f} | {c['cpu_ms_per_message']:.3f} | {without} |")
     out += ["", "## Added latency per message", "",
             "One 4 KB transaction at a time per connection (MAIL, RCPT, DATA, each waiting for its reply), "
             "default policy; wall time from MAIL to the final reply.", "",
@@ -758,6 +775,34 @@ def main():
             processes.remove(postern)
             rspamd.stop()
             processes.remove(rspamd)
+
+        dnsbl_plan = [(KB4, 10)] if quick else [(KB4, 1), (KB4, 10), (KB4, 100)]
+        log("throughput, default policy + a DNS list at connect (stub DNS server, TTL 0):")
+        records = workdir / "dns-records"
+        records.write_text("1.0.0.127.in-addr.arpa\tPTR\tlocalhost.bench.test\nlocalhost.bench.test\tA\t127.0.0.1\n"
+                           "2.0.0.127.bl.bench.test\tA\t127.0.0.2\n")
+        dns_port = free_port()
+        stub = subprocess.Popen([sys.executable, str(STUB_DNS), "127.0.0.1", str(dns_port), str(records), "0"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            if not stub.stdout.readline().startswith(b"READY"):
+                raise BenchError("the stub DNS server did not start")
+            dnsbl_policy = workdir / "dnsbl.yaml"
+            dnsbl_policy.write_text((ROOT / "Policies" / "default.yaml").read_text() + "\n")
+            text = dnsbl_policy.read_text().replace("file: lists/", f"file: {ROOT / 'Policies' / 'lists'}/")
+            rule = ("  - id: bench-dnsbl\n    stage: connect\n    if: { dnsbl: bench }\n    then: reject\n")
+            text = text.replace("rules:\n", "dnsbl:\n  - { name: bench, zone: bl.bench.test }\nrules:\n" + rule, 1)
+            dnsbl_policy.write_text(text)
+            postern = Postern(binary, workdir, "dnsbl", sink.port, policy=dnsbl_policy,
+                              extra=[f'dns: {{ servers: ["127.0.0.1:{dns_port}"], timeout: 2s, cache_size: 0 }}'])
+            processes.append(postern)
+            for size, sessions in dnsbl_plan:
+                cells.append(throughput_cell(sink, postern, f"default + {DNSBL_POLICY}", sessions, size, rounds, seconds))
+            postern.stop()
+            processes.remove(postern)
+        finally:
+            stub.terminate()
+            stub.wait()
 
         log("memory:")
         idle = idle_connections(binary, workdir, sink, idle_count)

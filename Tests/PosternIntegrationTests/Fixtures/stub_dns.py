@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A tiny authoritative DNS server for tests: TXT, A, AAAA and PTR records from a file.
 
-    stub_dns.py ADDRESS PORT RECORDS
+    stub_dns.py ADDRESS PORT RECORDS [TTL]
 
 ADDRESS "auto" picks a free address 127.53.X.Y (port 53 then needs root). RECORDS holds one
 record a line, "name<TAB>text": a TXT record (split into 255-octet strings as needed), or
@@ -22,6 +22,8 @@ import threading
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
 address, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+# Optional 4th argument: the TTL of every record (default 60; 0: nothing is cached).
+ttl = int(sys.argv[4]) if len(sys.argv) > 4 else 60
 TYPES = {"A": 1, "PTR": 12, "TXT": 16, "AAAA": 28}
 records = {}
 with open(path, encoding="utf-8") as f:
@@ -70,7 +72,7 @@ def answer(query, limit=None):
     for rtype, text in records.get(name, []):
         if qtype not in (rtype, 255):
             continue
-        rrs.append(b"\xc0\x0c" + struct.pack(">HHIH", rtype, 1, 60, len(rdata(rtype, text))) + rdata(rtype, text))
+        rrs.append(b"\xc0\x0c" + struct.pack(">HHIH", rtype, 1, ttl, len(rdata(rtype, text))) + rdata(rtype, text))
     exists = name in records or any(k.endswith("." + name) for k in records)
     rcode = 0 if exists else 3
     body = b"".join(rrs)
