@@ -11,6 +11,7 @@ public enum BuiltinFilters {
         registry.register("client_name_status", ClientNameStatusCondition.make)
         registry.register("dnsbl", DNSListCondition.make)
         registry.register("dnsbl_score", DNSListScoreCondition.make)
+        registry.register("spf", SPFCondition.make)
         registry.register("sender", AddressCondition.makeSender)
         registry.register("recipient", AddressCondition.makeRecipient)
         registry.register("auth_user", AuthUserCondition.make)

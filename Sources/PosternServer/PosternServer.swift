@@ -237,8 +237,15 @@ public final class PosternServer: Service, Sendable {
             logger: logger, unsafeEarlyAck: unsafeEarlyAck)
     }
 
-    /// The stage checks of every session: the policy servers, in configured order.
-    private var checks: [any StageCheck] { policyServices.map { PolicyServiceCheck(client: $0) } }
+    /// The stage checks of every session: SPF (with `dns:`), then the policy servers, in configured order.
+    private var checks: [any StageCheck] {
+        var checks: [any StageCheck] = []
+        if let resolver, let dns = configuration.dns, dns.spf {
+            checks.append(SPFCheck(evaluator: SPFEvaluator(resolver: resolver), authservID: dns.authservID ?? configuration.hostname,
+                                   lookupTimeout: resolver.configuration.timeout))
+        }
+        return checks + policyServices.map { PolicyServiceCheck(client: $0) }
+    }
 
     /// One connection, start to end. Never throws: one bad connection never takes the server down.
     private static func serve(_ connection: NIOAsyncChannel<SMTPInboundEvent, ByteBuffer>, context: ListenerContext) async {

@@ -146,6 +146,28 @@ final class EnvelopeConditionTests: XCTestCase {
         XCTAssertNil(nothing)
     }
 
+    func testSPFReadsTheSPFChecksResult() async throws {
+        func spf(_ result: String?) -> TransactionFacts {
+            var facts = facts(sender: "a@b.example")
+            if let result {
+                var outcome = CheckOutcome(check: "spf", stage: .mail, result: .pass, detail: "spf=\(result) (why)", milliseconds: 1)
+                outcome.effects.result = result
+                facts.checks["spf"] = outcome
+            }
+            return facts
+        }
+        try await expectMatch(true, "{ spf: fail }", stage: .mail, spf("fail"))
+        try await expectMatch(true, "{ spf: [fail, softfail] }", stage: .mail, spf("softfail"))
+        try await expectMatch(false, "{ spf: [fail, softfail] }", stage: .mail, spf("pass"))
+        try await expectMatch(false, "{ spf: fail }", stage: .mail, spf(nil), message: "no SPF check: nothing matches")
+        let fixture = try PolicyFixture()
+        defer { fixture.remove() }
+        XCTAssertEqual(fixture.errors("rules:\n  - { id: s, stage: mail, if: { spf: [fail, hardfail] }, then: reject }\n"),
+                       ["policy.yaml:2:45: unknown SPF result 'hardfail' (known: pass, fail, softfail, neutral, none, temperror, permerror)"])
+        XCTAssertEqual(fixture.errors("rules:\n  - { id: s, stage: connect, if: { spf: fail }, then: reject }\n").count, 1,
+                       "spf needs the mail stage")
+    }
+
     func testDNSListErrors() throws {
         let fixture = try PolicyFixture()
         defer { fixture.remove() }

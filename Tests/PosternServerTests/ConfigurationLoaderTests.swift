@@ -336,6 +336,13 @@ final class ConfigurationLoaderTests: XCTestCase {
         XCTAssertEqual(dns.resolver.timeout, .seconds(2))
         XCTAssertEqual(dns.resolver.cacheSize, 500)
         XCTAssertFalse(dns.verifyClientNames)
+        XCTAssertTrue(dns.spf)
+        XCTAssertNil(dns.authservID)
+        let spfOff = try XCTUnwrap(try load("upstreams: [{ url: \"smtp://a\" }]\ndns: { spf: false, authserv_id: mx.example.org }").dns)
+        XCTAssertFalse(spfOff.spf)
+        XCTAssertEqual(spfOff.authservID, "mx.example.org")
+        XCTAssertEqual(errors("upstreams: [{ url: \"smtp://a\" }]\ndns: { authserv_id: \"a b\" }"),
+                       ["test.yaml:2:21: dns.authserv_id must be a host name or token without spaces, ';' or '('"])
         let validating = try XCTUnwrap(try load("upstreams: [{ url: \"smtp://a\" }]\ndns: { dnssec: validate }").dns)
         XCTAssertEqual(validating.resolver.dnssec, .validate(trustAnchorFile: "/usr/share/dns/root.key"))
         XCTAssertEqual(validating.resolver.servers, [], "the system's resolv.conf")
@@ -343,7 +350,7 @@ final class ConfigurationLoaderTests: XCTestCase {
             upstreams: [{ url: "smtp://a" }]
             dns: { servers: [dns.example, "127.0.0.1:0"], timeout: 0s, dnssec: maybe, trust_anchor: /k, cache: 1 }
             """), [
-            "test.yaml:2:93: unknown key 'cache' in dns (expected one of: cache_size, dnssec, servers, timeout, trust_anchor, verify_client_names)",
+            "test.yaml:2:93: unknown key 'cache' in dns (expected one of: authserv_id, cache_size, dnssec, servers, spf, timeout, trust_anchor, verify_client_names)",
             "test.yaml:2:18: dns.servers: 'dns.example' is not ADDR or ADDR:PORT (an IP address; [IPv6]:PORT)",
             "test.yaml:2:31: dns.servers: '127.0.0.1:0' is not ADDR or ADDR:PORT (an IP address; [IPv6]:PORT)",
             "test.yaml:2:56: dns.timeout must be between 1ms and 60s",

@@ -100,11 +100,14 @@ public struct CheckEffects: Hashable, Sendable {
     /// Lowercased names of the headers added or changed.
     public var headers: [String]
     public var score: Double?
+    /// The check's own verdict word, when it has one (SPF's `softfail`), for its conditions.
+    public var result: String?
 
-    public init(actions: [String] = [], headers: [String] = [], score: Double? = nil) {
+    public init(actions: [String] = [], headers: [String] = [], score: Double? = nil, result: String? = nil) {
         self.actions = actions
         self.headers = headers
         self.score = score
+        self.result = result
     }
 
     /// The score in a spam header's value: `default: False [3.40 / 15.00]`, `Yes, score=7.1`, `5.3`.

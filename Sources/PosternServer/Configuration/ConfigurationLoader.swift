@@ -132,6 +132,10 @@ extension YAMLReader {
                 return milter
             }
         }
+        if let dns = configuration.dns, dns.spf, let node = top["dns"],
+           let taken = (configuration.policyServices.map(\.name) + configuration.milters.map(\.name)).first(where: { $0 == "spf" }) {
+            fail(node, "a check is named '\(taken)', the name of Postern's own SPF check (dns.spf): rename it, or set dns.spf: false")
+        }
         if let node = top["limits"] { configuration.limits = limits(node) }
         if let node = top["timeouts"] {
             let entries = mapping(node, "timeouts", keys: ["command", "data", "proxy_header", "session", "greet_delay"])
@@ -356,7 +360,7 @@ extension YAMLReader {
     mutating func dns(_ node: Node) -> DNSSettings {
         var settings = DNSSettings()
         if node.scalar?.string == "" || node.scalar?.string == "{}" { return settings }
-        let entries = mapping(node, "dns", keys: ["servers", "timeout", "dnssec", "trust_anchor", "cache_size", "verify_client_names"])
+        let entries = mapping(node, "dns", keys: ["servers", "timeout", "dnssec", "trust_anchor", "cache_size", "verify_client_names", "spf", "authserv_id"])
         if let entry = entries["servers"] {
             settings.resolver.servers = sequence(entry, "dns.servers").compactMap { server in
                 guard let text = string(server, "a DNS server") else { return nil }
@@ -391,6 +395,14 @@ extension YAMLReader {
         }
         if let entry = entries["verify_client_names"], let value = bool(entry, "dns.verify_client_names") {
             settings.verifyClientNames = value
+        }
+        if let entry = entries["spf"], let value = bool(entry, "dns.spf") { settings.spf = value }
+        if let entry = entries["authserv_id"], let value = string(entry, "dns.authserv_id") {
+            if value.isEmpty || value.contains(where: { $0 == ";" || $0 == " " || $0 == "(" || !$0.isASCII }) {
+                fail(entry, "dns.authserv_id must be a host name or token without spaces, ';' or '('")
+            } else {
+                settings.authservID = value
+            }
         }
         return settings
     }

@@ -194,6 +194,10 @@ public struct DNSSettings: Sendable, Hashable {
     /// Forward-confirmed reverse DNS of every client before the greeting (XCLIENT NAME=,
     /// the Received header, `client_name` conditions).
     public var verifyClientNames = true
+    /// SPF at MAIL (the `spf` condition, and an Authentication-Results header on relayed mail).
+    public var spf = true
+    /// The authserv-id of Postern's Authentication-Results; nil: the `hostname`.
+    public var authservID: String?
 
     public init() {}
 }

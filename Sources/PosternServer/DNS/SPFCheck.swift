@@ -1,0 +1,50 @@
+import PosternNative
+import PosternPolicy
+import SMTPCore
+
+/// SPF (RFC 7208) as a stage check at MAIL: the MAIL FROM identity, or the HELO identity for
+/// the null sender; its result is the `spf` condition's (`facts.checks["spf"]`), and the
+/// relayed message gets `Authentication-Results: AUTHSERV-ID; spf=RESULT smtp.mailfrom=…`
+/// (RFC 8601). It never refuses by itself: rules decide.
+struct SPFCheck: StageCheck {
+    let evaluator: SPFEvaluator
+    let authservID: String
+    /// The resolver's per-lookup timeout; the whole evaluation may take a few of them.
+    let lookupTimeout: Duration
+
+    var name: String { "spf" }
+    var ruleName: String { "spf" }
+    var stages: Set<PolicyStage> { [.mail] }
+    var timeout: Duration { lookupTimeout * 4 }
+    var failureMode: CheckFailureMode { .ignore }
+
+    func check(_ stage: PolicyStage, facts: TransactionFacts) async throws -> CheckFinding {
+        guard let sender = facts.sender else { return CheckFinding(.pass, detail: "no sender") }
+        let helo = facts.helo ?? ""
+        let domain: String, identity: String, property: String
+        if case .mailbox(let mailbox) = sender {
+            domain = mailbox.domain.description
+            identity = "\(mailbox.localPart)@\(mailbox.domain)"
+            property = "smtp.mailfrom=\(identity)"
+        } else {
+            domain = helo
+            identity = "postmaster@\(helo)"
+            property = "smtp.helo=\(helo)"
+        }
+        let outcome = await evaluator.check(address: facts.clientAddress.unmapped.bytes, domain: domain, sender: identity, helo: helo)
+        let header = AddedHeader(name: "Authentication-Results",
+                                 value: "\(authservID); spf=\(outcome.result.rawValue) \(Self.comment(outcome)) \(property)")
+        return CheckFinding(.pass, detail: "spf=\(outcome.result.rawValue) (\(outcome.reason))", headers: [header],
+                            effects: CheckEffects(result: outcome.result.rawValue))
+    }
+
+    /// An RFC 8601 comment: parentheses and backslashes in the reason escaped.
+    static func comment(_ outcome: SPFEvaluator.Outcome) -> String {
+        var text = ""
+        for character in outcome.reason.prefix(200) {
+            if character == "(" || character == ")" || character == "\\" { text.append("\\") }
+            if character.isASCII, !character.isNewline { text.append(character) }
+        }
+        return "(\(text))"
+    }
+}

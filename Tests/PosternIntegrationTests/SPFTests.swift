@@ -1,0 +1,81 @@
+import Foundation
+import XCTest
+
+/// Postern's own SPF check at MAIL through the real binary, against SPF records served on a
+/// loopback port (Fixtures/stub_dns.py): `spf:` rules decide, relayed mail carries
+/// Authentication-Results under the configured authserv-id.
+final class SPFTests: IntegrationTestCase, @unchecked Sendable {
+    func testSPFFailRefusedPassAndSoftfailRelayedWithAuthenticationResults() throws {
+        let python = try requirePython()
+        let records = workDir.appendingPathComponent("dns-records")
+        try """
+            pass.test\tv=spf1 ip4:192.0.2.10 -all
+            fail.test\tv=spf1 ip4:198.51.100.1 -all
+            soft.test\tv=spf1 include:_spf.soft.test ~all
+            _spf.soft.test\tv=spf1 ip4:198.51.100.0/24 -all
+            helo.test\tv=spf1 a -all
+            helo.test\tA\t192.0.2.10
+
+            """.write(to: records, atomically: true, encoding: .utf8)
+        let dnsPort = try Net.freePort()
+        let dns = try launch("dns", python, [Paths.fixture("stub_dns.py").path, "127.0.0.1", "\(dnsPort)", records.path])
+        try dns.waitForOutput(containing: "READY ", timeout: 15)
+        let policy = workDir.appendingPathComponent("policy.yaml")
+        try """
+            rules:
+              - id: spf-fail
+                stage: mail
+                if: { spf: [fail, permerror] }
+                then: reject
+                reply: "550 5.7.23 SPF check failed for {sender}"
+            """.write(to: policy, atomically: true, encoding: .utf8)
+        let sink = try startRecordingSink()
+        let server = try startTrustServer(
+            listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
+            extra: """
+                relay_domains: [example.org]
+                policy: \(policy.path)
+                dns: { servers: ["127.0.0.1:\(dnsPort)"], timeout: 2s, verify_client_names: false, authserv_id: mx.postern.test }
+                """)
+        func send(_ from: String, helo: String = "proxied.client.test") throws -> (mail: Int, final: Int?) {
+            let client = try RawSMTPClient.proxied(port: server.port, source: "192.0.2.10", ehlo: helo)
+            let mail = try client.command("MAIL FROM:<\(from)>")
+            guard mail.code == 250 else { return (mail.code, nil) }
+            XCTAssertEqual(try client.command("RCPT TO:<r@example.org>").code, 250)
+            let final = try client.sendMessage("Subject: from [\(from)]\r\n\r\nhello\r\n", timeout: 20).code
+            _ = try? client.command("QUIT")
+            return (mail.code, final)
+        }
+        XCTAssertEqual(try send("a@fail.test").mail, 550)
+        let refused = DecisionLog.waitForRecord(server.decisionLog) { ($0["rule"] as? String) == "spf-fail" }
+        XCTAssertTrue((refused?["reason"] as? String)?.hasPrefix("spf=fail") == true, "\(refused ?? [:])")
+
+        XCTAssertEqual(try send("a@pass.test").final, 250)
+        XCTAssertEqual(try send("b@soft.test").final, 250)
+        XCTAssertEqual(try send("", helo: "helo.test").final, 250)
+        let messages = sink.waitForMessages(3)
+        XCTAssertEqual(messages.count, 3)
+        func results(_ subject: String) -> String {
+            let message = messages.first { $0.text.contains("Subject: \(subject)") }?.text ?? ""
+            return message.components(separatedBy: "\r\n").first { $0.hasPrefix("Authentication-Results:") } ?? message
+        }
+        XCTAssertTrue(results("from [a@pass.test]").hasPrefix("Authentication-Results: mx.postern.test; spf=pass ("), results("from [a@pass.test]"))
+        XCTAssertTrue(results("from [a@pass.test]").hasSuffix(" smtp.mailfrom=a@pass.test"), results("from [a@pass.test]"))
+        XCTAssertTrue(results("from [b@soft.test]").hasPrefix("Authentication-Results: mx.postern.test; spf=softfail"), results("from [b@soft.test]"))
+        XCTAssertTrue(results("from []").hasPrefix("Authentication-Results: mx.postern.test; spf=pass"), results("from []"))
+        XCTAssertTrue(results("from []").hasSuffix(" smtp.helo=helo.test"), results("from []"))
+    }
+
+    func testACheckNamedSpfConflictsWithPosternsOwn() throws {
+        let config = try writeConfig("""
+            hostname: mx.test
+            listen: [{ address: "127.0.0.1:\(try Net.freePort())" }]
+            upstreams: [{ url: "smtp://127.0.0.1:1" }]
+            policy_services: [{ name: spf, spawn: [/bin/cat] }]
+            dns: { servers: ["127.0.0.1:53"] }
+            """, name: "check.yaml")
+        let result = try Command.run(try Paths.posternBinary(), ["check", "--config", config.path], timeout: 30)
+        XCTAssertNotEqual(result.status, 0, result.description)
+        XCTAssertTrue(result.output.contains("a check is named 'spf', the name of Postern's own SPF check (dns.spf)"), result.description)
+    }
+}
