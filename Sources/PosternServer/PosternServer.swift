@@ -225,7 +225,8 @@ public final class PosternServer: Service, Sendable {
             authFailureDelay: configuration.authentication?.failureDelay ?? .zero,
             forbidImproperPipelining: configuration.forbidImproperPipelining,
             checkedStages: checks.reduce(into: Set<PolicyStage>()) { $0.formUnion($1.stages) }
-                .union(milters.reduce(into: Set<PolicyStage>()) { $0.formUnion($1.configuration.stages) }))
+                .union(milters.reduce(into: Set<PolicyStage>()) { $0.formUnion($1.configuration.stages) }),
+            authservID: resolver != nil && configuration.dns?.spf == true ? configuration.dns?.authservID ?? configuration.hostname : nil)
         return ListenerContext(
             session: session, pool: pool, limiter: limiter, registry: registry, tlsContext: tlsContext, decisionLog: decisionLog,
             metrics: metrics, policy: policy, authenticator: authenticator, quarantine: configuration.quarantine,

@@ -26,14 +26,18 @@ public final class SessionConfiguration: Sendable {
     public let forbidImproperPipelining: Bool
     /// Stages at which a check of the pipeline runs besides the rules.
     public let checkedStages: Set<PolicyStage>
+    /// Postern's Authentication-Results authserv-id (with SPF on): incoming fields claiming it
+    /// are removed from relayed messages (RFC 8601 §5).
+    public let authservID: String?
 
     public init(
         server: SMTPServerConfiguration, timeouts: SessionTimeouts = SessionTimeouts(),
         bareLineEndings: SMTPInputFramer.BareLineEndingPolicy = .reject, minimumDataRate: Int = 0,
         dataRateGrace: TimeAmount = .seconds(30), proxyProtocol: Bool = false, proxyTrustedNetworks: [IPNetwork] = [],
         relayControl: RelayControl = RelayControl(relayDomains: [], trustedNetworks: []), authFailureDelay: TimeAmount = .seconds(1),
-        forbidImproperPipelining: Bool = true, checkedStages: Set<PolicyStage> = []
+        forbidImproperPipelining: Bool = true, checkedStages: Set<PolicyStage> = [], authservID: String? = nil
     ) {
+        self.authservID = authservID
         self.server = server
         self.timeouts = timeouts
         self.bareLineEndings = bareLineEndings

@@ -130,14 +130,24 @@ extension SessionMachine {
         let tags = headerActions.compactMap { action -> String? in
             if case .tagSubject(let tag) = action { return tag } else { return nil }
         }
-        if !tags.isEmpty, let section = transaction?.headers.section {
-            if let tagged = SubjectTagger.tag(section, tags: tags) {
-                prefix.writeBytes(tagged)
-                skipping = section.length
+        // Forged Authentication-Results under Postern's authserv-id go first, then the tags.
+        var section = transaction?.headers.section
+        var rewritten: [UInt8]?
+        if let id = configuration.authservID, let original = section, let stripped = AuthenticationResults.strip(original, id: id) {
+            log(.notice, "removed Authentication-Results claiming this host's authserv-id", ["authserv_id": id])
+            rewritten = stripped
+            skipping = original.length
+            section = MessageHeaderSection(parsing: stripped)
+        }
+        if !tags.isEmpty, let current = section {
+            if let tagged = SubjectTagger.tag(current, tags: tags) {
+                rewritten = tagged
+                skipping = transaction?.headers.section.length ?? current.length
             } else {
                 log(.notice, "subject not tagged: the header section is longer than the scan limit", ["limit": "\(MessageHeaderCollector.maximumHeaderBytes)"])
             }
         }
+        if let rewritten { prefix.writeBytes(rewritten) }
         state = .upstream(.commit(size: stored.size), since: now.uptime)
         emit(.upstream(.commit(OutgoingContent(prefix: prefix, skipping: skipping, chunked: envelope.usesChunking))))
     }

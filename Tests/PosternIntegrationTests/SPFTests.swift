@@ -66,6 +66,50 @@ final class SPFTests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertTrue(results("from []").hasSuffix(" smtp.helo=helo.test"), results("from []"))
     }
 
+    func testForgedAuthenticationResultsUnderOurAuthservIDAreRemoved() throws {
+        let sink = try startRecordingSink()
+        let closed = try Net.freePort()
+        // The second message is also tagged: removing the field and tagging the Subject combine.
+        let policy = workDir.appendingPathComponent("policy.yaml")
+        try """
+            rules:
+              - { id: tag, stage: data, if: { subject: { regex: 'forged true' } }, then: tag_subject, tag: "[TAG]" }
+            """.write(to: policy, atomically: true, encoding: .utf8)
+        let server = try startTrustServer(
+            listeners: [try .plain()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
+            extra: "policy: \(policy.path)\ndns: { servers: [\"127.0.0.1:\(closed)\"], timeout: 1s, verify_client_names: false, authserv_id: mx.postern.test }\n")
+        for tag in [false, true] {
+            let client = try RawSMTPClient.greeted(port: server.port)
+            XCTAssertEqual(try client.command("MAIL FROM:<a@forger.test>").code, 250)
+            XCTAssertEqual(try client.command("RCPT TO:<r@example.org>").code, 250)
+            let reply = try client.sendMessage("""
+                Authentication-Results: MX.Postern.Test; spf=pass smtp.mailfrom=a@forger.test;
+                \tdkim=pass header.d=bank.example\r
+                Authentication-Results: other.example; dkim=pass\r
+                Subject: forged \(tag)\r
+                \r
+                hello\r
+
+                """.replacingOccurrences(of: "\r\n", with: "\n").replacingOccurrences(of: "\n", with: "\r\n"), timeout: 20)
+            XCTAssertEqual(reply.code, 250)
+            _ = try? client.command("QUIT")
+        }
+        let messages = sink.waitForMessages(2)
+        XCTAssertEqual(messages.count, 2)
+        for message in messages {
+            let header = message.text.components(separatedBy: "\r\n\r\n")[0]
+            let results = header.components(separatedBy: "\r\n").filter { $0.hasPrefix("Authentication-Results:") }
+            // Ours (the DNS server is down: temperror), and the other host's; the forged one is gone, folded line and all.
+            XCTAssertEqual(results.count, 2, header)
+            XCTAssertTrue(results[0].hasPrefix("Authentication-Results: mx.postern.test; spf=temperror"), header)
+            XCTAssertEqual(results[1], "Authentication-Results: other.example; dkim=pass", header)
+            XCTAssertFalse(header.contains("bank.example"), header)
+            XCTAssertTrue(message.text.hasSuffix("\r\n\r\nhello\r\n"), message.text)
+        }
+        XCTAssertTrue(messages.contains { $0.text.contains("\r\nSubject: [TAG] forged true\r\n") }, messages.map(\.text).joined())
+        XCTAssertTrue(messages.contains { $0.text.contains("\r\nSubject: forged false\r\n") }, messages.map(\.text).joined())
+    }
+
     func testACheckNamedSpfConflictsWithPosternsOwn() throws {
         let config = try writeConfig("""
             hostname: mx.test

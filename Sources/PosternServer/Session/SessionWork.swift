@@ -198,7 +198,12 @@ final class SessionWork {
             let ending: [UInt8] = head.suffix(2) == [0x0D, 0x0A] ? [0x0D, 0x0A] : [0x0D, 0x0A, 0x0D, 0x0A]
             parsed = MessageDraft.parseHeaderSection(head + ending).map { ($0.fields, min($0.length, head.count)) }
         }
-        guard let (fields, length) = parsed else { return nil }
+        guard let (parsedFields, length) = parsed else { return nil }
+        var fields = parsedFields
+        if let id = context.session.authservID {
+            // Neither the milters nor the upstream see a forged verdict under Postern's authserv-id.
+            fields.removeAll { AuthenticationResults.claims(name: $0.name, value: String(decoding: $0.value, as: UTF8.self), id: id) }
+        }
         let added = addedHeaders.map { MessageDraft.Field(name: $0.name, text: $0.value, leadingSpace: false) }
         return MessageDraft(fields: added + fields, body: .original(SpoolBody(spool: spool), offset: length),
                             sender: facts.sender ?? .null, senderParameters: facts.senderParameters ?? MailParameters(),
