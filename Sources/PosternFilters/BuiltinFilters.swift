@@ -12,6 +12,7 @@ public enum BuiltinFilters {
         registry.register("dnsbl", DNSListCondition.make)
         registry.register("dnsbl_score", DNSListScoreCondition.make)
         registry.register("spf", SPFCondition.make)
+        registry.register("score", ScoreCondition.make)
         registry.register("sender", AddressCondition.makeSender)
         registry.register("recipient", AddressCondition.makeRecipient)
         registry.register("auth_user", AuthUserCondition.make)

@@ -133,6 +133,22 @@ public struct DecisionRecord: Sendable, Equatable {
     /// some check ran, so records of a policy without checks keep their layout.
     public var checks: [Check]
     public var timings: Timings
+    /// The running score when the transaction ended (rules' scores plus the DNS lists'
+    /// weights), with each rule's part; written only when some rule or list contributed.
+    public var score: Double?
+    public var scores: [Score] = []
+    /// Shadow rules' scores: what the score would have been, never enforced.
+    public var shadowScores: [Score] = []
+
+    public struct Score: Sendable, Equatable {
+        public var rule: String
+        public var score: Double
+
+        public init(rule: String, score: Double) {
+            self.rule = rule
+            self.score = score
+        }
+    }
 
     public struct Check: Sendable, Equatable {
         public var check: String
@@ -256,6 +272,19 @@ public struct DecisionRecord: Sendable, Equatable {
                 object.field("result", check.result)
                 object.field("detail", check.detail)
                 object.field("ms", check.milliseconds)
+            }
+        }
+        if let score {
+            json.field("score", score)
+            json.array("scores", scores) { object, part in
+                object.field("rule", part.rule)
+                object.field("score", part.score)
+            }
+        }
+        if !shadowScores.isEmpty {
+            json.array("shadow_scores", shadowScores) { object, part in
+                object.field("rule", part.rule)
+                object.field("score", part.score)
             }
         }
         json.object("timings") { object in

@@ -134,7 +134,12 @@ extension SessionMachine {
 
     mutating func evaluated(_ result: StageVerdict, for point: PendingPoint) {
         state = .commands
+        if result.stage == .connect {
+            sessionScores += result.verdict.scores
+            sessionShadowScores += result.verdict.shadowScores
+        }
         transaction?.note(result)
+        transaction?.sessionScore = (sessionScores, sessionShadowScores, dnsLists.reduce(0) { $0 + $1.weight })
         var point = point
         if case .data(let stored, _) = point { point = .data(stored, verdict: result.verdict) }
         walkStep(walk.evaluated(result.verdict), for: point)
@@ -148,6 +153,8 @@ extension SessionMachine {
         facts.location = location
         facts.clientName = client.name
         facts.dnsLists = dnsLists
+        facts.ruleScore = (sessionScores + (transaction?.scores ?? [])).reduce(0) { $0 + $1.score }
+        facts.shadowScore = (sessionShadowScores + (transaction?.shadowScores ?? [])).reduce(0) { $0 + $1.score }
         facts.protocolName = smtp.helloName == nil ? nil : smtp.isExtended ? "ESMTP" : "SMTP"
         facts.tlsVersion = tlsVersion
         facts.authMechanism = authMechanism

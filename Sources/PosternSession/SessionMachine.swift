@@ -98,6 +98,9 @@ public struct SessionMachine: Sendable {
     var location: ClientLocation?
     /// What the policy's DNS lists said about the client, asked when it was admitted.
     var dnsLists: [DNSListResult] = []
+    /// The scores of the connect rules that matched (the session's part of every transaction's score).
+    var sessionScores: [ScoreContribution] = []
+    var sessionShadowScores: [ScoreContribution] = []
     var transaction: TransactionRecord?
     /// The message content of the transaction in progress, from the 354 or the first BDAT.
     var message: MessageProgress?

@@ -28,6 +28,12 @@ struct TransactionRecord {
     var addedHeaders: [RuleAction] = []
     /// A discard or quarantine asked for before the message arrived.
     var disposition: DeferredDisposition?
+    /// The scores of the rules that matched in this transaction (MAIL, HELO, DATA; RCPT's
+    /// count for their recipient only), and of shadow rules.
+    var scores: [ScoreContribution] = []
+    var shadowScores: [ScoreContribution] = []
+    /// The session's part of the score (connect rules, DNS lists), when the record is written.
+    var sessionScore: (rules: [ScoreContribution], shadow: [ScoreContribution], dnsLists: Double) = ([], [], 0)
 
     init(id: String, started: NIODeadline, mailFrom: ReversePath, walk: PolicyWalk) {
         self.id = id
@@ -47,6 +53,10 @@ struct TransactionRecord {
         // HELO rules run at MAIL, after this record was started: it gets their hits too.
         if result.stage >= .helo { shadow += verdict.shadowHits }
         checks += result.checks
+        if result.stage != .rcpt {
+            scores += verdict.scores
+            shadowScores += verdict.shadowScores
+        }
         if result.stage < .data {
             switch verdict.outcome {
             case .pass, .accept:
@@ -128,7 +138,7 @@ extension TransactionRecord {
     ) -> DecisionRecord {
         let section = headers.section
         let total = max(0, (context.now - started).nanoseconds / 1_000_000)
-        return DecisionRecord(
+        var record = DecisionRecord(
             timestamp: context.wallMilliseconds, id: id, session: context.sessionID, policyVersion: context.policyVersion,
             client: context.client, mailFrom: mailFrom, recipients: recipients.map { .init(address: $0.address, reply: $0.reply.description) },
             size: size, messageID: section.value(of: "Message-ID"), subject: section.decodedValue(of: "Subject"),
@@ -137,6 +147,13 @@ extension TransactionRecord {
             shadow: shadow.map { DecisionRecord.Shadow(rule: $0.rule, action: $0.action) },
             checks: checks.map(DecisionRecord.Check.init),
             timings: .init(total: Int(total), filters: Int(filterNanoseconds / 1_000_000), upstream: Int(upstreamNanoseconds / 1_000_000)))
+        let parts = sessionScore.rules + scores
+        if !parts.isEmpty || sessionScore.dnsLists != 0 {
+            record.score = parts.reduce(sessionScore.dnsLists) { $0 + $1.score }
+            record.scores = parts.map { DecisionRecord.Score(rule: $0.rule, score: $0.score) }
+        }
+        record.shadowScores = (sessionScore.shadow + shadowScores).map { DecisionRecord.Score(rule: $0.rule, score: $0.score) }
+        return record
     }
 }
 

@@ -168,6 +168,32 @@ final class EnvelopeConditionTests: XCTestCase {
                        "spf needs the mail stage")
     }
 
+    func testScoresRunWithinAndAcrossStages() async throws {
+        let fixture = try PolicyFixture()
+        defer { fixture.remove() }
+        let policy = try fixture.compile("""
+            rules:
+              - { id: a, stage: mail, if: { sender: { domain: b.example } }, score: 2.5 }
+              - { id: b, stage: mail, if: { sender: { domain: b.example } }, score: 1, then: continue }
+              - { id: over-3, stage: mail, if: { score: { over: 3 } }, then: reject }
+            """)
+        XCTAssertEqual(policy.rules.map(\.score), [2.5, 1, nil])
+        let refused = await PolicyEngine.evaluate(policy, stage: .mail, facts: facts(sender: "x@b.example"))
+        XCTAssertEqual(refused.rule, "over-3", "2.5 + 1 in the same stage is over 3")
+        XCTAssertEqual(refused.scores, [ScoreContribution(rule: "a", score: 2.5), ScoreContribution(rule: "b", score: 1)])
+        var earlier = facts(sender: "x@c.example")
+        earlier.ruleScore = 3.5
+        let fromEarlier = await PolicyEngine.evaluate(policy, stage: .mail, facts: earlier)
+        XCTAssertEqual(fromEarlier.rule, "over-3", "a score from earlier stages counts")
+        var listed = facts(sender: "x@c.example")
+        listed.dnsLists = [DNSListResult(list: "zen", outcome: .listed([0x7F00_0002]), weight: 4)]
+        let fromLists = await PolicyEngine.evaluate(policy, stage: .mail, facts: listed)
+        XCTAssertEqual(fromLists.rule, "over-3", "the DNS lists' weights are in the score")
+        XCTAssertEqual(fixture.errors("rules:\n  - { id: s, stage: mail, if: { tls: true }, score: lots }\n"),
+                       ["policy.yaml:2:53: score must be a number (negative to lower the score)"])
+        XCTAssertEqual(fixture.errors("rules:\n  - { id: s, stage: mail, if: { score: { above: 1 } }, then: reject }\n").first?.contains("unknown key 'above'"), true)
+    }
+
     func testDNSListErrors() throws {
         let fixture = try PolicyFixture()
         defer { fixture.remove() }

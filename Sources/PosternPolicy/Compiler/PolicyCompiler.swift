@@ -394,7 +394,7 @@ public struct PolicyCompiler: Sendable {
     }
 
     private func rule(_ node: Node, context: inout ConditionCompileContext) -> PolicyRule? {
-        let keys: Set<String> = ["id", "stage", "if", "then", "reply", "mode", "header", "tag"]
+        let keys: Set<String> = ["id", "stage", "if", "then", "reply", "mode", "header", "tag", "score"]
         let entries = context.reader.mapping(node, "a rule", keys: keys)
         guard !entries.isEmpty else { return nil }
         // Every part is checked, so one mistake does not hide the next.
@@ -416,7 +416,14 @@ public struct PolicyCompiler: Sendable {
         if let modeNode = entries["mode"], let text = context.reader.string(modeNode, "mode") {
             if let parsed = RuleMode(rawValue: text) { mode = parsed } else { context.reader.fail(modeNode, "mode must be enforce, shadow or off") }
         }
-        let action = self.action(entries, rule: id, node: node, context: &context)
+        var score: Double?
+        if let scoreNode = entries["score"] {
+            if let text = scoreNode.scalar?.string, let value = Double(text), value.isFinite { score = value } else {
+                context.reader.fail(scoreNode, "score must be a number (negative to lower the score)")
+            }
+        }
+        // A rule with a score needs no action: it adds to the score and the walk goes on.
+        let action = entries["score"] != nil && entries["then"] == nil ? .continue : self.action(entries, rule: id, node: node, context: &context)
         if let action, let stage, stage != .data {
             switch action {
             case .discard, .quarantine, .addHeader, .tagSubject:
@@ -467,7 +474,7 @@ public struct PolicyCompiler: Sendable {
             context.reader.fail(entries["if"]!, problem)
             return nil
         }
-        return PolicyRule(id: id, stage: stage, condition: condition, action: action, mode: mode, reply: reply)
+        return PolicyRule(id: id, stage: stage, condition: condition, action: action, mode: mode, reply: reply, score: score)
     }
 
     private func action(_ entries: [String: Node], rule id: String, node: Node, context: inout ConditionCompileContext) -> RuleAction? {

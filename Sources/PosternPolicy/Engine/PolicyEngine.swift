@@ -29,6 +29,10 @@ public struct PolicyVerdict: Sendable {
     public var messageDisposition: DeferredDisposition?
     /// At `data`: the message as the checks that edit it left it, when they changed it.
     public var editedMessage: MessageDraft?
+    /// The scores of the enforced rules that matched at this stage, in order.
+    public var scores: [ScoreContribution] = []
+    /// The same for shadow rules.
+    public var shadowScores: [ScoreContribution] = []
 
     public init() {}
 }
@@ -79,9 +83,11 @@ public enum PolicyEngine {
     /// explanation can never disagree with a real session. `observe` hears about every rule
     /// of the stage, in order, including the `off` ones and those after the decision.
     static func run(
-        _ policy: Policy, stage: PolicyStage, facts: TransactionFacts, observe: (PolicyRule, Step) -> Void
+        _ policy: Policy, stage: PolicyStage, facts initial: TransactionFacts, observe: (PolicyRule, Step) -> Void
     ) async -> PolicyVerdict {
         var verdict = PolicyVerdict()
+        // Each matching rule's score counts for the rules after it (`score: { over: N }`).
+        var facts = initial
         let rules = policy.rules(at: stage)
         for (index, rule) in rules.enumerated() {
             guard rule.mode != .off else {
@@ -96,9 +102,17 @@ public enum PolicyEngine {
                 continue
             }
             if rule.mode == .shadow {
+                if let score = rule.score {
+                    facts.shadowScore += score
+                    verdict.shadowScores.append(ScoreContribution(rule: rule.id, score: score))
+                }
                 verdict.shadowHits.append(ShadowHit(rule: rule.id, action: rule.action.name, reason: match.reason))
                 observe(rule, .matched(match, decided: false, reply: nil))
                 continue
+            }
+            if let score = rule.score, !match.isTemporaryFailure {
+                facts.ruleScore += score
+                verdict.scores.append(ScoreContribution(rule: rule.id, score: score))
             }
             if match.isTemporaryFailure {
                 // Undecidable (a fail-closed limit store is down): 451 whatever the action.
@@ -145,4 +159,15 @@ extension ReplyTemplate {
     /// The reply to a rule whose condition could not be decided (``ConditionMatch/isTemporaryFailure``).
     public static let undecided = ReplyTemplate(code: 451, enhanced: EnhancedStatusCode(4, 7, 1),
                                                 text: "Rate limit store unavailable, try again later (ref {id})")
+}
+
+/// One rule's part of the running score.
+public struct ScoreContribution: Sendable, Hashable {
+    public var rule: String
+    public var score: Double
+
+    public init(rule: String, score: Double) {
+        self.rule = rule
+        self.score = score
+    }
 }

@@ -54,6 +54,12 @@ public struct SessionExplanation: Sendable {
     public private(set) var accepted: [ForwardPath] = []
     /// `add_header` and `tag_subject` actions applied when the message is relayed.
     public private(set) var headerActions: [RuleAction] = []
+    /// Rules' scores, as a session keeps them: connect for the session, HELO/MAIL/DATA for
+    /// the transaction, RCPT for that recipient only.
+    private var sessionScore: Double = 0
+    private var transactionScore: Double = 0
+    private var sessionShadowScore: Double = 0
+    private var transactionShadowScore: Double = 0
     /// Shadow rules that matched, with the recipient they matched for.
     public private(set) var shadow: [(RuleExplanation, ForwardPath?)] = []
     /// The first `accept` that ended evaluation.
@@ -165,10 +171,12 @@ public struct SessionExplanation: Sendable {
                     return false
                 }
                 var stageFacts = facts
+                stageFacts.ruleScore = sessionScore + transactionScore
+                stageFacts.shadowScore = sessionShadowScore + transactionShadowScore
                 var engineVerdict: PolicyVerdict?
                 if checks.contains(where: { $0.stages.contains(stage) }) {
                     let asked = await StagePipeline(policy: policy, checks: checks)
-                        .evaluate(stage, facts: facts, message: stage == .data ? draft : nil)
+                        .evaluate(stage, facts: stageFacts, message: stage == .data ? draft : nil)
                     for outcome in asked.checks {
                         let rule = checks.first { $0.name == outcome.check }?.ruleName ?? outcome.check
                         let shadow = outcome.shadow ? " (shadow)" : ""
@@ -180,6 +188,24 @@ public struct SessionExplanation: Sendable {
                 var result = await PolicyExplainer.explainStage(policy, stage: stage, facts: stageFacts)
                 if let engineVerdict { result.verdict = engineVerdict }
                 lines += result.rules.map { Line(label: label(stage), rule: $0.rule, text: Self.describe($0)) }
+                let added = result.verdict.scores.reduce(0) { $0 + $1.score }
+                let shadowAdded = result.verdict.shadowScores.reduce(0) { $0 + $1.score }
+                if !result.verdict.scores.isEmpty || !result.verdict.shadowScores.isEmpty {
+                    let parts = result.verdict.scores.map { "\(Self.signed($0.score)) \($0.rule)" }
+                        + result.verdict.shadowScores.map { "\(Self.signed($0.score)) \($0.rule) (shadow)" }
+                    let total = stageFacts.score + added
+                    lines.append(Line(label: label(stage), rule: "score", text: "running score \(Self.number(total)) (\(parts.joined(separator: ", ")))"
+                                      + (shadowAdded != 0 || stageFacts.shadowScore != 0 ? "; shadow score \(Self.number(stageFacts.shadowScore + shadowAdded))" : "")))
+                }
+                switch stage {
+                case .connect:
+                    sessionScore += added
+                    sessionShadowScore += shadowAdded
+                case .rcpt: break
+                default:
+                    transactionScore += added
+                    transactionShadowScore += shadowAdded
+                }
                 for rule in result.rules where rule.mode == .shadow && rule.matched { shadow.append((rule, recipient)) }
                 if result.verdict.outcome == .accept, let rule = result.verdict.rule { acceptedBy = acceptedBy ?? (stage, rule) }
                 if stage == .data {
@@ -279,6 +305,12 @@ public struct SessionExplanation: Sendable {
             return "MATCHED (enforce) -> \(action): \(reason)"
         }
     }
+
+    static func number(_ value: Double) -> String {
+        value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
+    }
+
+    static func signed(_ value: Double) -> String { (value >= 0 ? "+" : "") + number(value) }
 
     static func pastTense(_ action: RuleAction) -> String {
         switch action {

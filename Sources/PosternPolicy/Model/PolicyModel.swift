@@ -61,6 +61,12 @@ public struct TransactionFacts: Sendable {
     public var dnsLists: [DNSListResult] = []
     /// The sum of the weights of the DNS lists that list the client.
     public var dnsListScore: Double { dnsLists.reduce(0) { $0 + $1.weight } }
+    /// The scores of the rules that matched so far (earlier stages, and earlier rules of this one).
+    public var ruleScore: Double = 0
+    /// The same for shadow rules: never enforced, recorded.
+    public var shadowScore: Double = 0
+    /// The running score: matched rules' scores plus the DNS lists' weights (`score: { over: N }`).
+    public var score: Double { ruleScore + dnsListScore }
     /// What the pipeline's checks found at this stage, by check name.
     public var checks: [String: CheckOutcome] = [:]
     /// `ESMTP` after EHLO, `SMTP` after HELO; nil before either.
@@ -306,8 +312,12 @@ public struct PolicyRule: Sendable {
     public var mode: RuleMode
     /// The reply for decisive actions other than accept.
     public var reply: ReplyTemplate?
+    /// Added to the transaction's running score when the rule matches (`score: N`).
+    public var score: Double?
 
-    public init(id: String, stage: PolicyStage, condition: any PolicyCondition, action: RuleAction, mode: RuleMode, reply: ReplyTemplate?) {
+    public init(id: String, stage: PolicyStage, condition: any PolicyCondition, action: RuleAction, mode: RuleMode, reply: ReplyTemplate?,
+                score: Double? = nil) {
+        self.score = score
         self.id = id
         self.stage = stage
         self.condition = condition
