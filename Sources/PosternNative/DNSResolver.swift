@@ -149,12 +149,15 @@ public struct DNSError: Error, Sendable, Hashable, CustomStringConvertible {
 
 /// What one lookup cost, for the metrics.
 public struct DNSQueryEvent: Sendable {
+    public var name: String
     public var type: DNSRecordType
     /// `records`, `nodata`, `nxdomain`, or the error kind.
     public var result: String
     public var seconds: Double
     /// Answered from Postern's cache, without asking libunbound.
     public var cached: Bool
+    /// The answer in a few words: the records, `NXDOMAIN`, `no records`, or the error.
+    public var summary: String
 }
 
 /// One asynchronous, caching resolver for the whole process, on libunbound (threaded mode:
@@ -298,7 +301,8 @@ public final class DNSResolver: Sendable {
         let key = AnswerCache.Key(name: name.lowercased().hasSuffix(".") ? String(name.lowercased().dropLast()) : name.lowercased(),
                                   type: type)
         if let answer = cache.get(key, now: started) {
-            observer?(DNSQueryEvent(type: type, result: answer.status.rawValue, seconds: 0, cached: true))
+            observer?(DNSQueryEvent(name: key.name, type: type, result: answer.status.rawValue, seconds: 0, cached: true,
+                                    summary: Self.summary(.success(answer))))
             return .success(answer)
         }
         let result: Result<DNSAnswer, DNSError>
@@ -316,8 +320,20 @@ public final class DNSResolver: Sendable {
         case .success(let answer): answer.status.rawValue
         case .failure(let error): error.kind.rawValue
         }
-        observer?(DNSQueryEvent(type: type, result: label, seconds: seconds, cached: false))
+        observer?(DNSQueryEvent(name: key.name, type: type, result: label, seconds: seconds, cached: false, summary: Self.summary(result)))
         return result
+    }
+
+    static func summary(_ result: Result<DNSAnswer, DNSError>) -> String {
+        switch result {
+        case .failure(let error): return error.description
+        case .success(let answer):
+            switch answer.status {
+            case .nxdomain: return "NXDOMAIN"
+            case .noData: return "no records"
+            case .records: return answer.records.map(\.description).joined(separator: ", ")
+            }
+        }
     }
 }
 

@@ -6,9 +6,11 @@ import NIOPosix
 import PosternEngines
 import PosternFilters
 import PosternMIME
+import PosternNative
 import PosternPolicy
 import PosternServer
 import SMTPCore
+import Synchronization
 
 extension Postern {
     /// `postern explain`: evaluates a policy offline (no server, no network) for one made-up
@@ -56,9 +58,9 @@ extension Postern {
         var engines = false
 
         func run() async throws {
-            let (compiled, policyPath, relayControl, input, configuration): (Policy, String, RelayControl, SessionExplanation.Input, PosternConfiguration)
+            let (compiled, policyPath, relayControl, prepared, configuration): (Policy, String, RelayControl, SessionExplanation.Input, PosternConfiguration)
             do {
-                (compiled, policyPath, relayControl, input, configuration) = try prepare()
+                (compiled, policyPath, relayControl, prepared, configuration) = try prepare()
             } catch let error as InvalidConfiguration {
                 FileHandle.standardError.write(Data("\(error.message)\n".utf8))
                 throw ExitCode(2)
@@ -66,19 +68,62 @@ extension Postern {
             var checks: [any StageCheck] = []
             var milters: [MilterCheck] = []
             var services: [PolicyServiceClient] = []
+            // DNS, as `serve` does it, when the configuration has a resolver: every answer is shown.
+            var input = prepared
+            var dnsLines: [String] = []
+            var resolver: DNSResolver?
+            if let dns = configuration.dns {
+                let seen = Mutex<[String]>([])
+                do {
+                    resolver = try DNSResolver(dns.resolver, observer: { event in
+                        seen.withLock { $0.append("dns: \(event.type) \(event.name) -> \(event.summary)\(event.cached ? " (cached)" : "")") }
+                    })
+                } catch {
+                    FileHandle.standardError.write(Data("dns: \(error)\n".utf8))
+                    throw ExitCode(2)
+                }
+                if let resolver {
+                    let quiet = Logger(label: "postern.explain", factory: { _ in SwiftLogNoOpLogHandler() })
+                    let client = input.client, lists = compiled.dnsLists
+                    async let name = dns.verifyClientNames ? ClientNameVerifier(resolver: resolver, timeout: dns.resolver.timeout).verify(client) : nil
+                    async let listed = DNSListChecker(resolver: resolver, logger: quiet).check(lists, address: client)
+                    input.clientName = await name
+                    input.dnsLists = await listed
+                    if dns.spf, let sender = input.sender {
+                        let check = SPFCheck(evaluator: SPFEvaluator(resolver: resolver), authservID: dns.authservID ?? configuration.hostname,
+                                             lookupTimeout: dns.resolver.timeout)
+                        var facts = TransactionFacts(transactionID: "EXPLAIN", clientAddress: input.client, clientPort: 0, helo: input.helo)
+                        facts.sender = sender
+                        let finding = try? await check.check(.mail, facts: facts)
+                        checks.append(check)
+                        dnsLines = seen.withLock { $0 }
+                        dnsLines.append("spf: \(finding?.effects.result ?? "temperror")" + (finding.map { " (\($0.detail.drop { $0 != ":" }.dropFirst(2)))" } ?? ""))
+                    } else {
+                        dnsLines = seen.withLock { $0 }
+                    }
+                    if let name = input.clientName { dnsLines.append("client name: \(name)") }
+                    for list in input.dnsLists where list.isListed || { if case .error = list.outcome { true } else { false } }() {
+                        let codes = list.codes.map { DNSList.Returns(low: $0, high: $0).description }.joined(separator: ", ")
+                        dnsLines.append("dnsbl \(list.list): " + (list.isListed ? "listed \(codes) (weight \(list.weight.scoreText))" : "\(list.outcome)"))
+                    }
+                }
+            }
             if engines {
                 let quiet = Logger(label: "postern.explain", factory: { _ in SwiftLogNoOpLogHandler() })
                 services = configuration.policyServices.map { PolicyServiceClient(configuration: $0, group: MultiThreadedEventLoopGroup.singleton, logger: quiet) }
                 milters = configuration.milters.map {
                     MilterFilter(configuration: $0, hostname: configuration.hostname, group: MultiThreadedEventLoopGroup.singleton, logger: quiet).session()
                 }
-                checks = services.map { PolicyServiceCheck(client: $0) } + milters.map { $0 as any StageCheck }
+                checks += services.map { PolicyServiceCheck(client: $0) } + milters.map { $0 as any StageCheck }
             }
             let explanation = await SessionExplanation.explain(compiled, relayControl: relayControl, input: input, checks: checks,
                                                                message: engines ? messageDraft(input) : nil)
             for milter in milters { await milter.close() }
             for service in services { service.close() }
-            print(explanation.report(policyPath: policyPath, policy: compiled).joined(separator: "\n"))
+            var report = explanation.report(policyPath: policyPath, policy: compiled)
+            report.insert(contentsOf: dnsLines, at: min(1, report.count))
+            resolver?.shutdown()
+            print(report.joined(separator: "\n"))
             if explanation.refused { throw ExitCode(1) }
         }
 

@@ -120,6 +120,43 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertLessThan(Date().timeIntervalSince(start), 3)
     }
 
+    func testExplainResolvesThroughTheConfiguredResolverAndShowsEveryAnswer() throws {
+        let dnsPort = try startDNS([
+            "30.2.0.192.bl.test\tA\t127.0.0.2",
+            "30.2.0.192.in-addr.arpa\tPTR\tmx.sender.test", "mx.sender.test\tA\t192.0.2.30",
+            "sender.test\tv=spf1 a:mx.sender.test -all",
+        ])
+        let policy = workDir.appendingPathComponent("policy.yaml")
+        try """
+            dnsbl:
+              - { name: block, zone: bl.test, weight: 2 }
+            rules:
+              - { id: spf-fail, stage: mail, if: { spf: fail }, then: reject }
+              - { id: listed, stage: mail, if: { dnsbl: block }, score: 1 }
+            """.write(to: policy, atomically: true, encoding: .utf8)
+        let config = try writeConfig("""
+            hostname: mx.test
+            listen: [{ address: "127.0.0.1:\(try Net.freePort())" }]
+            upstreams: [{ url: "smtp://127.0.0.1:1" }]
+            relay_domains: [example.org]
+            dns: { servers: ["127.0.0.1:\(dnsPort)"], timeout: 2s }
+            """, name: "explain.yaml")
+        let listed = try runPostern(["explain", "--config", config.path, "--policy", policy.path, "--client-ip", "192.0.2.30",
+                                     "--helo", "mx.sender.test", "--from", "a@sender.test", "--to", "r@example.org"])
+        XCTAssertEqual(listed.status, 0, listed.description)
+        for line in ["dns: PTR 30.2.0.192.in-addr.arpa -> mx.sender.test", "dns: A 30.2.0.192.bl.test -> 127.0.0.2",
+                     "dns: TXT sender.test -> \"v=spf1 a:mx.sender.test -all\"", "spf: pass (sender.test: a:mx.sender.test matched)",
+                     "client name: verified mx.sender.test", "dnsbl block: listed 127.0.0.2 (weight 2)", "running score 3 (+1 listed)"] {
+            XCTAssertTrue(listed.stdout.contains(line), "\(line)\n\(listed.stdout)")
+        }
+        let stranger = try runPostern(["explain", "--config", config.path, "--policy", policy.path, "--client-ip", "192.0.2.31",
+                                       "--helo", "x.test", "--from", "a@sender.test", "--to", "r@example.org"])
+        XCTAssertEqual(stranger.status, 1, stranger.description)
+        XCTAssertTrue(stranger.stdout.contains("spf: fail (sender.test: all matched)"), stranger.stdout)
+        XCTAssertTrue(stranger.stdout.contains("client name: none"), stranger.stdout)
+        XCTAssertTrue(stranger.stdout.contains("Verdict: rejected at mail by rule spf-fail"), stranger.stdout)
+    }
+
     func testCheckRefusesDNSListsWithoutAResolver() throws {
         let policy = workDir.appendingPathComponent("policy.yaml")
         try "dnsbl:\n  - { name: block, zone: bl.test }\nrules: []\n".write(to: policy, atomically: true, encoding: .utf8)

@@ -71,8 +71,8 @@ struct DNSListScoreCondition: PolicyCondition {
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         let score = facts.dnsListScore
         guard score > over else { return nil }
-        let contributions = facts.dnsLists.filter(\.isListed).map { "\($0.list) \($0.weight)" }
-        return ConditionMatch("DNS list score \(score) over \(over) (\(contributions.joined(separator: ", ")))")
+        let contributions = facts.dnsLists.filter(\.isListed).map { "\($0.list) \($0.weight.scoreText)" }
+        return ConditionMatch("DNS list score \(score.scoreText) over \(over.scoreText) (\(contributions.joined(separator: ", ")))")
     }
 
     static let make: ConditionFactory = { value, context in

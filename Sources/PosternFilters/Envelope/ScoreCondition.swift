@@ -12,7 +12,7 @@ struct ScoreCondition: PolicyCondition {
     var filterName: String { "score" }
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
-        facts.score > over ? ConditionMatch("score \(facts.score) over \(over)") : nil
+        facts.score > over ? ConditionMatch("score \(facts.score.scoreText) over \(over.scoreText)") : nil
     }
 
     static let make: ConditionFactory = { value, context in

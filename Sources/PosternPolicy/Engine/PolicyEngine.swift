@@ -171,3 +171,10 @@ public struct ScoreContribution: Sendable, Hashable {
         self.score = score
     }
 }
+
+extension Double {
+    /// A score as people write it: `3`, `-0.5`, `6.5`.
+    public var scoreText: String {
+        self == rounded() && Swift.abs(self) < 1e15 ? String(Int64(self)) : String(self)
+    }
+}

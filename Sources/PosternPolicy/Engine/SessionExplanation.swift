@@ -13,6 +13,9 @@ public struct SessionExplanation: Sendable {
         public var tls: Bool
         /// The message for data-stage rules: its size and its parsed form.
         public var message: (size: Int, parsed: any PolicyMessage)?
+        /// What DNS found before the greeting, when the caller has a resolver.
+        public var clientName: ClientName?
+        public var dnsLists: [DNSListResult] = []
 
         public init(client: IPAddress, helo: String? = nil, sender: ReversePath? = nil, recipients: [ForwardPath] = [],
                     authUser: String? = nil, tls: Bool = false, message: (size: Int, parsed: any PolicyMessage)? = nil) {
@@ -97,6 +100,8 @@ public struct SessionExplanation: Sendable {
                               checkedStages: checks.reduce(into: Set<PolicyStage>()) { $0.formUnion($1.stages) })
         var facts = TransactionFacts(transactionID: "EXPLAIN", clientAddress: input.client, clientPort: 0, helo: nil, tls: input.tls,
                                      authUser: input.authUser)
+        facts.clientName = input.clientName
+        facts.dnsLists = input.dnsLists
         let noSender = input.sender == nil ? "no sender given (--from)" : nil
 
         // connect
@@ -180,7 +185,9 @@ public struct SessionExplanation: Sendable {
                     for outcome in asked.checks {
                         let rule = checks.first { $0.name == outcome.check }?.ruleName ?? outcome.check
                         let shadow = outcome.shadow ? " (shadow)" : ""
-                        lines.append(Line(label: label(stage), rule: rule, text: "engine answered\(shadow): \(outcome.result.rawValue) (\(outcome.detail))"))
+                        // A check with its own verdict word (SPF's softfail) shows that word.
+                        let answer = outcome.effects.result ?? outcome.result.rawValue
+                        lines.append(Line(label: label(stage), rule: rule, text: "engine answered\(shadow): \(answer) (\(outcome.detail))"))
                         stageFacts.checks[outcome.check] = outcome
                     }
                     engineVerdict = asked.verdict
@@ -306,9 +313,7 @@ public struct SessionExplanation: Sendable {
         }
     }
 
-    static func number(_ value: Double) -> String {
-        value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
-    }
+    static func number(_ value: Double) -> String { value.scoreText }
 
     static func signed(_ value: Double) -> String { (value >= 0 ? "+" : "") + number(value) }
 

@@ -4,13 +4,18 @@ import SMTPCore
 /// Forward-confirmed reverse DNS, as Postfix's smtpd does it before the greeting: the PTR
 /// names of the client's address, then the A (or AAAA) records of each, until one includes
 /// the address. At most `maximumNames` PTR names are tried; all lookups share one deadline.
-struct ClientNameVerifier: Sendable {
+public struct ClientNameVerifier: Sendable {
     static let maximumNames = 10
 
     let resolver: DNSResolver
     let timeout: Duration
 
-    func verify(_ address: IPAddress) async -> ClientName {
+    public init(resolver: DNSResolver, timeout: Duration) {
+        self.resolver = resolver
+        self.timeout = timeout
+    }
+
+    public func verify(_ address: IPAddress) async -> ClientName {
         let address = address.unmapped
         let deadline = ContinuousClock.now + timeout
         func left() -> Duration { max(.zero, deadline - ContinuousClock.now) }

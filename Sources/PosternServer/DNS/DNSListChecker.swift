@@ -8,17 +8,17 @@ import Synchronization
 /// DNSBL checks): each list's answer within the resolver's timeout. A refusal code
 /// (127.255.255.x, 127.0.0.255) or a failed lookup is an error for that list, never a
 /// listing; each list's refusal is logged once per process.
-final class DNSListChecker: Sendable {
+public final class DNSListChecker: Sendable {
     let resolver: DNSResolver
     let logger: Logger
     private let warned = Mutex<Set<String>>([])
 
-    init(resolver: DNSResolver, logger: Logger) {
+    public init(resolver: DNSResolver, logger: Logger) {
         self.resolver = resolver
         self.logger = logger
     }
 
-    func check(_ lists: [DNSList], address: IPAddress) async -> [DNSListResult] {
+    public func check(_ lists: [DNSList], address: IPAddress) async -> [DNSListResult] {
         await withTaskGroup(of: (Int, DNSListResult).self) { group in
             for (index, list) in lists.enumerated() {
                 group.addTask { (index, await self.check(list, address: address)) }

@@ -6,19 +6,25 @@ import SMTPCore
 /// the null sender; its result is the `spf` condition's (`facts.checks["spf"]`), and the
 /// relayed message gets `Authentication-Results: AUTHSERV-ID; spf=RESULT smtp.mailfrom=…`
 /// (RFC 8601). It never refuses by itself: rules decide.
-struct SPFCheck: StageCheck {
+public struct SPFCheck: StageCheck {
     let evaluator: SPFEvaluator
     let authservID: String
     /// The resolver's per-lookup timeout; the whole evaluation may take a few of them.
     let lookupTimeout: Duration
 
-    var name: String { "spf" }
-    var ruleName: String { "spf" }
-    var stages: Set<PolicyStage> { [.mail] }
-    var timeout: Duration { lookupTimeout * 4 }
-    var failureMode: CheckFailureMode { .ignore }
+    public init(evaluator: SPFEvaluator, authservID: String, lookupTimeout: Duration) {
+        self.evaluator = evaluator
+        self.authservID = authservID
+        self.lookupTimeout = lookupTimeout
+    }
 
-    func check(_ stage: PolicyStage, facts: TransactionFacts) async throws -> CheckFinding {
+    public var name: String { "spf" }
+    public var ruleName: String { "spf" }
+    public var stages: Set<PolicyStage> { [.mail] }
+    public var timeout: Duration { lookupTimeout * 4 }
+    public var failureMode: CheckFailureMode { .ignore }
+
+    public func check(_ stage: PolicyStage, facts: TransactionFacts) async throws -> CheckFinding {
         guard let sender = facts.sender else { return CheckFinding(.pass, detail: "no sender") }
         let helo = facts.helo ?? ""
         let domain: String, identity: String, property: String
@@ -34,7 +40,7 @@ struct SPFCheck: StageCheck {
         let outcome = await evaluator.check(address: facts.clientAddress.unmapped.bytes, domain: domain, sender: identity, helo: helo)
         let header = AddedHeader(name: "Authentication-Results",
                                  value: "\(authservID); spf=\(outcome.result.rawValue) \(Self.comment(outcome)) \(property)")
-        return CheckFinding(.pass, detail: "spf=\(outcome.result.rawValue) (\(outcome.reason))", headers: [header],
+        return CheckFinding(.pass, detail: "spf=\(outcome.result.rawValue): \(outcome.reason)", headers: [header],
                             effects: CheckEffects(result: outcome.result.rawValue))
     }
 
