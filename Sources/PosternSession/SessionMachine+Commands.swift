@@ -153,6 +153,7 @@ extension SessionMachine {
         facts.location = location
         facts.clientName = client.name
         facts.dnsLists = dnsLists
+        for outcome in transaction?.checks ?? [] { facts.earlierChecks[outcome.check] = outcome }
         facts.ruleScore = (sessionScores + (transaction?.scores ?? [])).reduce(0) { $0 + $1.score }
         facts.shadowScore = (sessionShadowScores + (transaction?.shadowScores ?? [])).reduce(0) { $0 + $1.score }
         facts.protocolName = smtp.helloName == nil ? nil : smtp.isExtended ? "ESMTP" : "SMTP"

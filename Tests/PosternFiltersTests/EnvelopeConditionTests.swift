@@ -160,6 +160,11 @@ final class EnvelopeConditionTests: XCTestCase {
         try await expectMatch(true, "{ spf: [fail, softfail] }", stage: .mail, spf("softfail"))
         try await expectMatch(false, "{ spf: [fail, softfail] }", stage: .mail, spf("pass"))
         try await expectMatch(false, "{ spf: fail }", stage: .mail, spf(nil), message: "no SPF check: nothing matches")
+        var later = spf("softfail")
+        later.earlierChecks = later.checks
+        later.checks = [:]
+        later.recipient = .mailbox(Mailbox(localPart: "r", domain: "example.org"))
+        try await expectMatch(true, "{ spf: softfail }", stage: .data, later, message: "a data rule sees the MAIL-stage result")
         let fixture = try PolicyFixture()
         defer { fixture.remove() }
         XCTAssertEqual(fixture.errors("rules:\n  - { id: s, stage: mail, if: { spf: [fail, hardfail] }, then: reject }\n"),

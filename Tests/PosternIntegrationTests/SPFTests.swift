@@ -28,6 +28,7 @@ final class SPFTests: IntegrationTestCase, @unchecked Sendable {
                 if: { spf: [fail, permerror] }
                 then: reject
                 reply: "550 5.7.23 SPF check failed for {sender}"
+              - { id: spf-soft, stage: data, if: { spf: softfail }, then: tag_subject, tag: "[SPF-SOFTFAIL]" }
             """.write(to: policy, atomically: true, encoding: .utf8)
         let sink = try startRecordingSink()
         let server = try startTrustServer(
@@ -56,12 +57,15 @@ final class SPFTests: IntegrationTestCase, @unchecked Sendable {
         let messages = sink.waitForMessages(3)
         XCTAssertEqual(messages.count, 3)
         func results(_ subject: String) -> String {
-            let message = messages.first { $0.text.contains("Subject: \(subject)") }?.text ?? ""
+            let message = messages.first { $0.text.contains(subject) }?.text ?? ""
             return message.components(separatedBy: "\r\n").first { $0.hasPrefix("Authentication-Results:") } ?? message
         }
         XCTAssertTrue(results("from [a@pass.test]").hasPrefix("Authentication-Results: mx.postern.test; spf=pass ("), results("from [a@pass.test]"))
         XCTAssertTrue(results("from [a@pass.test]").hasSuffix(" smtp.mailfrom=a@pass.test"), results("from [a@pass.test]"))
         XCTAssertTrue(results("from [b@soft.test]").hasPrefix("Authentication-Results: mx.postern.test; spf=softfail"), results("from [b@soft.test]"))
+        // A data rule sees the MAIL-stage result: the softfail is tagged, the pass is not.
+        XCTAssertTrue(messages.contains { $0.text.contains("\r\nSubject: [SPF-SOFTFAIL] from [b@soft.test]\r\n") }, messages.map(\.text).joined())
+        XCTAssertTrue(messages.contains { $0.text.contains("\r\nSubject: from [a@pass.test]\r\n") }, messages.map(\.text).joined())
         XCTAssertTrue(results("from []").hasPrefix("Authentication-Results: mx.postern.test; spf=pass"), results("from []"))
         XCTAssertTrue(results("from []").hasSuffix(" smtp.helo=helo.test"), results("from []"))
     }

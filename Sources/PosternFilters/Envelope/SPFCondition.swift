@@ -5,8 +5,8 @@ import Yams
 /// the HELO identity for the null sender (needs `dns:`, with `spf` on, its default).
 ///     spf: fail
 ///     spf: [fail, softfail, permerror]
-/// Results: pass, fail, softfail, neutral, none, temperror, permerror. Rules with it belong at
-/// `mail` (the check runs there; later stages do not see it).
+/// Results: pass, fail, softfail, neutral, none, temperror, permerror. From `mail` on (the
+/// check runs there; `rcpt` and `data` rules see its result too).
 struct SPFCondition: PolicyCondition {
     static let results: Set<String> = ["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"]
 
@@ -16,7 +16,8 @@ struct SPFCondition: PolicyCondition {
     var filterName: String { "spf" }
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
-        guard let outcome = facts.checks["spf"], let result = outcome.effects.result, results.contains(result) else { return nil }
+        guard let outcome = facts.checks["spf"] ?? facts.earlierChecks["spf"], let result = outcome.effects.result,
+              results.contains(result) else { return nil }
         return ConditionMatch(outcome.detail)
     }
 

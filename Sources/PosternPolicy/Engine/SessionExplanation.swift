@@ -59,6 +59,8 @@ public struct SessionExplanation: Sendable {
     public private(set) var headerActions: [RuleAction] = []
     /// Rules' scores, as a session keeps them: connect for the session, HELO/MAIL/DATA for
     /// the transaction, RCPT for that recipient only.
+    /// The checks' outcomes at the transaction's earlier stages, as a session keeps them.
+    private var earlierChecks: [String: CheckOutcome] = [:]
     private var sessionScore: Double = 0
     private var transactionScore: Double = 0
     private var sessionShadowScore: Double = 0
@@ -177,6 +179,7 @@ public struct SessionExplanation: Sendable {
                 }
                 var stageFacts = facts
                 stageFacts.ruleScore = sessionScore + transactionScore
+                stageFacts.earlierChecks = earlierChecks
                 stageFacts.shadowScore = sessionShadowScore + transactionShadowScore
                 var engineVerdict: PolicyVerdict?
                 if checks.contains(where: { $0.stages.contains(stage) }) {
@@ -189,6 +192,7 @@ public struct SessionExplanation: Sendable {
                         let answer = outcome.effects.result ?? outcome.result.rawValue
                         lines.append(Line(label: label(stage), rule: rule, text: "engine answered\(shadow): \(answer) (\(outcome.detail))"))
                         stageFacts.checks[outcome.check] = outcome
+                        if stage != .rcpt { earlierChecks[outcome.check] = outcome }
                     }
                     engineVerdict = asked.verdict
                 }

@@ -69,6 +69,9 @@ public struct TransactionFacts: Sendable {
     public var score: Double { ruleScore + dnsListScore }
     /// What the pipeline's checks found at this stage, by check name.
     public var checks: [String: CheckOutcome] = [:]
+    /// What they found at the transaction's earlier stages (the last outcome of each), for
+    /// conditions that outlive their stage (`spf` at `data`).
+    public var earlierChecks: [String: CheckOutcome] = [:]
     /// `ESMTP` after EHLO, `SMTP` after HELO; nil before either.
     public var protocolName: String?
     /// The TLS version of the session (`TLSv1.3`), when STARTTLS was done.
