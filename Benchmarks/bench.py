@@ -600,35 +600,35 @@ def markdown(env, cells, latencies, idle, big, policy, rows, settings):
         out.append(f"| {c['policy']} | {c['size'] // 1024} KB | {c['sessions']} | {c['ceiling_rate']:.0f} | "
                    f"{c['postern_rate']:.0f} | {c['ratio']:.2f} | {need} | {verdict(c['ratio'] >= need)} | "
                    f"{c['cpu_ms_per_message']:.3f} | {c['peak_rss_bytes'] / 2**20:.1f} |")
-    engine_cells = [c for c in cells if ENGINE_POLICY in c["policy"]]
-    if engine_cells:
-        plain = {(c["size"], c["sessions"]): c for c in cells if c["policy"] == "default"}
-        out += ["", "## With rspamd in the chain", "",
-                "The default policy plus `milters: [rspamd]` (rspamd 3.4, one rspamd_proxy worker in milter mode "
-                "scanning by itself, the stock rules without the network modules, no Hyperscan): every message "
-                "goes through rspamd before it is relayed. Postern's CPU per message is compared with the same "
-                "cell without the milter in this run; rspamd's is its own processes' user+system time.", "",
-                "| size | sessions | ceiling msg/s | Postern + rspamd msg/s | ratio | Postern CPU ms/msg | without milter | rspamd CPU ms/msg |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for c in engine_cells:
+    plain = {(c["size"], c["sessions"]): c for c in cells if c["policy"] == "default"}
+
+    def cost_section(kind, title, text, header, extra):
+        """A section comparing the cells of `kind` with the default policy's same cells in this run."""
+        chosen = [c for c in cells if kind in c["policy"]]
+        if not chosen:
+            return []
+        lines = ["", title, "", text, "", header, "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if extra else "")]
+        for c in chosen:
             base = plain.get((c["size"], c["sessions"]))
             without = f"{base['cpu_ms_per_message']:.3f}" if base else "n/a"
-            out.append(f"| {c['size'] // 1024} KB | {c['sessions']} | {c['ceiling_rate']:.0f} | {c['postern_rate']:.0f} | "
-                       f"{c['ratio']:.2f} | {c['cpu_ms_per_message']:.3f} | {without} | {c['engine_cpu_ms_per_message']:.3f} |")
-    dns_cells = [c for c in cells if DNSBL_POLICY in c["policy"]]
-    if dns_cells:
-        plain = {(c["size"], c["sessions"]): c for c in cells if c["policy"] == "default"}
-        out += ["", "## With a DNS list at connect", "",
-                "The default policy plus `dns:` (servers: a local stub DNS server, records with TTL 0, so nothing is "
-                "cached) and one `dnsbl:` list with a connect rule: before each greeting Postern verifies the client's "
-                "name (PTR, then A) and asks the list, every connection (smtp-source opens one per message).", "",
-                "| size | sessions | ceiling msg/s | Postern msg/s | ratio | Postern CPU ms/msg | without DNS |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
-        for c in dns_cells:
-            base = plain.get((c["size"], c["sessions"]))
-            without = f"{base['cpu_ms_per_message']:.3f}" if base else "n/a"
-            out.append(f"| {c['size'] // 1024} KB | {c['sessions']} | {c['ceiling_rate']:.0f} | {c['postern_rate']:.0f} | "
-                       f"{c['ratio']:.2f} | {c['cpu_ms_per_message']:.3f} | {without} |")
+            lines.append(f"| {c['size'] // 1024} KB | {c['sessions']} | {c['ceiling_rate']:.0f} | {c['postern_rate']:.0f} | "
+                         f"{c['ratio']:.2f} | {c['cpu_ms_per_message']:.3f} | {without} |" + (f" {extra(c)} |" if extra else ""))
+        return lines
+
+    out += cost_section(
+        ENGINE_POLICY, "## With rspamd in the chain",
+        "The default policy plus `milters: [rspamd]` (rspamd 3.4, one rspamd_proxy worker in milter mode "
+        "scanning by itself, the stock rules without the network modules, no Hyperscan): every message "
+        "goes through rspamd before it is relayed. Postern's CPU per message is compared with the same "
+        "cell without the milter in this run; rspamd's is its own processes' user+system time.",
+        "| size | sessions | ceiling msg/s | Postern + rspamd msg/s | ratio | Postern CPU ms/msg | without milter | rspamd CPU ms/msg |",
+        lambda c: f"{c['engine_cpu_ms_per_message']:.3f}")
+    out += cost_section(
+        DNSBL_POLICY, "## With a DNS list at connect",
+        "The default policy plus `dns:` (servers: a local stub DNS server, records with TTL 0, so nothing is "
+        "cached) and one `dnsbl:` list with a connect rule: before each greeting Postern verifies the client's "
+        "name (PTR, then A) and asks the list, every connection (smtp-source opens one per message).",
+        "| size | sessions | ceiling msg/s | Postern msg/s | ratio | Postern CPU ms/msg | without DNS |", None)
     out += ["", "## Added latency per message", "",
             "One 4 KB transaction at a time per connection (MAIL, RCPT, DATA, each waiting for its reply), "
             "default policy; wall time from MAIL to the final reply.", "",

@@ -274,19 +274,17 @@ public struct DecisionRecord: Sendable, Equatable {
                 object.field("ms", check.milliseconds)
             }
         }
+        func parts(_ name: String, _ list: [Score]) {
+            json.array(name, list) { object, part in
+                object.field("rule", part.rule)
+                object.field("score", part.score)
+            }
+        }
         if let score {
             json.field("score", score)
-            json.array("scores", scores) { object, part in
-                object.field("rule", part.rule)
-                object.field("score", part.score)
-            }
+            parts("scores", scores)
         }
-        if !shadowScores.isEmpty {
-            json.array("shadow_scores", shadowScores) { object, part in
-                object.field("rule", part.rule)
-                object.field("score", part.score)
-            }
-        }
+        if !shadowScores.isEmpty { parts("shadow_scores", shadowScores) }
         json.object("timings") { object in
             object.field("total_ms", timings.totalMilliseconds)
             object.field("filters_ms", timings.filtersMilliseconds)
