@@ -25,6 +25,21 @@ public enum DNSRecordType: UInt16, Sendable, Hashable, CaseIterable, CustomStrin
     }
 }
 
+/// Names made of an address, as reverse DNS and DNS lists write them.
+public enum ReverseDNS {
+    /// `7.2.0.192.ZONE` for 192.0.2.7 (4 octets), or the 32 nibbles, last first, for 16 octets.
+    public static func name(_ address: [UInt8], under zone: String) -> String {
+        let labels = address.count == 4 ? address.reversed().map(String.init)
+            : address.reversed().flatMap { [String($0 & 0x0F, radix: 16), String($0 >> 4, radix: 16)] }
+        return (labels + [zone]).joined(separator: ".")
+    }
+
+    /// The PTR name of an address: under `in-addr.arpa` or `ip6.arpa`.
+    public static func pointer(_ address: [UInt8]) -> String {
+        name(address, under: address.count == 4 ? "in-addr.arpa" : "ip6.arpa")
+    }
+}
+
 /// One record of an answer, decoded from its rdata.
 public enum DNSRecord: Sendable, Hashable, CustomStringConvertible {
     /// Four octets.

@@ -191,7 +191,7 @@ public struct SPFEvaluator: Sendable {
     /// The client's validated names (§5.5): PTR names whose A/AAAA include the address; DNS
     /// errors only drop names.
     private func validatedNames(context: Context) async -> [String] {
-        guard case .success(let answer) = await resolver.lookup(Self.reverseName(context.address), .ptr) else { return [] }
+        guard case .success(let answer) = await resolver.lookup(ReverseDNS.pointer(context.address), .ptr) else { return [] }
         var names: [String] = []
         for case .name(let name) in answer.records.prefix(Self.namesPerMechanism) {
             guard case .success(let forward) = await resolver.lookup(name, context.isIPv6 ? .aaaa : .a) else { continue }
@@ -490,11 +490,6 @@ public struct SPFEvaluator: Sendable {
         withUnsafeMutableBytes(of: &v6) { $0.copyBytes(from: address) }
         guard inet_ntop(AF_INET6, &v6, &buffer, 64) != nil else { return dottedAddress(address) }
         return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    static func reverseName(_ address: [UInt8]) -> String {
-        if address.count == 4 { return address.reversed().map(String.init).joined(separator: ".") + ".in-addr.arpa" }
-        return address.reversed().flatMap { [String($0 & 0x0F, radix: 16), String($0 >> 4, radix: 16)] }.joined(separator: ".") + ".ip6.arpa"
     }
 
     static func isValidDomain(_ domain: String) -> Bool {

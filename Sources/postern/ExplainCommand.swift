@@ -70,10 +70,11 @@ extension Postern {
             var services: [PolicyServiceClient] = []
             // DNS, as `serve` does it, when the configuration has a resolver: every answer is shown.
             var input = prepared
-            var dnsLines: [String] = []
+            var nameLines: [String] = []
             var resolver: DNSResolver?
+            let seen = Mutex<[String]>([])
+            let spf = Mutex<String?>(nil)
             if let dns = configuration.dns {
-                let seen = Mutex<[String]>([])
                 do {
                     resolver = try DNSResolver(dns.resolver, observer: { event in
                         seen.withLock { $0.append("dns: \(event.type) \(event.name) -> \(event.summary)\(event.cached ? " (cached)" : "")") }
@@ -89,22 +90,17 @@ extension Postern {
                     async let listed = DNSListChecker(resolver: resolver, logger: quiet).check(lists, address: client)
                     input.clientName = await name
                     input.dnsLists = await listed
-                    if dns.spf, let sender = input.sender {
-                        let check = SPFCheck(evaluator: SPFEvaluator(resolver: resolver), authservID: dns.authservID ?? configuration.hostname,
-                                             lookupTimeout: dns.resolver.timeout)
-                        var facts = TransactionFacts(transactionID: "EXPLAIN", clientAddress: input.client, clientPort: 0, helo: input.helo)
-                        facts.sender = sender
-                        let finding = try? await check.check(.mail, facts: facts)
-                        checks.append(check)
-                        dnsLines = seen.withLock { $0 }
-                        dnsLines.append("spf: \(finding?.effects.result ?? "temperror")" + (finding.map { " (\($0.detail.drop { $0 != ":" }.dropFirst(2)))" } ?? ""))
-                    } else {
-                        dnsLines = seen.withLock { $0 }
+                    if dns.spf {
+                        // The walk runs it at MAIL, once; what it found is printed with the DNS answers.
+                        checks.append(SPFCheck(evaluator: SPFEvaluator(resolver: resolver), authservID: dns.authservID ?? configuration.hostname,
+                                               lookupTimeout: dns.resolver.timeout, observe: { finding in
+                            spf.withLock { $0 = "spf: \(finding.effects.result ?? "temperror") (\(finding.detail.drop { $0 != ":" }.dropFirst(2)))" }
+                        }))
                     }
-                    if let name = input.clientName { dnsLines.append("client name: \(name)") }
+                    if let name = input.clientName { nameLines.append("client name: \(name)") }
                     for list in input.dnsLists where list.isListed || { if case .error = list.outcome { true } else { false } }() {
                         let codes = list.codes.map { DNSList.Returns(low: $0, high: $0).description }.joined(separator: ", ")
-                        dnsLines.append("dnsbl \(list.list): " + (list.isListed ? "listed \(codes) (weight \(list.weight.scoreText))" : "\(list.outcome)"))
+                        nameLines.append("dnsbl \(list.list): " + (list.isListed ? "listed \(codes) (weight \(list.weight.scoreText))" : "\(list.outcome)"))
                     }
                 }
             }
@@ -121,6 +117,7 @@ extension Postern {
             for milter in milters { await milter.close() }
             for service in services { service.close() }
             var report = explanation.report(policyPath: policyPath, policy: compiled)
+            let dnsLines = seen.withLock { $0 } + (spf.withLock { $0 }.map { [$0] } ?? []) + nameLines
             report.insert(contentsOf: dnsLines, at: min(1, report.count))
             resolver?.shutdown()
             print(report.joined(separator: "\n"))

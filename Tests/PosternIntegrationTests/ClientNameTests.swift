@@ -10,21 +10,12 @@ final class ClientNameTests: IntegrationTestCase, @unchecked Sendable {
     static let unverified = "192.0.2.11"
     static let unnamed = "192.0.2.12"
 
-    /// stub_dns.py on 127.0.0.1 and a free port with PTR/A records for the three clients.
+    /// PTR/A records for the three clients.
     private func startDNS() throws -> Int {
-        let python = try requirePython()
-        let records = workDir.appendingPathComponent("dns-records")
-        try """
-            10.2.0.192.in-addr.arpa\tPTR\tmail.verified.test
-            mail.verified.test\tA\t\(Self.verified)
-            11.2.0.192.in-addr.arpa\tPTR\tforged.example.test
-            forged.example.test\tA\t198.51.100.1
-
-            """.write(to: records, atomically: true, encoding: .utf8)
-        let port = try Net.freePort()
-        let process = try launch("dns", python, [Paths.fixture("stub_dns.py").path, "127.0.0.1", "\(port)", records.path])
-        try process.waitForOutput(containing: "READY ", timeout: 15)
-        return port
+        try startLoopbackDNS([
+            "10.2.0.192.in-addr.arpa\tPTR\tmail.verified.test", "mail.verified.test\tA\t\(Self.verified)",
+            "11.2.0.192.in-addr.arpa\tPTR\tforged.example.test", "forged.example.test\tA\t198.51.100.1",
+        ])
     }
 
     func testTheVerifiedNameReachesPostfixTheReceivedHeaderTheRecordAndTheMetrics() throws {
@@ -106,17 +97,7 @@ final class ClientNameTests: IntegrationTestCase, @unchecked Sendable {
     }
 
     func testASilentDNSServerCostsAtMostTheTimeoutAndIsATemporaryStatus() throws {
-        // A UDP port nobody answers on (bound, never read).
-        let silent = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        defer { close(silent) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let port = try Net.freePort()
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        _ = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(silent, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
+        let port = try silentUDPPort()
         let sink = try startRecordingSink()
         let server = try startTrustServer(
             listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],

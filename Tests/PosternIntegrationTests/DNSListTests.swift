@@ -4,15 +4,7 @@ import XCTest
 /// postscreen-style weighted DNS lists through the real binary, against a DNS server on a
 /// loopback port serving the list zones (Fixtures/stub_dns.py).
 final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
-    private func startDNS(_ lines: [String]) throws -> Int {
-        let python = try requirePython()
-        let records = workDir.appendingPathComponent("dns-records")
-        try (lines.joined(separator: "\n") + "\n").write(to: records, atomically: true, encoding: .utf8)
-        let port = try Net.freePort()
-        let process = try launch("dns", python, [Paths.fixture("stub_dns.py").path, "127.0.0.1", "\(port)", records.path])
-        try process.waitForOutput(containing: "READY ", timeout: 15)
-        return port
-    }
+    private func startDNS(_ lines: [String]) throws -> Int { try startLoopbackDNS(lines) }
 
     func testWeightsAddUpAllowListsSubtractAndRefusalCodesAreErrors() throws {
         let dnsPort = try startDNS([
@@ -71,17 +63,7 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
     }
 
     func testAListedClientIsNamedAndAFailedLookupCanTempfail() throws {
-        // A UDP port that never answers, for the second list.
-        let silentPort = try Net.freePort()
-        let silent = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        defer { close(silent) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = in_port_t(UInt16(silentPort).bigEndian)
-        _ = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(silent, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
+        let silentPort = try silentUDPPort()
         let dnsPort = try startDNS(["60.2.0.192.bl.test\tA\t127.0.0.3"])
         let policy = workDir.appendingPathComponent("policy.yaml")
         try """

@@ -6,20 +6,11 @@ import XCTest
 /// Authentication-Results under the configured authserv-id.
 final class SPFTests: IntegrationTestCase, @unchecked Sendable {
     func testSPFFailRefusedPassAndSoftfailRelayedWithAuthenticationResults() throws {
-        let python = try requirePython()
-        let records = workDir.appendingPathComponent("dns-records")
-        try """
-            pass.test\tv=spf1 ip4:192.0.2.10 -all
-            fail.test\tv=spf1 ip4:198.51.100.1 -all
-            soft.test\tv=spf1 include:_spf.soft.test ~all
-            _spf.soft.test\tv=spf1 ip4:198.51.100.0/24 -all
-            helo.test\tv=spf1 a -all
-            helo.test\tA\t192.0.2.10
-
-            """.write(to: records, atomically: true, encoding: .utf8)
-        let dnsPort = try Net.freePort()
-        let dns = try launch("dns", python, [Paths.fixture("stub_dns.py").path, "127.0.0.1", "\(dnsPort)", records.path])
-        try dns.waitForOutput(containing: "READY ", timeout: 15)
+        let dnsPort = try startLoopbackDNS([
+            "pass.test\tv=spf1 ip4:192.0.2.10 -all", "fail.test\tv=spf1 ip4:198.51.100.1 -all",
+            "soft.test\tv=spf1 include:_spf.soft.test ~all", "_spf.soft.test\tv=spf1 ip4:198.51.100.0/24 -all",
+            "helo.test\tv=spf1 a -all", "helo.test\tA\t192.0.2.10",
+        ])
         let policy = workDir.appendingPathComponent("policy.yaml")
         try """
             rules:

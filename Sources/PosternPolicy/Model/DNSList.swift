@@ -1,3 +1,4 @@
+import PosternNative
 import SMTPCore
 
 /// A DNS block or allow list of client addresses (`dnsbl:` in the policy), queried as
@@ -79,13 +80,8 @@ public struct DNSList: Sendable, Hashable {
     /// The name to look up for `address`, or nil (an IPv6 client and `ipv6: false`).
     public func query(for address: IPAddress) -> String? {
         let address = address.unmapped
-        let bytes = address.bytes
-        if address.isIPv6 {
-            guard ipv6 else { return nil }
-            let nibbles = bytes.reversed().flatMap { [String($0 & 0x0F, radix: 16), String($0 >> 4, radix: 16)] }
-            return nibbles.joined(separator: ".") + "." + zone
-        }
-        return bytes.reversed().map(String.init).joined(separator: ".") + "." + zone
+        if address.isIPv6, !ipv6 { return nil }
+        return ReverseDNS.name(address.bytes, under: zone)
     }
 }
 

@@ -19,7 +19,7 @@ public struct ClientNameVerifier: Sendable {
         let address = address.unmapped
         let deadline = ContinuousClock.now + timeout
         func left() -> Duration { max(.zero, deadline - ContinuousClock.now) }
-        let reverse = await resolver.lookup(Self.reverseName(address), .ptr, timeout: left())
+        let reverse = await resolver.lookup(ReverseDNS.pointer(address.bytes), .ptr, timeout: left())
         let names: [String]
         switch reverse {
         case .failure: return ClientName(.tempfail)
@@ -42,15 +42,5 @@ public struct ClientNameVerifier: Sendable {
             }
         }
         return temporary ? ClientName(.tempfail, name: names[0]) : ClientName(.unverified, name: names[0])
-    }
-
-    /// `7.2.0.192.in-addr.arpa`, or the 32 nibbles under `ip6.arpa`.
-    static func reverseName(_ address: IPAddress) -> String {
-        let bytes = address.bytes
-        if address.isIPv6 {
-            let nibbles = bytes.reversed().flatMap { [String($0 & 0x0F, radix: 16), String($0 >> 4, radix: 16)] }
-            return nibbles.joined(separator: ".") + ".ip6.arpa"
-        }
-        return bytes.reversed().map(String.init).joined(separator: ".") + ".in-addr.arpa"
     }
 }

@@ -11,11 +11,15 @@ public struct SPFCheck: StageCheck {
     let authservID: String
     /// The resolver's per-lookup timeout; the whole evaluation may take a few of them.
     let lookupTimeout: Duration
+    /// Hears each finding (`postern explain` prints it).
+    let observe: (@Sendable (CheckFinding) -> Void)?
 
-    public init(evaluator: SPFEvaluator, authservID: String, lookupTimeout: Duration) {
+    public init(evaluator: SPFEvaluator, authservID: String, lookupTimeout: Duration,
+                observe: (@Sendable (CheckFinding) -> Void)? = nil) {
         self.evaluator = evaluator
         self.authservID = authservID
         self.lookupTimeout = lookupTimeout
+        self.observe = observe
     }
 
     public var name: String { "spf" }
@@ -40,8 +44,10 @@ public struct SPFCheck: StageCheck {
         let outcome = await evaluator.check(address: facts.clientAddress.unmapped.bytes, domain: domain, sender: identity, helo: helo)
         let header = AddedHeader(name: "Authentication-Results",
                                  value: "\(authservID); spf=\(outcome.result.rawValue) \(Self.comment(outcome)) \(property)")
-        return CheckFinding(.pass, detail: "spf=\(outcome.result.rawValue): \(outcome.reason)", headers: [header],
-                            effects: CheckEffects(result: outcome.result.rawValue))
+        let finding = CheckFinding(.pass, detail: "spf=\(outcome.result.rawValue): \(outcome.reason)", headers: [header],
+                                   effects: CheckEffects(result: outcome.result.rawValue))
+        observe?(finding)
+        return finding
     }
 
     /// An RFC 8601 comment: parentheses and backslashes in the reason escaped.

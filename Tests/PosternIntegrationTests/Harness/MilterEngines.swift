@@ -150,6 +150,40 @@ extension IntegrationTestCase {
     }
 }
 
+extension IntegrationTestCase {
+    /// Fixtures/stub_dns.py on 127.0.0.1 and a free port (no root needed), serving `lines`
+    /// ("name<TAB>text" TXT, or "name<TAB>A|AAAA|PTR<TAB>value"); returns the port.
+    func startLoopbackDNS(_ lines: [String], name: String = "dns") throws -> Int {
+        let python = try requirePython()
+        let records = workDir.appendingPathComponent("\(name)-records")
+        try (lines.joined(separator: "\n") + "\n").write(to: records, atomically: true, encoding: .utf8)
+        let port = try Net.freePort()
+        let process = try launch(name, python, [Paths.fixture("stub_dns.py").path, "127.0.0.1", "\(port)", records.path])
+        try process.waitForOutput(containing: "READY ", timeout: 15)
+        return port
+    }
+
+    /// A loopback UDP port that is bound and never read: a DNS server that never answers.
+    /// Closed at teardown.
+    func silentUDPPort() throws -> Int {
+        let silent = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let port = try Net.freePort()
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(silent, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else {
+            close(silent)
+            throw HarnessError.failed("cannot bind UDP port \(port)")
+        }
+        onTeardown { close(silent) }
+        return port
+    }
+}
+
 // MARK: - rspamd 3.4 (rspamd_proxy, milter mode)
 
 /// rspamd with one `rspamd_proxy` worker in milter mode scanning by itself (self_scan) and a
