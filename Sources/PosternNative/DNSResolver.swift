@@ -398,7 +398,9 @@ final class ResolverThread: @unchecked Sendable {
     private let fd: Int32
     private let wakeRead: Int32
     private let wakeWrite: Int32
-    private let pending = Mutex<(lookups: [ObjectIdentifier: PendingLookup], stopped: Bool)>(([:], false))
+    /// `closed`: the wake pipe is closed (the loop has ended). `wake()` writes under this lock, so
+    /// it never writes into a pipe whose reader is gone (SIGPIPE) or into a reused descriptor.
+    private let pending = Mutex<(lookups: [ObjectIdentifier: PendingLookup], stopped: Bool, closed: Bool)>(([:], false, false))
     private var thread: Thread?
 
     struct PipeError: Error, CustomStringConvertible {
@@ -421,19 +423,22 @@ final class ResolverThread: @unchecked Sendable {
     }
 
     func stop() {
-        let lookups = pending.withLock { state -> [PendingLookup] in
-            guard !state.stopped else { return [] }
+        guard let lookups = pending.withLock({ state -> [PendingLookup]? in
+            guard !state.stopped else { return nil }
             state.stopped = true
             defer { state.lookups = [:] }
             return Array(state.lookups.values)
-        }
+        }) else { return }
         wake()
         for lookup in lookups { lookup.finish(.failure(DNSError(.failure, "the resolver was shut down"))) }
     }
 
     private func wake() {
-        var byte: UInt8 = 1
-        _ = write(wakeWrite, &byte, 1)
+        pending.withLock { state in
+            guard !state.closed else { return }
+            var byte: UInt8 = 1
+            _ = write(wakeWrite, &byte, 1)
+        }
     }
 
     func resolve(_ name: String, _ type: DNSRecordType, deadline: ContinuousClock.Instant) async -> Result<DNSAnswer, DNSError> {
@@ -486,8 +491,11 @@ final class ResolverThread: @unchecked Sendable {
             }
             expire()
         }
-        close(wakeRead)
-        close(wakeWrite)
+        pending.withLock { state in
+            state.closed = true
+            close(wakeRead)
+            close(wakeWrite)
+        }
     }
 
     /// Lookups past their deadline: resumed with a timeout, and cancelled in libunbound.

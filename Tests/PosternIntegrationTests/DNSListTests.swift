@@ -131,12 +131,17 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
                      "client name: verified mx.sender.test", "dnsbl block: listed 127.0.0.2 (weight 2)", "running score 3 (+1 listed)"] {
             XCTAssertTrue(listed.stdout.contains(line), "\(line)\n\(listed.stdout)")
         }
-        let stranger = try runPostern(["explain", "--config", config.path, "--policy", policy.path, "--client-ip", "192.0.2.31",
-                                       "--helo", "x.test", "--from", "a@sender.test", "--to", "r@example.org"])
-        XCTAssertEqual(stranger.status, 1, stranger.description)
-        XCTAssertTrue(stranger.stdout.contains("spf: fail (sender.test: all matched)"), stranger.stdout)
-        XCTAssertTrue(stranger.stdout.contains("client name: none"), stranger.stdout)
-        XCTAssertTrue(stranger.stdout.contains("Verdict: rejected at mail by rule spf-fail"), stranger.stdout)
+        // Repeated: the resolver's shutdown once raced its thread's end and killed explain with
+        // SIGPIPE before the report was flushed, in about one run in twenty.
+        for _ in 0..<20 {
+            let stranger = try runPostern(["explain", "--config", config.path, "--policy", policy.path, "--client-ip", "192.0.2.31",
+                                           "--helo", "x.test", "--from", "a@sender.test", "--to", "r@example.org"])
+            XCTAssertEqual(stranger.status, 1, stranger.description)
+            XCTAssertTrue(stranger.stdout.contains("spf: fail (sender.test: all matched)"), stranger.stdout)
+            XCTAssertTrue(stranger.stdout.contains("client name: none"), stranger.stdout)
+            XCTAssertTrue(stranger.stdout.contains("Verdict: rejected at mail by rule spf-fail"), stranger.stdout)
+            if stranger.status != 1 { break }
+        }
     }
 
     func testCheckRefusesDNSListsWithoutAResolver() throws {
