@@ -16,6 +16,9 @@ public enum SessionAction: Sendable {
     case write(ByteBuffer)
     /// Take a connection slot for the client (connection limits, shutdown); answer `admitted`.
     case admit(ClientEndpoint)
+    /// Ask DNS lists before a stage's rules run (domain lists at helo and mail, client lists
+    /// at mail with `dnsbl_wait: mail`); answer `dnsListsAnswered` with one result per list.
+    case lookUpDNSLists(DNSListLookup)
     /// Run a stage's checks and rules; answer `stageEvaluated`.
     case evaluate(StageRequest)
     case upstream(UpstreamRequest)

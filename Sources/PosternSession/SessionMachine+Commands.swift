@@ -118,7 +118,13 @@ extension SessionMachine {
         switch step {
         case .evaluate(let stage):
             state = .policy(point)
-            var request = StageRequest(stage: stage, facts: facts(for: point))
+            let facts = facts(for: point)
+            if let lookup = dueDNSLists(at: stage, facts: facts) {
+                awaitingDNSLists = stage
+                emit(.lookUpDNSLists(lookup))
+                return
+            }
+            var request = StageRequest(stage: stage, facts: facts)
             if stage == .data {
                 request.addedHeaders = (transaction?.addedHeaders ?? []).compactMap { action in
                     if case .addHeader(let name, let value) = action { AddedHeader(name: name, value: value) } else { nil }
@@ -143,6 +149,24 @@ extension SessionMachine {
         var point = point
         if case .data(let stored, _) = point { point = .data(stored, verdict: result.verdict) }
         walkStep(walk.evaluated(result.verdict), for: point)
+    }
+
+    /// The DNS lists the rules at `stage` can know and the session has not asked about what
+    /// they look up now (marked asked here), or nil.
+    mutating func dueDNSLists(at stage: PolicyStage, facts: TransactionFacts) -> DNSListLookup? {
+        guard !policy.dnsLists.isEmpty else { return nil }
+        var senderDomain: String?
+        if case .mailbox(let mailbox)? = facts.sender { senderDomain = mailbox.domain.description }
+        var due: [DNSList] = []
+        for list in policy.dnsLists {
+            let ready = list.lookup == .client ? policy.dnsListWait.stage : list.lookup.stage
+            guard ready <= stage else { continue }
+            let subject = list.subjectKey(helo: facts.helo, senderDomain: senderDomain)
+            guard dnsListSubjects[list.name] != subject else { continue }
+            dnsListSubjects[list.name] = subject
+            due.append(list)
+        }
+        return due.isEmpty ? nil : DNSListLookup(lists: due, client: client.address, helo: facts.helo, senderDomain: senderDomain)
     }
 
     /// What the rules see at `point`.

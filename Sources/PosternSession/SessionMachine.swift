@@ -96,8 +96,14 @@ public struct SessionMachine: Sendable {
     var walk: PolicyWalk
     /// Where the client is (looked up once per session), when the policy has GeoIP databases.
     var location: ClientLocation?
-    /// What the policy's DNS lists said about the client, asked when it was admitted.
+    /// What the policy's DNS lists said: about the client (asked when it was admitted, or
+    /// before the mail stage), its HELO name and its sender's domain (before those stages).
     var dnsLists: [DNSListResult] = []
+    /// For each list answered, what it was asked about (`DNSList.subjectKey`): a list is asked
+    /// again when that changes (a new EHLO name, another sender).
+    var dnsListSubjects: [String: String] = [:]
+    /// The stage waiting for `dnsListsAnswered` (in `.policy`).
+    var awaitingDNSLists: PolicyStage?
     /// The scores of the connect rules that matched (the session's part of every transaction's score).
     var sessionScores: [ScoreContribution] = []
     var sessionShadowScores: [ScoreContribution] = []
@@ -253,14 +259,30 @@ public struct SessionMachine: Sendable {
         guard case .admitting = state else { return finish() }
         if let clientName { client.name = clientName }
         self.dnsLists = dnsLists
+        if case .connect = policy.dnsListWait {
+            for list in policy.dnsLists where list.lookup == .client { dnsListSubjects[list.name] = DNSList.clientSubject }
+        }
         admit(admission)
+        return finish()
+    }
+
+    /// The answers to `.lookUpDNSLists`; the stage's rules run next.
+    public mutating func dnsListsAnswered(_ results: [DNSListResult], now: SessionTime) -> [SessionAction] {
+        begin(now)
+        guard case .policy(let point) = state, let stage = awaitingDNSLists else { return finish() }
+        awaitingDNSLists = nil
+        for result in results {
+            if let index = dnsLists.firstIndex(where: { $0.list == result.list }) { dnsLists[index] = result } else { dnsLists.append(result) }
+        }
+        walkStep(.evaluate(stage), for: point)
+        advance()
         return finish()
     }
 
     /// The verdict of the stage that `.evaluate` asked for.
     public mutating func stageEvaluated(_ result: StageVerdict, now: SessionTime) -> [SessionAction] {
         begin(now)
-        guard case .policy(let point) = state else { return finish() }
+        guard case .policy(let point) = state, awaitingDNSLists == nil else { return finish() }
         evaluated(result, for: point)
         advance()
         return finish()

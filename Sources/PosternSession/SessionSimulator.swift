@@ -13,6 +13,10 @@ public struct SessionSimulator: Sendable {
     /// What each action's result is.
     public struct Responders: Sendable {
         public var admit: @Sendable (ClientEndpoint) async -> Admission = { _ in .admitted }
+        /// Default: not listed.
+        public var dnsLists: @Sendable (DNSListLookup) async -> [DNSListResult] = { lookup in
+            lookup.lists.map { DNSListResult(list: $0.name, outcome: .notListed, weight: 0) }
+        }
         /// Default: no rule decides.
         public var evaluate: @Sendable (StageRequest) async -> StageVerdict = { StageVerdict(stage: $0.stage, verdict: PolicyVerdict()) }
         /// Default: an upstream that accepts everything (`250`), named `upstream.test:25`.
@@ -173,6 +177,8 @@ public struct SessionSimulator: Sendable {
         case .admit(let endpoint):
             let admission = await responders.admit(endpoint)
             return machine.admitted(admission, now: now)
+        case .lookUpDNSLists(let lookup):
+            return machine.dnsListsAnswered(await responders.dnsLists(lookup), now: now)
         case .evaluate(let request):
             let verdict = await responders.evaluate(request)
             return machine.stageEvaluated(verdict, now: now)

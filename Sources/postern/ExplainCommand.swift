@@ -85,9 +85,13 @@ extension Postern {
                 }
                 if let resolver {
                     let quiet = Logger(label: "postern.explain", factory: { _ in SwiftLogNoOpLogHandler() })
-                    let client = input.client, lists = compiled.dnsLists
+                    // Every list at once: the client's, and the domain lists for --helo and --from.
+                    var senderDomain: String?
+                    if case .mailbox(let mailbox)? = input.sender { senderDomain = mailbox.domain.description }
+                    let client = input.client
+                    let lookup = DNSListLookup(lists: compiled.dnsLists, client: client, helo: input.helo, senderDomain: senderDomain)
                     async let name = dns.verifyClientNames ? ClientNameVerifier(resolver: resolver, timeout: dns.resolver.timeout).verify(client) : nil
-                    async let listed = DNSListChecker(resolver: resolver, logger: quiet).check(lists, address: client)
+                    async let listed = DNSListChecker(resolver: resolver, logger: quiet).check(lookup)
                     input.clientName = await name
                     input.dnsLists = await listed
                     if dns.spf {

@@ -217,11 +217,88 @@ final class EnvelopeConditionTests: XCTestCase {
             "policy.yaml:3:53: return code '127.0.0.9-3' is not 127.X.Y.Z, 127.X.Y.Z-N or 127.X.Y.Z/BITS",
             "policy.yaml:3:75: weight must be a number (negative for an allow list)",
             "policy.yaml:4:5: a DNS list needs a name and a zone",
-            "policy.yaml:5:34: unknown key 'ttl' in a DNS list (expected one of: ipv6, name, returns, weight, zone)",
+            "policy.yaml:5:34: unknown key 'ttl' in a DNS list (expected one of: ipv6, lookup, name, returns, weight, zone)",
             "policy.yaml:5:5: DNS list 'b' is defined twice",
             "policy.yaml:7:43: unknown DNS list 'nosuch' (defined: b)",
             "policy.yaml:8:43: dnsbl: error: true and returns: cannot be combined",
         ])
+    }
+
+    func testDomainListsAskTheHELONameOrTheSenderDomainFromTheirStage() throws {
+        let fixture = try PolicyFixture()
+        defer { fixture.remove() }
+        let policy = try fixture.compile("""
+            dnsbl:
+              - { name: zen, zone: zen.example }
+              - { name: heloes, zone: helo.example, lookup: helo }
+              - { name: dbl, zone: dbl.example, lookup: sender_domain, returns: [127.0.1.2-99] }
+            rules:
+              - { id: helo, stage: helo, if: { dnsbl: heloes }, then: reject }
+              - { id: sender, stage: mail, if: { dnsbl: dbl }, then: reject }
+              - { id: both, stage: rcpt, if: { dnsbl_score: { over: 1 } }, then: reject }
+            """)
+        XCTAssertEqual(policy.dnsLists.map(\.lookup), [.client, .helo, .senderDomain])
+        XCTAssertEqual(policy.dnsListWait, .connect(nil))
+        let dbl = policy.dnsLists[2]
+        XCTAssertEqual(dbl.query(forDomain: "Spam.Example."), "spam.example.dbl.example")
+        XCTAssertEqual(dbl.query(forDomain: "xn--bcher-kva.example"), "xn--bcher-kva.example.dbl.example")
+        for notADomain in ["[192.0.2.1]", "localhost", "bücher.example", "a..example", "", String(repeating: "a", count: 64) + ".example"] {
+            XCTAssertNil(dbl.query(forDomain: notADomain), notADomain)
+        }
+        XCTAssertEqual(dbl.subjectKey(helo: "x", senderDomain: "A.example"), "sender:a.example")
+        XCTAssertEqual(policy.dnsLists[1].subjectKey(helo: "Mx.Example", senderDomain: nil), "helo:mx.example")
+        XCTAssertEqual(policy.dnsLists[0].subjectKey(helo: "Mx.Example", senderDomain: "a.example"), "client")
+
+        // A domain list is known from its stage on; before it, a rule can never run.
+        XCTAssertEqual(fixture.errors("""
+            dnsbl:
+              - { name: heloes, zone: helo.example, lookup: helo }
+              - { name: dbl, zone: dbl.example, lookup: sender_domain }
+              - { name: bad, zone: bad.example, lookup: recipient }
+            rules:
+              - { id: early, stage: connect, if: { dnsbl: heloes }, then: reject }
+              - { id: early2, stage: helo, if: { dnsbl: { name: dbl, error: true } }, then: reject }
+            """), [
+            "policy.yaml:4:45: lookup must be client, helo or sender_domain",
+            "policy.yaml:6:38: rule 'early' can never run: its condition needs stage helo or later, the rule is at connect",
+            "policy.yaml:7:36: rule 'early2' can never run: its condition needs stage mail or later, the rule is at helo",
+        ])
+        // The summed weight is known from the first stage at which some list has answered.
+        XCTAssertEqual(fixture.errors("""
+            dnsbl: [{ name: heloes, zone: helo.example, lookup: helo }, { name: dbl, zone: dbl.example, lookup: sender_domain }]
+            rules: [{ id: score, stage: connect, if: { dnsbl_score: { over: 1 } }, then: reject }]
+            """), ["policy.yaml:2:42: rule 'score' can never run: its condition needs stage helo or later, the rule is at connect"])
+    }
+
+    func testDNSListWaitBoundsTheConnectStageOrMovesTheClientListsToMail() throws {
+        let fixture = try PolicyFixture()
+        defer { fixture.remove() }
+        let bounded = try fixture.compile("""
+            dnsbl: [{ name: zen, zone: zen.example }]
+            dnsbl_wait: 1500ms
+            rules: [{ id: listed, stage: connect, if: { dnsbl: zen }, then: reject }]
+            """)
+        XCTAssertEqual(bounded.dnsListWait, .connect(.milliseconds(1500)))
+        let atMail = try fixture.compile("""
+            dnsbl: [{ name: zen, zone: zen.example }]
+            dnsbl_wait: mail
+            rules: [{ id: listed, stage: mail, if: { dnsbl: zen }, then: reject }]
+            """)
+        XCTAssertEqual(atMail.dnsListWait, .mail)
+        XCTAssertEqual(fixture.errors("""
+            dnsbl: [{ name: zen, zone: zen.example }]
+            dnsbl_wait: mail
+            rules:
+              - { id: early, stage: helo, if: { dnsbl: zen }, then: reject }
+              - { id: score, stage: connect, if: { dnsbl_score: { over: 1 } }, then: reject }
+            """), [
+            "policy.yaml:4:35: rule 'early' can never run: its condition needs stage mail or later, the rule is at helo",
+            "policy.yaml:5:38: rule 'score' can never run: its condition needs stage mail or later, the rule is at connect",
+        ])
+        XCTAssertEqual(fixture.errors("dnsbl: [{ name: zen, zone: zen.example }]\ndnsbl_wait: soon\nrules: []\n"),
+                       ["policy.yaml:2:13: dnsbl_wait (or mail) must be a duration such as 30s, 5m, 1h or 250ms"])
+        XCTAssertEqual(fixture.errors("dnsbl: [{ name: zen, zone: zen.example }]\ndnsbl_wait: 0s\nrules: []\n"),
+                       ["policy.yaml:2:13: dnsbl_wait must be longer than 0s (or mail, to decide at the mail stage)"])
     }
 
     func testAuthUserTLSAndSize() async throws {

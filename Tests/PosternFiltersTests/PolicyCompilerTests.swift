@@ -130,7 +130,7 @@ final class PolicyCompilerTests: XCTestCase {
 
     func testUnknownTopLevelKey() {
         XCTAssertEqual(fixture.errors("rulez: []\n").first,
-                       "policy.yaml:1:1: unknown key 'rulez' in the policy (expected one of: dnsbl, geoip, include, limits, lists, rules, version)")
+                       "policy.yaml:1:1: unknown key 'rulez' in the policy (expected one of: dnsbl, dnsbl_wait, geoip, include, limits, lists, rules, version)")
     }
 
     func testShippedPoliciesCompile() throws {

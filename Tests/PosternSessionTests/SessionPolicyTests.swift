@@ -62,6 +62,56 @@ final class SessionPolicyTests: XCTestCase {
         XCTAssertEqual(session.lastRecord?.reason, "client 192.0.2.10 in 192.0.2.0/24 (list partners)", "with its reason")
     }
 
+    func testDNSListsAreAskedBeforeTheStageThatKnowsThemOncePerName() async {
+        let policy = SessionFixture.policy("""
+            dnsbl:
+              - { name: zen, zone: zen.example }
+              - { name: heloes, zone: helo.example, lookup: helo, weight: 2 }
+              - { name: dbl, zone: dbl.example, lookup: sender_domain, weight: 5 }
+            dnsbl_wait: mail
+            rules:
+              - { id: bad-helo, stage: helo, if: { dnsbl: heloes }, score: 1 }
+              - { id: dbl, stage: mail, if: { dnsbl: dbl }, then: reject }
+              - { id: zen, stage: rcpt, if: { dnsbl: zen }, then: tempfail }
+            """)
+        let asked = Mutex<[DNSListLookup]>([])
+        var responders = SessionFixture.responders(policy)
+        responders.dnsLists = { lookup in
+            asked.withLock { $0.append(lookup) }
+            return lookup.lists.map { list in
+                let listed = switch list.name {
+                case "heloes": lookup.helo == "client.example"
+                case "dbl": lookup.senderDomain == "spam.example"
+                default: lookup.client == Self.outsider.address
+                }
+                return DNSListResult(list: list.name, outcome: listed ? .listed([0x7F00_0002]) : .notListed, weight: listed ? list.weight : 0)
+            }
+        }
+        var session = await SessionFixture.session(policy: policy, peer: Self.outsider, responders: responders)
+        XCTAssertEqual(session.replyLines().first?.hasPrefix("220 "), true, "the greeting does not wait for the client lists")
+        XCTAssertTrue(asked.withLock { $0.isEmpty }, "nothing is asked before a stage needs it")
+        await session.expect("MAIL FROM:<a@spam.example>", ["550 5.7.1 Message refused by policy (ref ID000003)"])
+        await session.expect("MAIL FROM:<b@good.example>", ["250 2.1.0 Ok"])
+        await session.expect("RCPT TO:<bob@example.org>", ["451 4.7.1 Try again later (ref ID000004)"])
+        await session.expect("RSET", ["250 2.0.0 Ok"])
+        await session.expect("MAIL FROM:<b@good.example>", ["250 2.1.0 Ok"], "the same sender domain is not asked again")
+        await session.expect("QUIT", ["221 2.0.0 Bye"])
+
+        let lookups = asked.withLock { $0 }
+        XCTAssertEqual(lookups.map { $0.lists.map(\.name) }, [["heloes"], ["zen", "dbl"], ["dbl"]])
+        XCTAssertEqual(lookups.map(\.helo), ["client.example", "client.example", "client.example"])
+        XCTAssertEqual(lookups.dropFirst().map(\.senderDomain), ["spam.example", "good.example"])
+        XCTAssertEqual(session.records.first?.rule, "dbl")
+        XCTAssertEqual(session.records.first?.client.dnsLists, [
+            DecisionRecord.DNSListEntry(name: "heloes", result: "listed", detail: "127.0.0.2", weight: 2),
+            DecisionRecord.DNSListEntry(name: "zen", result: "listed", detail: "127.0.0.2", weight: 1),
+            DecisionRecord.DNSListEntry(name: "dbl", result: "listed", detail: "127.0.0.2", weight: 5),
+        ])
+        XCTAssertEqual(session.records.first?.score, 9, "the lists' weights plus the helo rule's score")
+        XCTAssertEqual(session.records[1].rule, "zen")
+        XCTAssertEqual(session.records[1].client.dnsLists.map(\.name), ["heloes", "zen"], "the second sender's domain is not listed")
+    }
+
     func testHELORulesRunAtMAILOncePerHELOName() async {
         let policy = SessionFixture.policy("""
             rules:

@@ -2,8 +2,9 @@ import PosternPolicy
 import SMTPCore
 import Yams
 
-/// `dnsbl`: what one of the policy's DNS lists (`dnsbl:`) said about the client, asked when
-/// it connected (needs `dns:` in the configuration).
+/// `dnsbl`: what one of the policy's DNS lists (`dnsbl:`) said: about the client (asked when
+/// it connected, or by the mail stage with `dnsbl_wait: mail`), its HELO name (from the helo
+/// stage) or its sender's domain (from the mail stage). Needs `dns:` in the configuration.
 ///     dnsbl: spamhaus                                   # listed (with a code the list counts)
 ///     dnsbl: { name: spamhaus, returns: [127.0.0.4-7] } # listed with one of these codes
 ///     dnsbl: { name: spamhaus, error: true }            # the lookup failed (timeout, SERVFAIL, a refusal code)
@@ -11,8 +12,7 @@ struct DNSListCondition: PolicyCondition {
     let list: String
     let returns: [DNSList.Returns]
     let error: Bool
-
-    var earliestStage: PolicyStage { .connect }
+    let earliestStage: PolicyStage
     var filterName: String { "dnsbl" }
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
@@ -27,24 +27,24 @@ struct DNSListCondition: PolicyCondition {
     }
 
     static let make: ConditionFactory = { value, context in
-        func known(_ node: Node, _ name: String) -> Bool {
-            guard context.dnsLists.contains(where: { $0.name == name }) else {
+        func known(_ node: Node, _ name: String) -> PolicyStage? {
+            guard let list = context.dnsLists.first(where: { $0.name == name }) else {
                 let names = context.dnsLists.map(\.name)
                 context.reader.fail(node, "unknown DNS list '\(name)'" + (names.isEmpty ? " (no dnsbl: lists are defined)" : " (defined: \(names.joined(separator: ", ")))"))
-                return false
+                return nil
             }
-            return true
+            return list.lookup == .client ? context.dnsListWait.stage : list.lookup.stage
         }
         if case .scalar = value {
-            guard let name = context.reader.string(value, "dnsbl"), known(value, name) else { return nil }
-            return DNSListCondition(list: name, returns: [], error: false)
+            guard let name = context.reader.string(value, "dnsbl"), let stage = known(value, name) else { return nil }
+            return DNSListCondition(list: name, returns: [], error: false, earliestStage: stage)
         }
         let entries = context.reader.mapping(value, "dnsbl", keys: ["name", "returns", "error"])
         guard let nameNode = entries["name"], let name = context.reader.string(nameNode, "name") else {
             context.reader.fail(value, "dnsbl needs the list's name: dnsbl: NAME or { name: NAME, returns: [...] }")
             return nil
         }
-        guard known(nameNode, name) else { return nil }
+        guard let stage = known(nameNode, name) else { return nil }
         var returns: [DNSList.Returns] = []
         if let returnsNode = entries["returns"] {
             for item in context.reader.sequence(returnsNode, "returns") {
@@ -56,16 +56,16 @@ struct DNSListCondition: PolicyCondition {
         }
         let error = entries["error"].flatMap { context.reader.bool($0, "error") } ?? false
         if error, !returns.isEmpty { context.reader.fail(value, "dnsbl: error: true and returns: cannot be combined") }
-        return DNSListCondition(list: name, returns: returns, error: error)
+        return DNSListCondition(list: name, returns: returns, error: error, earliestStage: stage)
     }
 }
 
-/// `dnsbl_score: { over: N }`: the sum of the weights of the DNS lists that list the client
-/// (allow lists count negatively), as postscreen's `postscreen_dnsbl_threshold`.
+/// `dnsbl_score: { over: N }`: the sum of the weights of the DNS lists that list the client,
+/// its HELO name or its sender's domain (allow lists count negatively), as postscreen's
+/// `postscreen_dnsbl_threshold`; at a stage, the lists answered by then.
 struct DNSListScoreCondition: PolicyCondition {
     let over: Double
-
-    var earliestStage: PolicyStage { .connect }
+    let earliestStage: PolicyStage
     var filterName: String { "dnsbl_score" }
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
@@ -82,6 +82,8 @@ struct DNSListScoreCondition: PolicyCondition {
             return nil
         }
         if context.dnsLists.isEmpty { context.reader.fail(value, "dnsbl_score without dnsbl: lists can never match") }
-        return DNSListScoreCondition(over: over)
+        // The earliest stage at which some list has answered.
+        let stages = context.dnsLists.map { $0.lookup == .client ? context.dnsListWait.stage : $0.lookup.stage }
+        return DNSListScoreCondition(over: over, earliestStage: stages.min() ?? .connect)
     }
 }

@@ -48,6 +48,8 @@ public struct ConditionCompileContext {
     public let limits: [String: PolicyLimit]
     /// `dnsbl:` lists by name, in policy order.
     public let dnsLists: [DNSList]
+    /// `dnsbl_wait:`: whether connect and helo rules can know the client lists' answers.
+    public let dnsListWait: DNSListWait
     public let rateLimitStore: any RateLimitStore
     /// `geoip:` entries (`country`, `asn`) with their absolute paths and where they were written.
     public let geoipDatabases: [String: (path: String, node: Node)]
@@ -131,7 +133,7 @@ public struct PolicyCompiler: Sendable {
         var files: Set<String> = []
     }
 
-    private static let topLevelKeys: Set<String> = ["version", "include", "lists", "geoip", "limits", "dnsbl", "rules"]
+    private static let topLevelKeys: Set<String> = ["version", "include", "lists", "geoip", "limits", "dnsbl", "dnsbl_wait", "rules"]
 
     /// Every path a policy names (includes, list `file:`, `geoip:` databases) goes through
     /// here: a relative path is relative to the directory of the file that names it, and the
@@ -205,6 +207,7 @@ public struct PolicyCompiler: Sendable {
         var geoipFiles: [String: String] = [:]
         var limits: [String: PolicyLimit] = [:]
         var dnsLists: [DNSList] = []
+        var dnsListWait = DNSListWait.connect(nil)
         var ruleNodes: [(YAMLReader, Node)] = []
         for (file, root) in documents {
             var reader = YAMLReader(file: file)
@@ -250,6 +253,17 @@ public struct PolicyCompiler: Sendable {
                     }
                 }
             }
+            if let waitNode = top["dnsbl_wait"] {
+                if waitNode.scalar?.string == "mail" {
+                    dnsListWait = .mail
+                } else if let amount = reader.duration(waitNode, "dnsbl_wait (or mail)") {
+                    if amount.nanoseconds > 0 {
+                        dnsListWait = .connect(.nanoseconds(amount.nanoseconds))
+                    } else {
+                        reader.fail(waitNode, "dnsbl_wait must be longer than 0s (or mail, to decide at the mail stage)")
+                    }
+                }
+            }
             if let rulesNode = top["rules"] {
                 for rule in reader.sequence(rulesNode, "rules") { ruleNodes.append((YAMLReader(file: file), rule)) }
             }
@@ -278,7 +292,7 @@ public struct PolicyCompiler: Sendable {
         var seen: Set<String> = []
         for (reader, node) in ruleNodes {
             var context = ConditionCompileContext(
-                reader: reader, lists: lists, limits: limits, dnsLists: dnsLists, rateLimitStore: rateLimitStore, geoipDatabases: geoip,
+                reader: reader, lists: lists, limits: limits, dnsLists: dnsLists, dnsListWait: dnsListWait, rateLimitStore: rateLimitStore, geoipDatabases: geoip,
                 resources: resources, compileNested: { node, context in
                 self.condition(node, context: &context)
             })
@@ -300,12 +314,13 @@ public struct PolicyCompiler: Sendable {
         var policy = Policy(version: Self.hash(state.hashInput), rules: rules, files: files.sorted(),
                             geoip: geoip.isEmpty ? nil : databases)
         policy.dnsLists = dnsLists
+        policy.dnsListWait = dnsListWait
         return policy
     }
 
-    /// One `dnsbl:` entry: `{ name, zone, returns: [...], weight, ipv6 }`.
+    /// One `dnsbl:` entry: `{ name, zone, returns: [...], weight, ipv6, lookup }`.
     private func dnsList(_ node: Node, reader: inout YAMLReader) -> DNSList? {
-        let entries = reader.mapping(node, "a DNS list", keys: ["name", "zone", "returns", "weight", "ipv6"])
+        let entries = reader.mapping(node, "a DNS list", keys: ["name", "zone", "returns", "weight", "ipv6", "lookup"])
         guard let nameNode = entries["name"], let name = reader.string(nameNode, "name"), let zoneNode = entries["zone"],
               let zone = reader.string(zoneNode, "zone") else {
             if entries["name"] == nil || entries["zone"] == nil { reader.fail(node, "a DNS list needs a name and a zone") }
@@ -333,6 +348,11 @@ public struct PolicyCompiler: Sendable {
             }
         }
         if let ipv6Node = entries["ipv6"], let ipv6 = reader.bool(ipv6Node, "ipv6") { list.ipv6 = ipv6 }
+        if let lookupNode = entries["lookup"], let text = reader.string(lookupNode, "lookup") {
+            if let lookup = DNSList.Lookup(rawValue: text) { list.lookup = lookup } else {
+                reader.fail(lookupNode, "lookup must be client, helo or sender_domain")
+            }
+        }
         return list
     }
 

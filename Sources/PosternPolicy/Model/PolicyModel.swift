@@ -379,8 +379,11 @@ public struct Policy: Sendable {
     public var files: [String]
     /// The policy's GeoIP databases, when it has any.
     public var geoip: PolicyGeoIP?
-    /// The policy's DNS block and allow lists (`dnsbl:`), asked for every client at connect.
+    /// The policy's DNS block and allow lists (`dnsbl:`): client lists asked when a client
+    /// connects, domain lists at the stage of what they look up.
     public var dnsLists: [DNSList] = []
+    /// When the client lists' answers are awaited (`dnsbl_wait:`).
+    public var dnsListWait: DNSListWait = .connect(nil)
     /// True when some rule reads the message's content: the session then parses it.
     public let needsMessage: Bool
     /// True when some rule quarantines (the server then needs a quarantine Maildir).

@@ -4,8 +4,9 @@ import PosternPolicy
 import SMTPCore
 import Synchronization
 
-/// The policy's DNS lists, asked for a client in parallel when it connects (postscreen's
-/// DNSBL checks): each list's answer within the resolver's timeout. A refusal code
+/// The policy's DNS lists, asked in parallel (postscreen's DNSBL checks): client lists when
+/// a client connects, domain lists for its HELO name or sender domain; each list's answer
+/// within the resolver's timeout (or `dnsbl_wait`). A refusal code
 /// (127.255.255.x, 127.0.0.255) or a failed lookup is an error for that list, never a
 /// listing; each list's refusal is logged once per process.
 public final class DNSListChecker: Sendable {
@@ -18,20 +19,27 @@ public final class DNSListChecker: Sendable {
         self.logger = logger
     }
 
-    public func check(_ lists: [DNSList], address: IPAddress) async -> [DNSListResult] {
+    /// One result per list of `lookup`, in its order; `timeout` bounds each list's lookup
+    /// (default: the resolver's).
+    public func check(_ lookup: DNSListLookup, timeout: Duration? = nil) async -> [DNSListResult] {
         await withTaskGroup(of: (Int, DNSListResult).self) { group in
-            for (index, list) in lists.enumerated() {
-                group.addTask { (index, await self.check(list, address: address)) }
+            for (index, list) in lookup.lists.enumerated() {
+                group.addTask { (index, await self.check(list, lookup, timeout: timeout)) }
             }
-            var results = [DNSListResult?](repeating: nil, count: lists.count)
+            var results = [DNSListResult?](repeating: nil, count: lookup.lists.count)
             for await (index, result) in group { results[index] = result }
             return results.compactMap { $0 }
         }
     }
 
-    private func check(_ list: DNSList, address: IPAddress) async -> DNSListResult {
-        guard let query = list.query(for: address) else { return DNSListResult(list: list.name, outcome: .skipped, weight: 0) }
-        switch await resolver.lookup(query, .a) {
+    private func check(_ list: DNSList, _ lookup: DNSListLookup, timeout: Duration?) async -> DNSListResult {
+        let query: String? = switch list.lookup {
+        case .client: list.query(for: lookup.client)
+        case .helo: lookup.helo.flatMap(list.query(forDomain:))
+        case .senderDomain: lookup.senderDomain.flatMap(list.query(forDomain:))
+        }
+        guard let query else { return DNSListResult(list: list.name, outcome: .skipped, weight: 0) }
+        switch await resolver.lookup(query, .a, timeout: timeout) {
         case .failure(let error):
             return DNSListResult(list: list.name, outcome: .error(error.description), weight: 0)
         case .success(let answer):

@@ -26,8 +26,11 @@ struct SMTPConnection {
     private let pipeline: StagePipeline
     /// This session's milters (each with its own filter connection), in chain order.
     private let milters: [MilterCheck]
-    /// The session's policy's DNS lists (`dnsbl:`), asked when the client is admitted.
+    /// The session's policy's DNS lists (`dnsbl:`) and when the client lists are awaited.
     private let dnsLists: [DNSList]
+    private let dnsListWait: DNSListWait
+    /// With `dnsbl_wait: mail`: the client lists' answers, asked when the client was admitted.
+    private var clientListsAsked: Task<[DNSListResult], Never>?
     private var logger: Logger
     private let work: SessionWork
     /// Replies waiting to be written.
@@ -49,6 +52,7 @@ struct SMTPConnection {
         let policy = context.policy.policy  // the session keeps this snapshot; a reload serves later sessions
         self.machine = SessionMachine(configuration: context.session, policy: policy, peer: peer, now: Self.now())
         dnsLists = context.dnsLists == nil ? [] : policy.dnsLists
+        dnsListWait = policy.dnsListWait
         let milters = context.milters.map { $0.session() }
         self.milters = milters
         self.pipeline = StagePipeline(policy: policy, checks: context.checks + milters.map { $0 as any StageCheck })
@@ -112,10 +116,23 @@ struct SMTPConnection {
             var name: ClientName?
             var listings: [DNSListResult] = []
             if case .admitted = admission {
-                // The client's name and the DNS lists, at once, before the greeting.
-                let (verifier, checker, wanted, address) = (context.clientNames, context.dnsLists, dnsLists, client.address)
-                async let found = verifier?.verify(address)
-                async let lists = wanted.isEmpty ? [] : checker?.check(wanted, address: address) ?? []
+                // The client's name and the client lists, at once, before the greeting (with
+                // `dnsbl_wait: mail` the lists are awaited before the mail stage instead).
+                var lookup = DNSListLookup(lists: dnsLists.filter { $0.lookup == .client }, client: client.address)
+                let (verifier, checker) = (context.clientNames, context.dnsLists)
+                var wait: Duration?
+                switch dnsListWait {
+                case .connect(let duration): wait = duration
+                case .mail:
+                    if let checker, !lookup.lists.isEmpty {
+                        let early = lookup
+                        clientListsAsked = Task { await checker.check(early) }
+                    }
+                    lookup.lists = []
+                }
+                let asked = lookup
+                async let found = verifier?.verify(client.address)
+                async let lists = asked.lists.isEmpty ? [] : checker?.check(asked, timeout: wait) ?? []
                 name = await found
                 listings = await lists
                 if let name {
@@ -125,6 +142,8 @@ struct SMTPConnection {
                 for listing in listings { context.metrics.dnsList(listing) }
             }
             return machine.admitted(admission, clientName: name, dnsLists: listings, now: Self.now())
+        case .lookUpDNSLists(let lookup):
+            return machine.dnsListsAnswered(await lookUp(lookup), now: Self.now())
         case .evaluate(let request):
             var message: MessageDraft?
             if request.stage == .data, pipeline.editsMessages {
@@ -168,6 +187,30 @@ struct SMTPConnection {
             }
         }
         return []
+    }
+
+    /// The answers for `.lookUpDNSLists`: domain lists asked now, client lists from what was
+    /// asked at admission.
+    private mutating func lookUp(_ lookup: DNSListLookup) async -> [DNSListResult] {
+        guard let checker = context.dnsLists else {
+            return lookup.lists.map { DNSListResult(list: $0.name, outcome: .error("no DNS resolver is configured"), weight: 0) }
+        }
+        var domains = lookup
+        domains.lists = lookup.lists.filter { $0.lookup != .client }
+        let wanted = Set(lookup.lists.filter { $0.lookup == .client }.map(\.name))
+        async let domainResults = domains.lists.isEmpty ? [] : checker.check(domains)
+        var results: [DNSListResult] = []
+        if !wanted.isEmpty {
+            let asked = clientListsAsked
+            clientListsAsked = nil
+            let clientLookup = DNSListLookup(lists: lookup.lists.filter { $0.lookup == .client }, client: lookup.client)
+            let answered: [DNSListResult]
+            if let asked { answered = await asked.value } else { answered = await checker.check(clientLookup) }
+            results = answered.filter { wanted.contains($0.list) }
+        }
+        results += await domainResults
+        for result in results { context.metrics.dnsList(result) }
+        return results
     }
 
     // MARK: Test-only early acknowledgement
