@@ -102,6 +102,99 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertLessThan(Date().timeIntervalSince(start), 3)
     }
 
+    func testDomainListsJudgeTheHELONameAndTheSenderDomainAndTheRecordNamesThem() throws {
+        let dnsPort = try startDNS([
+            "bad.helo.test.hl.test\tA\t127.0.0.2",
+            "spam.example.dbl.test\tA\t127.0.1.2",
+            // A code outside the list's `returns`: not a listing.
+            "odd.example.dbl.test\tA\t127.0.0.9",
+        ])
+        let policy = workDir.appendingPathComponent("policy.yaml")
+        try """
+            dnsbl:
+              - { name: heloes, zone: hl.test, lookup: helo }
+              - { name: dbl, zone: dbl.test, lookup: sender_domain, returns: [127.0.1.2-99], weight: 4 }
+            rules:
+              - { id: bad-helo, stage: helo, if: { dnsbl: heloes }, then: reject, reply: "550 5.7.1 HELO name is listed" }
+              - { id: dbl, stage: mail, if: { dnsbl: dbl }, then: reject, reply: "550 5.7.1 Sender domain listed in dbl" }
+            """.write(to: policy, atomically: true, encoding: .utf8)
+        let sink = try startRecordingSink()
+        let server = try startTrustServer(
+            listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
+            extra: """
+                relay_domains: [example.org]
+                policy: \(policy.path)
+                dns: { servers: ["127.0.0.1:\(dnsPort)"], timeout: 2s, verify_client_names: false, spf: false }
+                """)
+        func mail(_ from: String, helo: String) throws -> SMTPReply {
+            let client = try RawSMTPClient.proxied(port: server.port, source: "192.0.2.70", ehlo: helo)
+            let reply = try client.command("MAIL FROM:<\(from)>")
+            _ = try? client.command("QUIT")
+            return reply
+        }
+        let badHELO = try mail("a@good.example", helo: "Bad.Helo.Test")
+        XCTAssertEqual(badHELO.code, 550, "\(badHELO)")
+        XCTAssertTrue(badHELO.text.contains("HELO name is listed"), "\(badHELO)")
+        let listed = try mail("a@spam.example", helo: "good.test")
+        XCTAssertEqual(listed.code, 550, "\(listed)")
+        XCTAssertTrue(listed.text.contains("Sender domain listed in dbl"), "\(listed)")
+        XCTAssertEqual(try mail("a@odd.example", helo: "good.test").code, 250)
+        XCTAssertEqual(try mail("", helo: "[192.0.2.70]").code, 250, "no sender domain, an address literal: nothing to ask")
+
+        let helo = DecisionLog.waitForRecord(server.decisionLog) { ($0["rule"] as? String) == "bad-helo" }
+        XCTAssertEqual(helo?["reason"] as? String, "listed in heloes (127.0.0.2)", "\(helo ?? [:])")
+        let record = DecisionLog.waitForRecord(server.decisionLog) { ($0["rule"] as? String) == "dbl" }
+        let lists = DecisionLog.client(record ?? [:])["dnsbl"] as? [[String: Any]] ?? []
+        XCTAssertEqual(lists.map { $0["name"] as? String ?? "" }, ["dbl"], "\(lists)")
+        XCTAssertEqual(lists.map { $0["code"] as? String ?? "" }, ["127.0.1.2"], "\(lists)")
+        XCTAssertEqual(record?["score"] as? Int, 4, "\(record ?? [:])")
+        let metrics = try Metrics.scrape(port: server.metricsPort)
+        XCTAssertEqual(Metrics.value(metrics, "postern_dnsbl_results_total", ["dnsbl": "dbl", "result": "listed"]), 1, metrics)
+        XCTAssertEqual(Metrics.value(metrics, "postern_dnsbl_results_total", ["dnsbl": "dbl", "result": "skipped"]), 1, metrics)
+    }
+
+    func testDNSListWaitBoundsTheGreetingOrMovesTheDecisionToMail() throws {
+        let silentPort = try silentUDPPort()
+        let dns = "dns: { servers: [\"127.0.0.1:\(silentPort)\"], timeout: 4s, verify_client_names: false, spf: false }\n"
+        let sink = try startRecordingSink()
+        // dnsbl_wait: 500ms: the greeting waits at most that long; the silent list is an error.
+        let bounded = workDir.appendingPathComponent("bounded-policy.yaml")
+        try """
+            dnsbl: [{ name: block, zone: bl.test }]
+            dnsbl_wait: 500ms
+            rules: [{ id: down, stage: connect, if: { dnsbl: { name: block, error: true } }, then: tempfail }]
+            """.write(to: bounded, atomically: true, encoding: .utf8)
+        let first = try startTrustServer(listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
+                                         extra: "policy: \(bounded.path)\n" + dns, name: "bounded")
+        var start = Date()
+        let client = try RawSMTPClient(port: first.port, timeout: 10)
+        try client.send("PROXY TCP4 192.0.2.71 127.0.0.1 40000 25\r\n")
+        let greeting = try client.readReply()
+        XCTAssertEqual(greeting.code / 100, 4, "\(greeting)")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 3, "the wait, not the resolver's 4s timeout")
+
+        // dnsbl_wait: mail: greeted at once, decided at MAIL once the lookup has ended.
+        let atMail = workDir.appendingPathComponent("mail-policy.yaml")
+        try """
+            dnsbl: [{ name: block, zone: bl.test }]
+            dnsbl_wait: mail
+            rules: [{ id: down, stage: mail, if: { dnsbl: { name: block, error: true } }, then: tempfail }]
+            """.write(to: atMail, atomically: true, encoding: .utf8)
+        let second = try startTrustServer(listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
+                                          extra: "relay_domains: [example.org]\npolicy: \(atMail.path)\n" + dns, name: "atmail")
+        start = Date()
+        let early = try RawSMTPClient(port: second.port, timeout: 10)
+        try early.send("PROXY TCP4 192.0.2.72 127.0.0.1 40000 25\r\n")
+        XCTAssertEqual(try early.readReply().code, 220)
+        XCTAssertLessThan(Date().timeIntervalSince(start), 3, "the greeting does not wait for the lists")
+        XCTAssertEqual(try early.command("EHLO client.test").code, 250)
+        let mail = try early.command("MAIL FROM:<a@example.net>")
+        XCTAssertEqual(mail.code, 451, "\(mail)")
+        let record = DecisionLog.waitForRecord(second.decisionLog) { ($0["rule"] as? String) == "down" }
+        let lists = DecisionLog.client(record ?? [:])["dnsbl"] as? [[String: Any]] ?? []
+        XCTAssertEqual(lists.first?["result"] as? String, "error", "\(lists)")
+    }
+
     func testExplainResolvesThroughTheConfiguredResolverAndShowsEveryAnswer() throws {
         let dnsPort = try startDNS([
             "30.2.0.192.bl.test\tA\t127.0.0.2",
