@@ -97,7 +97,8 @@ final class ExamplePoliciesTests: XCTestCase {
 
     func testPostscreenScoresTheListsLikePostscreen() async throws {
         let policy = try compile("Policies/examples/postscreen.yaml")
-        XCTAssertEqual(policy.dnsLists.map(\.name), ["zen", "zen-pbl", "barracuda", "spamcop", "dnswl"])
+        XCTAssertEqual(policy.dnsLists.map(\.name), ["zen", "zen-pbl", "barracuda", "spamcop", "dnswl", "dbl"])
+        XCTAssertEqual(policy.dnsLists.last?.lookup, .senderDomain)
         func listed(_ lists: [(String, UInt32)]) -> TransactionFacts {
             var facts = facts(client: "203.0.113.9")
             facts.dnsLists = lists.map { name, code in
@@ -123,6 +124,13 @@ final class ExamplePoliciesTests: XCTestCase {
         pbl.sender = .mailbox(Mailbox(localPart: "a", domain: "dial.example"))
         pbl.recipient = .mailbox(Mailbox(localPart: "b", domain: "example.com"))
         assertRejected(await PolicyEngine.evaluate(policy, stage: .rcpt, facts: pbl), by: "dynamic-address")
+        // A sender domain in the DBL is refused at MAIL; its weight 0 leaves the score alone.
+        var dbl = listed([("dbl", 0x7F00_0102)])
+        dbl.sender = .mailbox(Mailbox(localPart: "a", domain: "spam.example"))
+        XCTAssertEqual(dbl.dnsListScore, 0)
+        assertRejected(await PolicyEngine.evaluate(policy, stage: .mail, facts: dbl), by: "listed-sender-domain")
+        XCTAssertFalse(policy.dnsLists.last!.lists(0x7F00_01FF), "127.0.1.255 is a refusal, not a listing")
+        XCTAssertTrue(DNSList.isError(0x7F00_01FF))
     }
 
     // MARK: - small-office.yaml

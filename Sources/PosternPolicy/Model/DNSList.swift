@@ -87,9 +87,11 @@ public struct DNSList: Sendable, Hashable {
     }
 
     /// Codes that mean "the query was refused or the list is misused", never "listed":
-    /// 127.255.255.0/24 (Spamhaus: public resolver, over quota, typing error) and
-    /// 127.0.0.255 (several lists: refused). Logged, recorded as errors.
-    public static let errorCodes = [Returns(low: 0x7FFF_FF00, high: 0x7FFF_FFFF), Returns(low: 0x7F00_00FF, high: 0x7F00_00FF)]
+    /// 127.255.255.0/24 (Spamhaus: public resolver, over quota, typing error),
+    /// 127.0.0.255 (several lists: refused) and 127.0.1.255 (Spamhaus DBL: an address was
+    /// asked of a domain list). Logged, recorded as errors.
+    public static let errorCodes = [Returns(low: 0x7FFF_FF00, high: 0x7FFF_FFFF), Returns(low: 0x7F00_00FF, high: 0x7F00_00FF),
+                                    Returns(low: 0x7F00_01FF, high: 0x7F00_01FF)]
 
     public static func isError(_ code: UInt32) -> Bool { errorCodes.contains { $0.contains(code) } }
 
