@@ -72,6 +72,7 @@ extension Postern {
             var input = prepared
             var nameLines: [String] = []
             var resolver: DNSResolver?
+            var spfCheck: SPFCheck?
             let seen = Mutex<[String]>([])
             let spf = Mutex<String?>(nil)
             if let dns = configuration.dns {
@@ -96,10 +97,12 @@ extension Postern {
                     input.dnsLists = await listed
                     if dns.spf {
                         // The walk runs it at MAIL, once; what it found is printed with the DNS answers.
-                        checks.append(SPFCheck(evaluator: SPFEvaluator(resolver: resolver), authservID: dns.authservID ?? configuration.hostname,
+                        // A walk that ends before MAIL runs it after (below).
+                        spfCheck = SPFCheck(evaluator: SPFEvaluator(resolver: resolver), authservID: dns.authservID ?? configuration.hostname,
                                                lookupTimeout: dns.resolver.timeout, observe: { finding in
                             spf.withLock { $0 = "spf: \(finding.effects.result ?? "temperror") (\(finding.detail.drop { $0 != ":" }.dropFirst(2)))" }
-                        }))
+                        })
+                        checks.append(spfCheck!)
                     }
                     if let name = input.clientName { nameLines.append("client name: \(name)") }
                     for list in input.dnsLists where list.isListed || { if case .error = list.outcome { true } else { false } }() {
@@ -118,6 +121,12 @@ extension Postern {
             }
             let explanation = await SessionExplanation.explain(compiled, relayControl: relayControl, input: input, checks: checks,
                                                                message: engines ? messageDraft(input) : nil)
+            if let spfCheck, input.sender != nil, spf.withLock({ $0 == nil }) {
+                var facts = TransactionFacts(transactionID: "explain", clientAddress: input.client, clientPort: 0, helo: input.helo,
+                                             tls: input.tls, authUser: input.authUser, recipients: input.recipients)
+                facts.sender = input.sender
+                _ = try? await spfCheck.check(.mail, facts: facts)
+            }
             for milter in milters { await milter.close() }
             for service in services { service.close() }
             var report = explanation.report(policyPath: policyPath, policy: compiled)

@@ -206,6 +206,7 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
             dnsbl:
               - { name: block, zone: bl.test, weight: 2 }
             rules:
+              - { id: blocked, stage: connect, if: { client_ip: 192.0.2.33 }, then: reject }
               - { id: spf-fail, stage: mail, if: { spf: fail }, then: reject }
               - { id: listed, stage: mail, if: { dnsbl: block }, score: 1 }
             """.write(to: policy, atomically: true, encoding: .utf8)
@@ -235,6 +236,12 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
             XCTAssertTrue(stranger.stdout.contains("Verdict: rejected at mail by rule spf-fail"), stranger.stdout)
             if stranger.status != 1 { break }
         }
+        // Refused at connect: SPF is still evaluated for --from, and shown.
+        let early = try runPostern(["explain", "--config", config.path, "--policy", policy.path, "--client-ip", "192.0.2.33",
+                                    "--helo", "x.test", "--from", "a@sender.test", "--to", "r@example.org"])
+        XCTAssertEqual(early.status, 1, early.description)
+        XCTAssertTrue(early.stdout.contains("Verdict: rejected at connect by rule blocked"), early.stdout)
+        XCTAssertTrue(early.stdout.contains("spf: fail (sender.test: all matched)"), early.stdout)
     }
 
     func testCheckRefusesDNSListsWithoutAResolver() throws {
