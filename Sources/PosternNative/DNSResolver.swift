@@ -40,6 +40,16 @@ public enum ReverseDNS {
     }
 }
 
+/// What `DNSResolver.confirmedNames` found.
+public struct ConfirmedNames: Sendable, Hashable {
+    /// The PTR names; nil when the PTR lookup failed (a timeout, SERVFAIL).
+    public var names: [String]?
+    /// The names whose forward records include the address, in PTR order.
+    public var confirmed: [String] = []
+    /// Some forward lookup failed (so a name could not be confirmed or refuted).
+    public var forwardErrors = false
+}
+
 /// One record of an answer, decoded from its rdata.
 public enum DNSRecord: Sendable, Hashable, CustomStringConvertible {
     /// Four octets.
@@ -337,6 +347,39 @@ public final class DNSResolver: Sendable {
         }
         observer?(DNSQueryEvent(name: key.name, type: type, result: label, seconds: seconds, cached: false, summary: Self.summary(result)))
         return result
+    }
+
+    /// Forward-confirmed reverse DNS, for Postfix-style client names and SPF's validated
+    /// names (RFC 7208 §5.5): the PTR names of `address`, then the A (or AAAA) records of
+    /// each of the first `maximumNames`, in order, until `firstOnly` finds one that includes
+    /// the address. `timeout` bounds the whole walk (default: each lookup its own deadline).
+    public func confirmedNames(of address: [UInt8], maximumNames: Int, firstOnly: Bool,
+                               timeout: Duration? = nil) async -> ConfirmedNames {
+        let deadline = timeout.map { ContinuousClock.now + $0 }
+        func left() -> Duration? { deadline.map { max(.zero, $0 - ContinuousClock.now) } }
+        let names: [String]
+        switch await lookup(ReverseDNS.pointer(address), .ptr, timeout: left()) {
+        case .failure: return ConfirmedNames(names: nil)
+        case .success(let answer): names = answer.records.compactMap { if case .name(let name) = $0 { name } else { nil } }
+        }
+        var found = ConfirmedNames(names: names)
+        for name in names.prefix(maximumNames) {
+            switch await lookup(name, address.count == 16 ? .aaaa : .a, timeout: left()) {
+            case .failure: found.forwardErrors = true
+            case .success(let answer):
+                let matches = answer.records.contains { record in
+                    switch record {
+                    case .a(let octets), .aaaa(let octets): octets == address
+                    default: false
+                    }
+                }
+                if matches {
+                    found.confirmed.append(name)
+                    if firstOnly { return found }
+                }
+            }
+        }
+        return found
     }
 
     static func summary(_ result: Result<DNSAnswer, DNSError>) -> String {

@@ -191,19 +191,7 @@ public struct SPFEvaluator: Sendable {
     /// The client's validated names (§5.5): PTR names whose A/AAAA include the address; DNS
     /// errors only drop names.
     private func validatedNames(context: Context) async -> [String] {
-        guard case .success(let answer) = await resolver.lookup(ReverseDNS.pointer(context.address), .ptr) else { return [] }
-        var names: [String] = []
-        for case .name(let name) in answer.records.prefix(Self.namesPerMechanism) {
-            guard case .success(let forward) = await resolver.lookup(name, context.isIPv6 ? .aaaa : .a) else { continue }
-            let found = forward.records.contains { record in
-                switch record {
-                case .a(let octets), .aaaa(let octets): octets == context.address
-                default: false
-                }
-            }
-            if found { names.append(name) }
-        }
-        return names
+        await resolver.confirmedNames(of: context.address, maximumNames: Self.namesPerMechanism, firstOnly: false).confirmed
     }
 
     private func explain(_ spec: String, domain: String, context: Context) async -> String? {

@@ -152,4 +152,33 @@ final class DNSResolverTests: XCTestCase {
         guard case .failure(let error) = await dns.lookup("a.zone.test", .a) else { return XCTFail("answered after shutdown") }
         XCTAssertEqual(error.kind, .failure)
     }
+
+    func testConfirmedNamesFollowEachPTRNameToItsAddresses() async throws {
+        let server = try TestDNSServer([
+            "40.2.0.192.in-addr.arpa PTR": .records([.ptr("other.zone.test"), .ptr("broken.zone.test"), .ptr("mail.zone.test"), .ptr("mx.zone.test")]),
+            "other.zone.test A": .records([.a([192, 0, 2, 99])]),
+            "broken.zone.test A": .rcode(2),
+            "mail.zone.test A": .records([.a([192, 0, 2, 40])]),
+            "mx.zone.test A": .records([.a([192, 0, 2, 41]), .a([192, 0, 2, 40])]),
+            "41.2.0.192.in-addr.arpa PTR": .rcode(2),
+        ])
+        let dns = try resolver(server)
+        defer { dns.shutdown() }
+        let address: [UInt8] = [192, 0, 2, 40]
+        let all = await dns.confirmedNames(of: address, maximumNames: 10, firstOnly: false)
+        // An RRset has no order: what comes back is compared as sets.
+        XCTAssertEqual(Set(all.names ?? []), ["other.zone.test", "broken.zone.test", "mail.zone.test", "mx.zone.test"])
+        XCTAssertEqual(Set(all.confirmed), ["mail.zone.test", "mx.zone.test"])
+        XCTAssertTrue(all.forwardErrors, "broken.zone.test could not be asked")
+        let first = await dns.confirmedNames(of: address, maximumNames: 10, firstOnly: true)
+        XCTAssertEqual(first.confirmed.count, 1, "stops at the first confirmed name")
+        XCTAssertTrue(["mail.zone.test", "mx.zone.test"].contains(first.confirmed.first ?? ""))
+        let limited = await dns.confirmedNames(of: address, maximumNames: 0, firstOnly: false)
+        XCTAssertEqual(limited.confirmed, [], "no name is followed beyond the limit")
+        XCTAssertFalse(limited.forwardErrors)
+        let failed = await dns.confirmedNames(of: [192, 0, 2, 41], maximumNames: 10, firstOnly: false)
+        XCTAssertNil(failed.names, "the PTR lookup failed")
+        let none = await dns.confirmedNames(of: [192, 0, 2, 42], maximumNames: 10, firstOnly: false)
+        XCTAssertEqual(none.names, [], "NXDOMAIN: no names")
+    }
 }

@@ -16,31 +16,11 @@ public struct ClientNameVerifier: Sendable {
     }
 
     public func verify(_ address: IPAddress) async -> ClientName {
-        let address = address.unmapped
-        let deadline = ContinuousClock.now + timeout
-        func left() -> Duration { max(.zero, deadline - ContinuousClock.now) }
-        let reverse = await resolver.lookup(ReverseDNS.pointer(address.bytes), .ptr, timeout: left())
-        let names: [String]
-        switch reverse {
-        case .failure: return ClientName(.tempfail)
-        case .success(let answer):
-            names = answer.records.compactMap { if case .name(let name) = $0 { name } else { nil } }
-        }
-        guard !names.isEmpty else { return ClientName(.none) }
-        var temporary = false
-        for name in names.prefix(Self.maximumNames) {
-            switch await resolver.lookup(name, address.isIPv6 ? .aaaa : .a, timeout: left()) {
-            case .failure: temporary = true
-            case .success(let answer):
-                let found = answer.records.contains { record in
-                    switch record {
-                    case .a(let octets), .aaaa(let octets): IPAddress(bytes: octets) == address
-                    default: false
-                    }
-                }
-                if found { return ClientName(.verified, name: name) }
-            }
-        }
-        return temporary ? ClientName(.tempfail, name: names[0]) : ClientName(.unverified, name: names[0])
+        let found = await resolver.confirmedNames(of: address.unmapped.bytes, maximumNames: Self.maximumNames, firstOnly: true,
+                                                  timeout: timeout)
+        guard let names = found.names else { return ClientName(.tempfail) }
+        guard let first = names.first else { return ClientName(.none) }
+        if let name = found.confirmed.first { return ClientName(.verified, name: name) }
+        return found.forwardErrors ? ClientName(.tempfail, name: first) : ClientName(.unverified, name: first)
     }
 }
