@@ -147,7 +147,7 @@ extension TransactionRecord {
             shadow: shadow.map { DecisionRecord.Shadow(rule: $0.rule, action: $0.action) },
             checks: checks.map(DecisionRecord.Check.init),
             timings: .init(total: Int(total), filters: Int(filterNanoseconds / 1_000_000), upstream: Int(upstreamNanoseconds / 1_000_000)))
-        let parts = sessionScore.rules + scores
+        let parts = sessionScore.rules + scores + CheckOutcome.scores(checks)
         if !parts.isEmpty || sessionScore.dnsLists != 0 {
             record.score = parts.reduce(sessionScore.dnsLists) { $0 + $1.score }
             record.scores = parts.map { DecisionRecord.Score(rule: $0.rule, score: $0.score) }

@@ -194,6 +194,24 @@ final class EnvelopeConditionTests: XCTestCase {
         listed.dnsLists = [DNSListResult(list: "zen", outcome: .listed([0x7F00_0002]), weight: 4)]
         let fromLists = await PolicyEngine.evaluate(policy, stage: .mail, facts: listed)
         XCTAssertEqual(fromLists.rule, "over-3", "the DNS lists' weights are in the score")
+        // An engine's score (its spam header) counts, the latest outcome of each check; a
+        // check in shadow mode does not.
+        func outcome(_ score: Double, shadow: Bool = false, stage: PolicyStage = .mail) -> CheckOutcome {
+            var outcome = CheckOutcome(check: "rspamd", stage: stage, result: .pass, detail: "", milliseconds: 1)
+            outcome.rule = "milter:rspamd"
+            outcome.effects.score = score
+            outcome.shadow = shadow
+            return outcome
+        }
+        var engine = facts(sender: "x@c.example")
+        engine.earlierChecks["rspamd"] = outcome(1, stage: .helo)
+        engine.checks["rspamd"] = outcome(3.5)
+        XCTAssertEqual(engine.engineScores, [ScoreContribution(rule: "milter:rspamd", score: 3.5)])
+        let fromEngine = await PolicyEngine.evaluate(policy, stage: .mail, facts: engine)
+        XCTAssertEqual(fromEngine.rule, "over-3", "the engine's score is in the score")
+        engine.checks["rspamd"] = outcome(9, shadow: true)
+        XCTAssertEqual(engine.engineScores, [ScoreContribution(rule: "milter:rspamd", score: 1)], "the shadow outcome is left out")
+        XCTAssertEqual(engine.score, 1)
         XCTAssertEqual(fixture.errors("rules:\n  - { id: s, stage: mail, if: { tls: true }, score: lots }\n"),
                        ["policy.yaml:2:53: score must be a number (negative to lower the score)"])
         XCTAssertEqual(fixture.errors("rules:\n  - { id: s, stage: mail, if: { score: { above: 1 } }, then: reject }\n").first?.contains("unknown key 'above'"), true)

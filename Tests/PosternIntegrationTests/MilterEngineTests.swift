@@ -92,10 +92,15 @@ final class MilterEngineTests: IntegrationTestCase, @unchecked Sendable {
                 if: { milter.rspamd: { action: rewrite subject } }
                 then: reject
                 reply: "550 5.7.1 rspamd says rewrite; we refuse instead"
+              # rspamd's score is part of the running score, with the rules' scores.
+              - { id: partner, stage: mail, if: { sender: { domain: client.example } }, score: 2 }
+              - { id: spam-score, stage: data, if: { score: { over: 8 } }, then: reject, reply: "550 5.7.1 Scored too high" }
             """.write(to: policy, atomically: true, encoding: .utf8)
+        let decisions = workDir.appendingPathComponent("decisions.log")
         let (postern, sink) = try startPosternWithSink {
             $0.extra = """
                 policy: \(policy.path)
+                decision_log: \(decisions.path)
                 milters:
                   - { name: rspamd, address: "\(rspamd.milterAddress)" }
                 """
@@ -107,6 +112,22 @@ final class MilterEngineTests: IntegrationTestCase, @unchecked Sendable {
         let clean = try runSwaks(port: postern.port, ["--from", "a@client.example", "--to", "r@example.org", "--body", "hi\n"])
         XCTAssertEqual(clean.status, 0, clean.description)
         XCTAssertEqual(sink.waitForMessages(1).count, 1)
+
+        // The add-header marker scores 7 in rspamd: with the partner rule's 2, over 8.
+        let scored = try runSwaks(port: postern.port, ["--from", "a@client.example", "--to", "r@example.org",
+                                                       "--header", "Subject: \(RspamdEngine.markerAddHeader)", "--body", "hello\n"])
+        XCTAssertTrue(scored.swaksReplies.contains { $0.hasPrefix("550 5.7.1 Scored too high") }, scored.description)
+        let record = DecisionLog.waitForRecord(decisions) { ($0["rule"] as? String) == "spam-score" }
+        let scores = record?["scores"] as? [[String: Any]] ?? []
+        let rspamdScore = scores.first { ($0["rule"] as? String) == "milter:rspamd" }?["score"] as? Double
+        XCTAssertNotNil(rspamdScore, "\(record ?? [:])")
+        XCTAssertGreaterThanOrEqual(rspamdScore ?? 0, 6, "\(scores)")
+        XCTAssertEqual(scores.first?["rule"] as? String, "partner", "\(scores)")
+        XCTAssertEqual((record?["score"] as? Double) ?? Double(record?["score"] as? Int ?? 0), 2 + (rspamdScore ?? 0), accuracy: 0.01,
+                       "\(record ?? [:])")
+        let relayed = DecisionLog.waitForRecord(decisions) { ($0["decision"] as? String) == "accepted" }
+        let relayedScores = relayed?["scores"] as? [[String: Any]] ?? []
+        XCTAssertTrue(relayedScores.contains { ($0["rule"] as? String) == "milter:rspamd" }, "\(relayed ?? [:])")
     }
 
     // MARK: OpenDKIM and OpenDMARC

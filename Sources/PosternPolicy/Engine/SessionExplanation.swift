@@ -194,6 +194,11 @@ public struct SessionExplanation: Sendable {
                         stageFacts.checks[outcome.check] = outcome
                         if stage != .rcpt { earlierChecks[outcome.check] = outcome }
                     }
+                    let scored = CheckOutcome.scores(asked.checks)
+                    if !scored.isEmpty {
+                        lines.append(Line(label: label(stage), rule: "score", text: "running score \(Self.number(stageFacts.score)) ("
+                                          + scored.map { "\(Self.signed($0.score)) \($0.rule)" }.joined(separator: ", ") + ")"))
+                    }
                     engineVerdict = asked.verdict
                 }
                 var result = await PolicyExplainer.explainStage(policy, stage: stage, facts: stageFacts)

@@ -65,8 +65,13 @@ public struct TransactionFacts: Sendable {
     public var ruleScore: Double = 0
     /// The same for shadow rules: never enforced, recorded.
     public var shadowScore: Double = 0
-    /// The running score: matched rules' scores plus the DNS lists' weights (`score: { over: N }`).
-    public var score: Double { ruleScore + dnsListScore }
+    /// The running score (`score: { over: N }`): matched rules' scores, the DNS lists' weights
+    /// and the engines' scores.
+    public var score: Double { ruleScore + dnsListScore + engineScores.reduce(0) { $0 + $1.score } }
+    /// The scores engines reported in their spam headers (rspamd's `X-Spamd-Result`,
+    /// SpamAssassin's `X-Spam-Status`): the latest outcome of each check that is not in
+    /// shadow mode, by check name.
+    public var engineScores: [ScoreContribution] { CheckOutcome.scores(Array(earlierChecks.values) + Array(checks.values)) }
     /// What the pipeline's checks found at this stage, by check name.
     public var checks: [String: CheckOutcome] = [:]
     /// What they found at the transaction's earlier stages (the last outcome of each), for

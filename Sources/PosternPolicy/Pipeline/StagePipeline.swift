@@ -142,6 +142,18 @@ public struct AddedHeader: Hashable, Sendable {
 }
 
 /// One check's evaluation at one stage, as the decision record keeps it.
+extension CheckOutcome {
+    /// The part of the running score of `outcomes`: the last score of each check that has one
+    /// and is not in shadow mode, named as a rule (`milter:rspamd`), in name order.
+    public static func scores(_ outcomes: some Sequence<CheckOutcome>) -> [ScoreContribution] {
+        var last: [String: Double] = [:]
+        for outcome in outcomes where !outcome.shadow {
+            if let score = outcome.effects.score { last[outcome.rule ?? outcome.check] = score }
+        }
+        return last.sorted { $0.key < $1.key }.map { ScoreContribution(rule: $0.key, score: $0.value) }
+    }
+}
+
 public struct CheckOutcome: Hashable, Sendable {
     public enum Result: String, Hashable, Sendable {
         case pass, accept, reject, tempfail, discard, quarantine, timeout, error
@@ -163,6 +175,8 @@ public struct CheckOutcome: Hashable, Sendable {
     public var effects = CheckEffects()
     /// The check is in shadow mode: recorded, not enforced.
     public var shadow = false
+    /// What names the check as a rule (`milter:rspamd`): in decisions and in the running score.
+    public var rule: String?
 
     public init(check: String, stage: PolicyStage, result: Result, detail: String, milliseconds: Int) {
         self.check = check
@@ -386,6 +400,7 @@ public struct StagePipeline: Sendable {
         switch result {
         case .success(let finding):
             var outcome = CheckOutcome(check: check.name, stage: stage, result: .pass, detail: finding.detail, milliseconds: milliseconds)
+            outcome.rule = check.ruleName
             outcome.headers = finding.headers
             outcome.effects = finding.effects
             outcome.shadow = check.isShadow
