@@ -140,7 +140,7 @@ let package = Package(
         .executableTarget(
             name: "postern",
             dependencies: [
-                "PosternServer", "PosternEngines", "PosternFilters", "PosternPolicy", "PosternLog", "PosternMIME", "SMTPCore",
+                "PosternServer", "PosternEngines", "PosternFilters", "PosternPolicy", "PosternLog", "PosternMIME", "PosternNative", "SMTPCore",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

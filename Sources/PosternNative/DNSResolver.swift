@@ -331,7 +331,9 @@ public final class DNSResolver: Sendable {
             return .success(answer)
         }
         let result: Result<DNSAnswer, DNSError>
-        if key.name.isEmpty || key.name.utf8.count > 253 || key.name.split(separator: ".", omittingEmptySubsequences: false).contains(where: { $0.isEmpty || $0.utf8.count > 63 }) {
+        if key.name.isEmpty, name == "." {
+            result = await thread.resolve(".", type, deadline: started + (timeout ?? configuration.timeout))
+        } else if key.name.isEmpty || key.name.utf8.count > 253 || key.name.split(separator: ".", omittingEmptySubsequences: false).contains(where: { $0.isEmpty || $0.utf8.count > 63 }) {
             result = .failure(DNSError(.failure, "'\(name)' is not a DNS name"))
         } else {
             result = await thread.resolve(key.name, type, deadline: started + (timeout ?? configuration.timeout))

@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import PosternEngines
 import PosternFilters
+import PosternNative
 import PosternPolicy
 import PosternServer
 import PosternUpstream
@@ -201,12 +202,49 @@ extension Postern {
                             FileHandle.standardError.write(Data("milter \(milter.name) (\(milter.address)): \(error.detail)\n".utf8))
                         }
                     }
+                    if let dns = configuration.dns {
+                        let (answering, failing) = await Self.probe(dns.resolver)
+                        for line in answering { print(line) }
+                        for line in failing { FileHandle.standardError.write(Data("\(line)\n".utf8)) }
+                        unreachable += failing.count
+                    }
                     if unreachable > 0 { throw ExitCode(1) }
                 }
             } catch let error as InvalidConfiguration {
                 FileHandle.standardError.write(Data("\(error.message)\n".utf8))
                 throw ExitCode(2)
             }
+        }
+
+        /// Asks each DNS server on its own (the root's NS records, which any recursive server
+        /// answers; with `dnssec: validate`, validated): a line per server that answered, and
+        /// one per server that did not (timeout, SERVFAIL, a failed validation).
+        static func probe(_ configuration: DNSResolver.Configuration) async -> (answering: [String], failing: [String]) {
+            let servers = configuration.servers.isEmpty ? [nil] : configuration.servers.map { Optional($0) }
+            var answering: [String] = [], failing: [String] = []
+            for server in servers {
+                var single = configuration
+                single.servers = server.map { [$0] } ?? []
+                let label = "dns server " + (server ?? "of \(configuration.resolvConf)")
+                let resolver: DNSResolver
+                do { resolver = try DNSResolver(single) } catch {
+                    failing.append("\(label): \(error)")
+                    continue
+                }
+                let started = ContinuousClock.now
+                let result = await resolver.lookup(".", .ns)
+                resolver.shutdown()
+                let milliseconds = (ContinuousClock.now - started).components.attoseconds / 1_000_000_000_000_000
+                    + (ContinuousClock.now - started).components.seconds * 1_000
+                switch result {
+                case .success(let answer):
+                    let what = answer.status == .records ? "\(answer.records.count) NS record(s) for the root" : answer.status.rawValue
+                    answering.append("\(label): answers (\(what)\(answer.secure ? ", validated" : ""), \(milliseconds) ms)")
+                case .failure(let error):
+                    failing.append("\(label): \(error)")
+                }
+            }
+            return (answering, failing)
         }
     }
 

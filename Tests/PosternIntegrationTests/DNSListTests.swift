@@ -257,4 +257,26 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertNotEqual(result.status, 0, result.description)
         XCTAssertTrue(result.output.contains("the policy has dnsbl: lists (block) but no dns: resolver is configured"), result.description)
     }
+
+    func testCheckWithEnginesAsksEachDNSServerOnItsOwn() throws {
+        let dnsPort = try startDNS(["x.test\tA\t192.0.2.1"])
+        let silentPort = try silentUDPPort()
+        func check(_ servers: [Int]) throws -> CommandResult {
+            let list = servers.map { "\"127.0.0.1:\($0)\"" }.joined(separator: ", ")
+            let config = try writeConfig("""
+                hostname: mx.test
+                listen: [{ address: "127.0.0.1:\(try Net.freePort())" }]
+                upstreams: [{ url: "smtp://127.0.0.1:1" }]
+                dns: { servers: [\(list)], timeout: 1s }
+                """, name: "check-\(servers.count).yaml")
+            return try runPostern(["check", "--engines", "--config", config.path])
+        }
+        let good = try check([dnsPort])
+        XCTAssertEqual(good.status, 0, good.description)
+        XCTAssertTrue(good.stdout.contains("dns server 127.0.0.1:\(dnsPort): answers (nxdomain"), good.description)
+        let mixed = try check([dnsPort, silentPort])
+        XCTAssertEqual(mixed.status, 1, mixed.description)
+        XCTAssertTrue(mixed.stdout.contains("dns server 127.0.0.1:\(dnsPort): answers"), mixed.description)
+        XCTAssertTrue(mixed.stderr.contains("dns server 127.0.0.1:\(silentPort): timeout"), mixed.description)
+    }
 }
