@@ -12,7 +12,8 @@ TEST_PACKAGES := cmd:swaks=swaks perl:Net::SSLeay=libnet-ssleay-perl cmd:smtp-si
 	cmd:haproxy=haproxy cmd:systemd-analyze=systemd cmd:redis-server=redis-server cmd:logrotate=logrotate \
 	cmd:postfwd1=postfwd cmd:policyd-spf=postfix-policyd-spf-python \
 	cmd:rspamd=rspamd cmd:opendkim=opendkim cmd:opendkim-genkey=opendkim-tools cmd:opendkim-testmsg=opendkim-tools \
-	cmd:opendmarc=opendmarc cmd:clamav-milter=clamav-milter cmd:clamd=clamav-daemon cmd:unshare=util-linux
+	cmd:opendmarc=opendmarc cmd:clamav-milter=clamav-milter cmd:clamd=clamav-daemon cmd:unshare=util-linux \
+	cmd:nsd=nsd cmd:ldns-signzone=ldnsutils cmd:ldns-keygen=ldnsutils
 
 .PHONY: all build run test check deps test-deps clean bench-policy bench fuzz chaos chaos-broken
 

@@ -388,11 +388,12 @@ public final class DNSResolver: Sendable {
         switch result {
         case .failure(let error): return error.description
         case .success(let answer):
-            switch answer.status {
-            case .nxdomain: return "NXDOMAIN"
-            case .noData: return "no records"
-            case .records: return answer.records.map(\.description).joined(separator: ", ")
+            let text = switch answer.status {
+            case .nxdomain: "NXDOMAIN"
+            case .noData: "no records"
+            case .records: answer.records.map(\.description).joined(separator: ", ")
             }
+            return answer.secure ? text + " (validated)" : text
         }
     }
 }

@@ -105,9 +105,14 @@ extension Postern {
                         checks.append(spfCheck!)
                     }
                     if let name = input.clientName { nameLines.append("client name: \(name)") }
-                    for list in input.dnsLists where list.isListed || { if case .error = list.outcome { true } else { false } }() {
-                        let codes = list.codes.map { DNSList.Returns(low: $0, high: $0).description }.joined(separator: ", ")
-                        nameLines.append("dnsbl \(list.list): " + (list.isListed ? "listed \(codes) (weight \(list.weight.scoreText))" : "\(list.outcome)"))
+                    for list in input.dnsLists {
+                        switch list.outcome {
+                        case .listed(let codes):
+                            let text = codes.map { DNSList.Returns(low: $0, high: $0).description }.joined(separator: ", ")
+                            nameLines.append("dnsbl \(list.list): listed \(text) (weight \(list.weight.scoreText))")
+                        case .error(let detail): nameLines.append("dnsbl \(list.list): error: \(detail)")
+                        case .notListed, .skipped: break
+                        }
                     }
                 }
             }
