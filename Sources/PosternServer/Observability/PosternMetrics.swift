@@ -100,7 +100,7 @@ public final class PosternMetrics: Sendable {
         }
         clientNames = counter("client_names_total", "Clients by what forward-confirmed reverse DNS found (verified, unverified, none, tempfail).",
                               labels: ["status"])
-        dnsListResults = counter("dnsbl_results_total", "DNS list answers for connecting clients, by list and result (listed, not_listed, error, skipped).",
+        dnsListResults = counter("dnsbl_results_total", "DNS list answers (for client addresses, HELO names and sender domains), by list and result (listed, not_listed, error, skipped).",
                                  labels: ["dnsbl", "result"])
         rateLimitRefusals = counter("rate_limit_refusals_total", "Refusals by rate-limit rules, by limit.", labels: ["limit"])
         authAttempts = counter("auth_attempts_total", "AUTH exchanges by mechanism and result.", labels: ["mechanism", "result"])
