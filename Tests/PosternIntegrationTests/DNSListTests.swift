@@ -29,9 +29,7 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
                 reply: "554 5.7.1 Service unavailable; client [{client_ip}] blocked using DNS lists"
             """.write(to: policy, atomically: true, encoding: .utf8)
         let sink = try startRecordingSink()
-        let server = try startTrustServer(
-            listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
-            extra: "policy: \(policy.path)\ndns: { servers: [\"127.0.0.1:\(dnsPort)\"], timeout: 3s, verify_client_names: false }\n")
+        let server = try startDNSServer(policy: policy, dnsPort: dnsPort, sink: sink, dns: "timeout: 3s")
         func greeting(_ source: String) throws -> SMTPReply {
             let client = try RawSMTPClient(port: server.port, timeout: 10)
             try client.send("PROXY TCP4 \(source) 127.0.0.1 40000 25\r\n")
@@ -80,9 +78,7 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
                 then: tempfail
             """.write(to: policy, atomically: true, encoding: .utf8)
         let sink = try startRecordingSink()
-        let server = try startTrustServer(
-            listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
-            extra: "policy: \(policy.path)\ndns: { servers: [\"127.0.0.1:\(dnsPort)\"], timeout: 2s, verify_client_names: false }\n")
+        let server = try startDNSServer(policy: policy, dnsPort: dnsPort, sink: sink)
         let client = try RawSMTPClient(port: server.port, timeout: 10)
         try client.send("PROXY TCP4 192.0.2.60 127.0.0.1 40000 25\r\n")
         XCTAssertEqual(try client.readReply().code, 554)
@@ -90,10 +86,7 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertEqual(record?["reason"] as? String, "listed in block (127.0.0.3)", "\(record ?? [:])")
 
         // The same policy with a DNS server that never answers: a temporary refusal, within the timeout.
-        let down = try startTrustServer(
-            listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
-            extra: "policy: \(policy.path)\ndns: { servers: [\"127.0.0.1:\(silentPort)\"], timeout: 1s, verify_client_names: false }\n",
-            name: "down")
+        let down = try startDNSServer(policy: policy, dnsPort: silentPort, sink: sink, dns: "timeout: 1s", name: "down")
         let start = Date()
         let second = try RawSMTPClient(port: down.port, timeout: 10)
         try second.send("PROXY TCP4 192.0.2.61 127.0.0.1 40000 25\r\n")
@@ -119,13 +112,8 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
               - { id: dbl, stage: mail, if: { dnsbl: dbl }, then: reject, reply: "550 5.7.1 Sender domain listed in dbl" }
             """.write(to: policy, atomically: true, encoding: .utf8)
         let sink = try startRecordingSink()
-        let server = try startTrustServer(
-            listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
-            extra: """
-                relay_domains: [example.org]
-                policy: \(policy.path)
-                dns: { servers: ["127.0.0.1:\(dnsPort)"], timeout: 2s, verify_client_names: false, spf: false }
-                """)
+        let server = try startDNSServer(policy: policy, dnsPort: dnsPort, sink: sink, dns: "timeout: 2s, spf: false",
+                                        extra: "relay_domains: [example.org]")
         func mail(_ from: String, helo: String) throws -> SMTPReply {
             let client = try RawSMTPClient.proxied(port: server.port, source: "192.0.2.70", ehlo: helo)
             let reply = try client.command("MAIL FROM:<\(from)>")
@@ -155,7 +143,6 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
 
     func testDNSListWaitBoundsTheGreetingOrMovesTheDecisionToMail() throws {
         let silentPort = try silentUDPPort()
-        let dns = "dns: { servers: [\"127.0.0.1:\(silentPort)\"], timeout: 4s, verify_client_names: false, spf: false }\n"
         let sink = try startRecordingSink()
         // dnsbl_wait: 500ms: the greeting waits at most that long; the silent list is an error.
         let bounded = workDir.appendingPathComponent("bounded-policy.yaml")
@@ -164,8 +151,7 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
             dnsbl_wait: 500ms
             rules: [{ id: down, stage: connect, if: { dnsbl: { name: block, error: true } }, then: tempfail }]
             """.write(to: bounded, atomically: true, encoding: .utf8)
-        let first = try startTrustServer(listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
-                                         extra: "policy: \(bounded.path)\n" + dns, name: "bounded")
+        let first = try startDNSServer(policy: bounded, dnsPort: silentPort, sink: sink, dns: "timeout: 4s, spf: false", name: "bounded")
         var start = Date()
         let client = try RawSMTPClient(port: first.port, timeout: 10)
         try client.send("PROXY TCP4 192.0.2.71 127.0.0.1 40000 25\r\n")
@@ -180,8 +166,8 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
             dnsbl_wait: mail
             rules: [{ id: down, stage: mail, if: { dnsbl: { name: block, error: true } }, then: tempfail }]
             """.write(to: atMail, atomically: true, encoding: .utf8)
-        let second = try startTrustServer(listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
-                                          extra: "relay_domains: [example.org]\npolicy: \(atMail.path)\n" + dns, name: "atmail")
+        let second = try startDNSServer(policy: atMail, dnsPort: silentPort, sink: sink, dns: "timeout: 4s, spf: false",
+                                        extra: "relay_domains: [example.org]", name: "atmail")
         start = Date()
         let early = try RawSMTPClient(port: second.port, timeout: 10)
         try early.send("PROXY TCP4 192.0.2.72 127.0.0.1 40000 25\r\n")

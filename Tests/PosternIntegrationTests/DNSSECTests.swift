@@ -18,12 +18,8 @@ final class DNSSECTests: IntegrationTestCase, @unchecked Sendable {
               - { id: unverifiable, stage: connect, if: { dnsbl: { name: signed, error: true } }, then: tempfail }
             """.write(to: policy, atomically: true, encoding: .utf8)
         let sink = try startRecordingSink()
-        func dns(_ dnssec: String) -> String {
-            let anchor = dnssec == "validate" ? ", trust_anchor: \(zone.trustAnchor.path)" : ""
-            return "dns: { servers: [\"127.0.0.1:\(zone.port)\"], timeout: 3s, dnssec: \(dnssec)\(anchor), verify_client_names: false, spf: false }\n"
-        }
-        let validating = try startTrustServer(listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
-                                              extra: "policy: \(policy.path)\n" + dns("validate"), name: "validating")
+        let validation = "timeout: 3s, dnssec: validate, trust_anchor: \(zone.trustAnchor.path), spf: false"
+        let validating = try startDNSServer(policy: policy, dnsPort: zone.port, sink: sink, dns: validation, name: "validating")
         func greeting(_ server: TrustServer, _ source: String) throws -> SMTPReply {
             let client = try RawSMTPClient(port: server.port, timeout: 10)
             try client.send("PROXY TCP4 \(source) 127.0.0.1 40000 25\r\n")
@@ -42,8 +38,8 @@ final class DNSSECTests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertEqual(Metrics.value(metrics, "postern_dns_queries_total", ["type": "A", "result": "bogus"]), 1, metrics)
 
         // Without validation the tampered answer is believed: validation made the difference.
-        let trusting = try startTrustServer(listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
-                                            extra: "policy: \(policy.path)\n" + dns("off"), name: "trusting")
+        let trusting = try startDNSServer(policy: policy, dnsPort: zone.port, sink: sink, dns: "timeout: 3s, dnssec: off, spf: false",
+                                          name: "trusting")
         XCTAssertEqual(try greeting(trusting, "192.0.2.41").code, 554)
 
         // explain marks validated answers.
@@ -51,7 +47,7 @@ final class DNSSECTests: IntegrationTestCase, @unchecked Sendable {
             hostname: mx.test
             listen: [{ address: "127.0.0.1:\(try Net.freePort())" }]
             upstreams: [{ url: "smtp://127.0.0.1:1" }]
-            \(dns("validate"))
+            dns: { servers: ["127.0.0.1:\(zone.port)"], verify_client_names: false, \(validation) }
             """, name: "explain.yaml")
         let explained = try runPostern(["explain", "--config", config.path, "--policy", policy.path, "--client-ip", "192.0.2.40"])
         XCTAssertTrue(explained.stdout.contains("dns: A 40.2.0.192.signed.test -> 127.0.0.2 (validated)"), explained.description)

@@ -22,13 +22,8 @@ final class SPFTests: IntegrationTestCase, @unchecked Sendable {
               - { id: spf-soft, stage: data, if: { spf: softfail }, then: tag_subject, tag: "[SPF-SOFTFAIL]" }
             """.write(to: policy, atomically: true, encoding: .utf8)
         let sink = try startRecordingSink()
-        let server = try startTrustServer(
-            listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
-            extra: """
-                relay_domains: [example.org]
-                policy: \(policy.path)
-                dns: { servers: ["127.0.0.1:\(dnsPort)"], timeout: 2s, verify_client_names: false, authserv_id: mx.postern.test }
-                """)
+        let server = try startDNSServer(policy: policy, dnsPort: dnsPort, sink: sink, dns: "timeout: 2s, authserv_id: mx.postern.test",
+                                        extra: "relay_domains: [example.org]")
         func send(_ from: String, helo: String = "proxied.client.test") throws -> (mail: Int, final: Int?) {
             let client = try RawSMTPClient.proxied(port: server.port, source: "192.0.2.10", ehlo: helo)
             let mail = try client.command("MAIL FROM:<\(from)>")
@@ -70,9 +65,8 @@ final class SPFTests: IntegrationTestCase, @unchecked Sendable {
             rules:
               - { id: tag, stage: data, if: { subject: { regex: 'forged true' } }, then: tag_subject, tag: "[TAG]" }
             """.write(to: policy, atomically: true, encoding: .utf8)
-        let server = try startTrustServer(
-            listeners: [try .plain()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
-            extra: "policy: \(policy.path)\ndns: { servers: [\"127.0.0.1:\(closed)\"], timeout: 1s, verify_client_names: false, authserv_id: mx.postern.test }\n")
+        let server = try startDNSServer(policy: policy, dnsPort: closed, sink: sink, dns: "timeout: 1s, authserv_id: mx.postern.test",
+                                        listener: try .plain())
         for tag in [false, true] {
             let client = try RawSMTPClient.greeted(port: server.port)
             XCTAssertEqual(try client.command("MAIL FROM:<a@forger.test>").code, 250)

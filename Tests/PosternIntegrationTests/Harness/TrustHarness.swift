@@ -282,3 +282,17 @@ extension PostfixInstance {
         return users.flatMap { user in deliveredMessages(user: user).map { (user, $0) } }
     }
 }
+
+extension IntegrationTestCase {
+    /// A PROXY listener relaying to `sink` with `policy` and a resolver asking only
+    /// 127.0.0.1:`dnsPort` (client names off unless `dns` says otherwise). `dns`: more
+    /// `dns:` settings (`"timeout: 1s, spf: false"`); `extra`: more configuration lines.
+    func startDNSServer(policy: URL, dnsPort: Int, sink: RecordingSink, dns: String = "timeout: 2s",
+                        extra: String = "", listener: TrustListener? = nil, name: String = "postern") throws -> TrustServer {
+        try startTrustServer(
+            listeners: [try listener ?? .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
+            extra: (extra.isEmpty ? "" : extra + "\n") + "policy: \(policy.path)\n"
+                + "dns: { servers: [\"127.0.0.1:\(dnsPort)\"], verify_client_names: false, \(dns) }\n",
+            name: name)
+    }
+}
