@@ -83,8 +83,7 @@ final class ClientNameTests: IntegrationTestCase, @unchecked Sendable {
             listeners: [try .proxy()], upstreams: ["smtp://127.0.0.1:\(sink.port)"],
             extra: "policy: \(policy.path)\ndns: { servers: [\"127.0.0.1:\(dnsPort)\"], timeout: 3s }\n")
         for source in [Self.unverified, Self.unnamed] {
-            let client = try RawSMTPClient(port: server.port, timeout: 10)
-            try client.send("PROXY TCP4 \(source) 127.0.0.1 40000 25\r\n")
+            let client = try RawSMTPClient.viaProxy(port: server.port, source: "\(source)")
             let greeting = try client.readReply()
             XCTAssertEqual(greeting.code, 550, "\(source): \(greeting)")
             XCTAssertEqual(greeting.enhancedCode, "5.7.25", "\(source): \(greeting)")

@@ -31,8 +31,7 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
         let sink = try startRecordingSink()
         let server = try startDNSServer(policy: policy, dnsPort: dnsPort, sink: sink, dns: "timeout: 3s")
         func greeting(_ source: String) throws -> SMTPReply {
-            let client = try RawSMTPClient(port: server.port, timeout: 10)
-            try client.send("PROXY TCP4 \(source) 127.0.0.1 40000 25\r\n")
+            let client = try RawSMTPClient.viaProxy(port: server.port, source: "\(source)")
             let reply = try client.readReply()
             _ = try? client.command("QUIT")
             return reply
@@ -79,8 +78,7 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
             """.write(to: policy, atomically: true, encoding: .utf8)
         let sink = try startRecordingSink()
         let server = try startDNSServer(policy: policy, dnsPort: dnsPort, sink: sink)
-        let client = try RawSMTPClient(port: server.port, timeout: 10)
-        try client.send("PROXY TCP4 192.0.2.60 127.0.0.1 40000 25\r\n")
+        let client = try RawSMTPClient.viaProxy(port: server.port, source: "192.0.2.60")
         XCTAssertEqual(try client.readReply().code, 554)
         let record = DecisionLog.waitForRecord(server.decisionLog) { ($0["rule"] as? String) == "listed" }
         XCTAssertEqual(record?["reason"] as? String, "listed in block (127.0.0.3)", "\(record ?? [:])")
@@ -88,8 +86,7 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
         // The same policy with a DNS server that never answers: a temporary refusal, within the timeout.
         let down = try startDNSServer(policy: policy, dnsPort: silentPort, sink: sink, dns: "timeout: 1s", name: "down")
         let start = Date()
-        let second = try RawSMTPClient(port: down.port, timeout: 10)
-        try second.send("PROXY TCP4 192.0.2.61 127.0.0.1 40000 25\r\n")
+        let second = try RawSMTPClient.viaProxy(port: down.port, source: "192.0.2.61")
         let reply = try second.readReply()
         XCTAssertEqual(reply.code / 100, 4, "\(reply)")
         XCTAssertLessThan(Date().timeIntervalSince(start), 3)
@@ -153,8 +150,7 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
             """.write(to: bounded, atomically: true, encoding: .utf8)
         let first = try startDNSServer(policy: bounded, dnsPort: silentPort, sink: sink, dns: "timeout: 4s, spf: false", name: "bounded")
         var start = Date()
-        let client = try RawSMTPClient(port: first.port, timeout: 10)
-        try client.send("PROXY TCP4 192.0.2.71 127.0.0.1 40000 25\r\n")
+        let client = try RawSMTPClient.viaProxy(port: first.port, source: "192.0.2.71")
         let greeting = try client.readReply()
         XCTAssertEqual(greeting.code / 100, 4, "\(greeting)")
         XCTAssertLessThan(Date().timeIntervalSince(start), 3, "the wait, not the resolver's 4s timeout")
@@ -169,8 +165,7 @@ final class DNSListTests: IntegrationTestCase, @unchecked Sendable {
         let second = try startDNSServer(policy: atMail, dnsPort: silentPort, sink: sink, dns: "timeout: 4s, spf: false",
                                         extra: "relay_domains: [example.org]", name: "atmail")
         start = Date()
-        let early = try RawSMTPClient(port: second.port, timeout: 10)
-        try early.send("PROXY TCP4 192.0.2.72 127.0.0.1 40000 25\r\n")
+        let early = try RawSMTPClient.viaProxy(port: second.port, source: "192.0.2.72")
         XCTAssertEqual(try early.readReply().code, 220)
         XCTAssertLessThan(Date().timeIntervalSince(start), 3, "the greeting does not wait for the lists")
         XCTAssertEqual(try early.command("EHLO client.test").code, 250)

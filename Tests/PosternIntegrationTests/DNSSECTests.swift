@@ -21,8 +21,7 @@ final class DNSSECTests: IntegrationTestCase, @unchecked Sendable {
         let validation = "timeout: 3s, dnssec: validate, trust_anchor: \(zone.trustAnchor.path), spf: false"
         let validating = try startDNSServer(policy: policy, dnsPort: zone.port, sink: sink, dns: validation, name: "validating")
         func greeting(_ server: TrustServer, _ source: String) throws -> SMTPReply {
-            let client = try RawSMTPClient(port: server.port, timeout: 10)
-            try client.send("PROXY TCP4 \(source) 127.0.0.1 40000 25\r\n")
+            let client = try RawSMTPClient.viaProxy(port: server.port, source: "\(source)")
             let reply = try client.readReply()
             _ = try? client.command("QUIT")
             return reply

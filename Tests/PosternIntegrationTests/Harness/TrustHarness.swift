@@ -93,6 +93,13 @@ extension IntegrationTestCase {
 extension RawSMTPClient {
     /// Connects, sends a PROXY v1 header naming `source`, reads the greeting (must be 220)
     /// and, unless `ehlo` is nil, sends EHLO (must be 250).
+    /// Connected, with a PROXY v1 header from `source` sent: the greeting is the caller's to read.
+    static func viaProxy(port: Int, source: String, timeout: Double = 10) throws -> RawSMTPClient {
+        let client = try RawSMTPClient(port: port, timeout: timeout)
+        try client.send("PROXY TCP4 \(source) 127.0.0.1 40000 25\r\n")
+        return client
+    }
+
     static func proxied(port: Int, source: String, sourcePort: Int = 40000, ehlo: String? = "proxied.client.test",
                         timeout: Double = 10) throws -> RawSMTPClient {
         let client = try RawSMTPClient(port: port, timeout: timeout)
