@@ -6,7 +6,10 @@
 SWIFT ?= swift
 CONFIG ?=
 # Packages the build links against.
-BUILD_PACKAGES := lib:libpcre2-8=libpcre2-dev lib:libmaxminddb=libmaxminddb-dev file:/usr/include/unbound.h=libunbound-dev
+# Hyperscan is built for x86_64 only; Vectorscan (the same API and header) elsewhere.
+HYPERSCAN_PACKAGE := $(if $(filter x86_64,$(shell uname -m)),libhyperscan-dev,libvectorscan-dev)
+BUILD_PACKAGES := lib:libpcre2-8=libpcre2-dev lib:libmaxminddb=libmaxminddb-dev file:/usr/include/unbound.h=libunbound-dev \
+	file:/usr/include/hs/hs.h=$(HYPERSCAN_PACKAGE)
 # Real peers the integration tests drive.
 TEST_PACKAGES := cmd:swaks=swaks perl:Net::SSLeay=libnet-ssleay-perl cmd:smtp-sink=postfix cmd:openssl=openssl cmd:python3=python3 \
 	cmd:haproxy=haproxy cmd:systemd-analyze=systemd cmd:redis-server=redis-server cmd:logrotate=logrotate \

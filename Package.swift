@@ -79,10 +79,11 @@ let package = Package(
         // through pkg-config: Debian's libunbound.pc requires the .pc files of its private
         // dependencies (libevent, nettle), which libunbound-dev does not install.
         .systemLibrary(name: "CUnbound"),
+        .systemLibrary(name: "CHyperscan"),
         // crypt(3) (libxcrypt; headers from libcrypt-dev, which libc6-dev pulls in).
         .systemLibrary(name: "CCrypt"),
         // Safe Swift types over PCRE2 (regex, JIT), libmaxminddb (GeoIP), libunbound (DNS) and crypt(3).
-        .target(name: "PosternNative", dependencies: ["CPCRE2", "CMaxMindDB", "CUnbound", "CCrypt"]),
+        .target(name: "PosternNative", dependencies: ["CPCRE2", "CMaxMindDB", "CUnbound", "CHyperscan", "CCrypt"]),
         // The policy model, its YAML compiler and the rule engine.
         .target(
             name: "PosternPolicy",

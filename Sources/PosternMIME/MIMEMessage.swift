@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// A parsed Internet message (RFC 5322) with its MIME structure (RFC 2045, RFC 2046)
 /// flattened into leaf parts, for the `data`-stage content conditions.
@@ -21,6 +22,9 @@ public struct MIMEMessage: Sendable {
     public var malformations: [String]
     /// The message as received.
     public var raw: [UInt8]
+    /// What readers derive from the message once (the content rules' one-pass scan), shared
+    /// by every copy of this value.
+    public let memo = MessageMemo()
 
     /// Parses `bytes`, a complete message (CRLF line ends; bare LF is accepted too).
     public static func parse<Bytes: Collection>(_ bytes: Bytes, limits: MIMELimits = .init()) -> MIMEMessage
@@ -68,4 +72,22 @@ public struct MIMEMessage: Sendable {
 
     /// (file name, media type) of every attachment (see `attachmentDetails`).
     public var attachments: [(name: String?, type: String)] { attachmentDetails.map { ($0.name, $0.type) } }
+}
+
+/// Values derived from a message by its readers, each computed once per key and kept with
+/// the message.
+public final class MessageMemo: Sendable {
+    private let values = Mutex<[ObjectIdentifier: any Sendable]>([:])
+
+    public init() {}
+
+    /// The value under `key`, made by `make` the first time.
+    public func value<Value: Sendable>(for key: ObjectIdentifier, make: () -> Value) -> Value {
+        values.withLock { values in
+            if let value = values[key] as? Value { return value }
+            let value = make()
+            values[key] = value
+            return value
+        }
+    }
 }

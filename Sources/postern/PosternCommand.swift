@@ -177,6 +177,7 @@ extension Postern {
                 if let path = configuration.policy {
                     let policy = prepared.policy.policy
                     print("policy OK: \(path), \(policy.rules.count) rule(s), version \(policy.version)")
+                    for line in Self.contentEngines(policy) { print(line) }
                 }
                 if engines {
                     var unreachable = 0
@@ -214,6 +215,20 @@ extension Postern {
                 FileHandle.standardError.write(Data("\(error.message)\n".utf8))
                 throw ExitCode(2)
             }
+        }
+
+        /// How the policy's content patterns are matched: how many body and raw patterns go
+        /// through the one-pass Hyperscan scan, and each one matched by PCRE2 alone, and why.
+        static func contentEngines(_ policy: Policy) -> [String] {
+            let patterns = policy.rules.flatMap { rule in rule.condition.patternEngines.map { (rule.id, $0.pattern, $0.engine) } }
+            guard !patterns.isEmpty else { return [] }
+            let prefiltered = patterns.filter { $0.2 == .prefiltered }.count
+            var lines = ["content patterns: \(patterns.count), \(prefiltered) in one Hyperscan pass per message (PCRE2 confirms a hit), "
+                         + "\(patterns.count - prefiltered) with PCRE2 alone"]
+            for (rule, pattern, engine) in patterns {
+                if case .pcre2(let why) = engine, !why.hasSuffix("one search each") { lines.append("  rule \(rule): \(pattern) with PCRE2 alone: \(why)") }
+            }
+            return lines
         }
 
         /// Asks each DNS server on its own (the root's NS records, which any recursive server

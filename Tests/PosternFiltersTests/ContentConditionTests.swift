@@ -5,7 +5,7 @@ import XCTest
 
 @testable import PosternFilters
 
-final class ContentConditionTests: XCTestCase {
+class ContentConditionTests: XCTestCase {
     private func message(_ text: String) -> TransactionFacts {
         var result = facts(sender: "a@example.org")
         result.message = MIMEMessage.parse(Array(text.replacingOccurrences(of: "\n", with: "\r\n").utf8))

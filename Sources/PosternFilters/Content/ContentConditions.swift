@@ -48,6 +48,9 @@ struct ContentCondition: PolicyCondition {
 
     let target: Target
     let matcher: Matcher
+    /// The policy's one-pass scan of this target and this pattern's id in it (body and raw
+    /// regexes, unless `ContentMatching.prefilter` is off).
+    var prefilter: (set: ContentPrefilter, id: Int)?
 
     var earliestStage: PolicyStage { .data }
     var needsMessage: Bool { true }
@@ -67,16 +70,18 @@ struct ContentCondition: PolicyCondition {
         // Matching a small message takes microseconds: inline, since a hop to another thread
         // costs more (about 25 µs). A large one can take milliseconds: it goes to NIO's
         // blocking pool so the event loops that serve sessions never stall.
-        guard message.rawBytes.count > Self.inlineMatchLimit else { return Self.match(target, matcher, in: message) }
-        let target = self.target
-        let matcher = self.matcher
-        return (try? await NIOThreadPool.singleton.runIfActive { Self.match(target, matcher, in: message) }) ?? nil
+        guard message.rawBytes.count > Self.inlineMatchLimit else { return Self.match(target, matcher, prefilter, in: message) }
+        let (target, matcher, prefilter) = (self.target, self.matcher, self.prefilter)
+        return (try? await NIOThreadPool.singleton.runIfActive { Self.match(target, matcher, prefilter, in: message) }) ?? nil
     }
 
     /// Messages up to this size are matched on the calling thread.
     static let inlineMatchLimit = 256 * 1024
 
-    static func match(_ target: Target, _ matcher: Matcher, in message: any PolicyMessage) -> ConditionMatch? {
+    static func match(_ target: Target, _ matcher: Matcher, _ prefilter: (set: ContentPrefilter, id: Int)?,
+                      in message: any PolicyMessage) -> ConditionMatch? {
+        /// False when the one-pass scan rules subject `index` out.
+        func candidate(_ index: Int) -> Bool { prefilter.map { $0.set.mayMatch($0.id, subject: index, in: message) } ?? true }
         switch target {
         case .header(let name):
             guard message.headerValues(named: name).contains(where: matcher.matches) else { return nil }
@@ -85,7 +90,8 @@ struct ContentCondition: PolicyCondition {
             guard let subject = message.subjectText, matcher.matches(subject) else { return nil }
             return ConditionMatch("subject matches \(matcher.description)")
         case .body:
-            guard let index = message.bodyTexts.firstIndex(where: matcher.matches) else { return nil }
+            let texts = message.bodyTexts
+            guard let index = texts.indices.first(where: { candidate($0) && matcher.matches(texts[$0]) }) else { return nil }
             return ConditionMatch("body part \(index + 1) matches \(matcher.description)")
         case .attachmentName:
             guard let hit = message.attachmentList.first(where: { $0.name.map(matcher.matches) ?? false }) else { return nil }
@@ -94,9 +100,22 @@ struct ContentCondition: PolicyCondition {
             guard let hit = message.attachmentList.first(where: { matcher.matches($0.type) }) else { return nil }
             return ConditionMatch("attachment of type \(hit.type)" + (hit.name.map { " (\($0))" } ?? ""))
         case .raw:
-            guard case .regex(let regex, _) = matcher, (try? regex.matches(message.rawBytes)) == true else { return nil }
+            guard case .regex(let regex, _) = matcher, candidate(0), (try? regex.matches(message.rawBytes)) == true else { return nil }
             return ConditionMatch("message matches \(matcher.description)")
         }
+    }
+
+    var patternEngines: [(pattern: String, engine: PatternEngine)] {
+        guard case .regex(_, let pattern) = matcher else { return [] }
+        let engine: PatternEngine
+        if let prefilter {
+            engine = prefilter.set.engine(of: prefilter.id)
+        } else if target.prefilterSubject == nil {
+            engine = .pcre2("\(filterName) values are short: one search each")
+        } else {
+            engine = .pcre2("the prefilter is off (POSTERN_CONTENT_ENGINE=pcre2)")
+        }
+        return [("\(filterName): /\(pattern)/", engine)]
     }
 
     static func factory(_ target: Target) -> ConditionFactory {
@@ -144,7 +163,12 @@ struct ContentCondition: PolicyCondition {
             do {
                 let options: PCRERegex.Options = target.isRaw ? [.caseInsensitive] : [.matchInvalidUTF, .caseInsensitive]
                 let regex = try PCRERegex(pattern: pattern, options: options)
-                return ContentCondition(target: target, matcher: .regex(regex, pattern))
+                var condition = ContentCondition(target: target, matcher: .regex(regex, pattern))
+                if ContentMatching.prefilter, let subject = target.prefilterSubject,
+                   let set = context.resources.value("content-prefilter:\(subject)", make: { ContentPrefilter(subject) }) {
+                    condition.prefilter = (set, set.register(pattern))
+                }
+                return condition
             } catch let error as RegexCompileError {
                 context.reader.fail(node, "\(what).regex: invalid regular expression at offset \(error.offset): \(error.message)")
                 return nil
@@ -158,4 +182,14 @@ struct ContentCondition: PolicyCondition {
 
 extension ContentCondition.Target {
     var isRaw: Bool { if case .raw = self { return true } else { return false } }
+
+    /// The one-pass scan this target's regexes join: the body parts and the raw message, the
+    /// long subjects (headers, the subject and attachment names are short).
+    var prefilterSubject: ContentPrefilter.Subject? {
+        switch self {
+        case .body: .bodyParts
+        case .raw: .raw
+        default: nil
+        }
+    }
 }

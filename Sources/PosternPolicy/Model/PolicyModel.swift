@@ -127,9 +127,21 @@ public protocol PolicyCondition: Sendable {
     var needsMessage: Bool { get }
     /// The filter's name in metrics (`postern_filter_duration_seconds{filter=…}`).
     var filterName: String { get }
+    /// For each content pattern in the condition: the pattern, and the engine that matches it
+    /// (`postern check` reports the ones a one-pass scan cannot take).
+    var patternEngines: [(pattern: String, engine: PatternEngine)] { get }
+}
+
+/// How a content pattern is matched.
+public enum PatternEngine: Sendable, Hashable {
+    /// In the policy's one Hyperscan pass over the subject; PCRE2 confirms a hit.
+    case prefiltered
+    /// By PCRE2 alone, and why.
+    case pcre2(String)
 }
 
 extension PolicyCondition {
+    public var patternEngines: [(pattern: String, engine: PatternEngine)] { [] }
     public var needsMessage: Bool { false }
     public var filterName: String { String(describing: type(of: self)) }
 }
@@ -149,6 +161,7 @@ public struct AnyOfCondition: PolicyCondition {
     public init(_ conditions: [any PolicyCondition]) { self.conditions = conditions }
     public var earliestStage: PolicyStage { conditions.map(\.earliestStage).max() ?? .connect }
     public var needsMessage: Bool { conditions.contains { $0.needsMessage } }
+    public var patternEngines: [(pattern: String, engine: PatternEngine)] { conditions.flatMap(\.patternEngines) }
     public var filterName: String { "any" }
     public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         var undecided: ConditionMatch?
@@ -166,6 +179,7 @@ public struct AllOfCondition: PolicyCondition {
     public init(_ conditions: [any PolicyCondition]) { self.conditions = conditions }
     public var earliestStage: PolicyStage { conditions.map(\.earliestStage).max() ?? .connect }
     public var needsMessage: Bool { conditions.contains { $0.needsMessage } }
+    public var patternEngines: [(pattern: String, engine: PatternEngine)] { conditions.flatMap(\.patternEngines) }
     public var filterName: String { "all" }
     public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         var reasons: [String] = []
@@ -188,6 +202,7 @@ public struct NotCondition: PolicyCondition {
     }
     public var earliestStage: PolicyStage { condition.earliestStage }
     public var needsMessage: Bool { condition.needsMessage }
+    public var patternEngines: [(pattern: String, engine: PatternEngine)] { condition.patternEngines }
     public var filterName: String { "not" }
     public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         guard let match = await condition.evaluate(facts) else { return ConditionMatch("not \(description)") }

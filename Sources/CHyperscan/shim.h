@@ -1,0 +1,3 @@
+// Hyperscan (libhyperscan-dev; libvectorscan-dev where Hyperscan is not built) for
+// PosternNative's HyperscanDatabase.
+#include <hs/hs.h>

@@ -1,0 +1,92 @@
+import Foundation
+import PosternMIME
+import PosternPolicy
+import XCTest
+
+@testable import PosternFilters
+
+/// The one-pass prefilter never changes an answer: every pattern against every message gives
+/// the same verdict and reason with it as with PCRE2 alone. The content condition tests also
+/// run in full with PCRE2 alone (`ContentConditionPCRE2OnlyTests`).
+final class ContentEnginesTests: XCTestCase {
+    /// The 20 body checks a Postfix body_checks file typically holds, and patterns whose
+    /// semantics differ most between engines (back-references, look-arounds, inline options,
+    /// Unicode case folding, anchors, empty matches, what Hyperscan cannot compile).
+    static let patterns = [
+        "<iframe\\s+src=", "<script[^>]*>.*\\b(eval|unescape)\\(", "^TVqQAAMAAAAEAAAA", "^UEsDBBQ.{0,40}\\.exe",
+        "\\b(bit\\.ly|tinyurl\\.com)\\/[a-z0-9]{5,}", "\\bwire\\s+transfer\\b.*\\burgent\\b", "\\b(viagra|cialis|levitra)\\b",
+        "\\bpassword\\s+expire[sd]?\\b", "\\bverify\\s+your\\s+account\\b", "\\b\\d{4}[- ]\\d{4}[- ]\\d{4}[- ]\\d{4}\\b",
+        "https?:\\/\\/\\d+\\.\\d+\\.\\d+\\.\\d+\\/", "\\bbitcoin\\s+wallet\\b", "\\bnigeria\\b.*\\bprince\\b",
+        "^begin\\s+[0-7]{3}\\s+\\S+\\.(exe|scr)", "\\bclick\\s+here\\s+to\\s+unsubscribe\\b", "EICAR-STANDARD-ANTIVIRUS-TEST-FILE",
+        "\\b(lottery|jackpot)\\s+winner\\b", "=\\?utf-8\\?b\\?[A-Za-z0-9+\\/=]{200,}\\?=", "\\bact\\s+now\\b", "X{200}",
+        "(\\w+) \\1\\b", "(?<=pay)pal", "foo(?!bar)", "(?-i)URGENT", "(?m)^offer$", "straße", "ÉTÉ", "\\Cx", "a(?C1)b", "z*",
+        "password.{0,20}expire",
+    ]
+
+    static let bodies = [
+        "Your password will expire today. Verify your account at http://192.0.2.7/login",
+        "hello hello world, click here to unsubscribe; WIRE TRANSFER needed, urgent!",
+        "begin 644 invoice.exe\nM1234\nend", "text first\nbegin 644 invoice.exe", "TVqQAAMAAAAEAAAA rest",
+        "<html><iframe  src=x><script type=js>var a = eval(b)</script></html>", "pay pal paypal foobar foobaz",
+        "urgent URGENT", "special\noffer\nnow", "STRASSE Straße été", "card 1234-5678-9012-3456 and bitcoin  wallet",
+        String(repeating: "X", count: 250), "the nigeria connection and a prince", "=?utf-8?b?" + String(repeating: "QUJD", count: 60) + "?=",
+        "lottery   winner", "nothing to see", "", "act now: bit.ly/abc123 tinyurl.com/xy", "Cx ab a\u{0}b EICAR-STANDARD-ANTIVIRUS-TEST-FILE",
+    ]
+
+    private func verdicts(prefilter: Bool) async throws -> [String] {
+        let previous = ContentMatching.prefilter
+        ContentMatching.prefilter = prefilter
+        defer { ContentMatching.prefilter = previous }
+        let rules = Self.patterns.enumerated().map { index, pattern in
+            "  - { id: p\(index), stage: data, if: { body: { regex: '\(pattern.replacingOccurrences(of: "'", with: "''"))' } }, then: continue }\n"
+                + "  - { id: r\(index), stage: data, if: { raw: { regex: '\(pattern.replacingOccurrences(of: "'", with: "''"))' } }, then: continue }\n"
+        }.joined()
+        let policy = try BuiltinFilters.compiler.compile(yaml: "rules:\n" + rules, file: "policy.yaml")
+        var results: [String] = []
+        for body in Self.bodies {
+            let text = "Subject: test\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body.replacingOccurrences(of: "\n", with: "\r\n") + "\r\n"
+            var facts = facts(sender: "a@example.org")
+            facts.message = MIMEMessage.parse(Array(text.utf8))
+            for rule in policy.rules {
+                let match = await rule.condition.evaluate(facts)
+                results.append("\(rule.id) on \(body.prefix(20)): \(match?.reason ?? "no match")")
+            }
+        }
+        return results
+    }
+
+    func testThePrefilterGivesPCRE2sAnswers() async throws {
+        let alone = try await verdicts(prefilter: false)
+        let prefiltered = try await verdicts(prefilter: true)
+        XCTAssertEqual(alone.count, Self.patterns.count * 2 * Self.bodies.count)
+        for (a, b) in zip(alone, prefiltered) where a != b { XCTFail("PCRE2 alone: \(a)\nprefiltered: \(b)") }
+        XCTAssertGreaterThan(alone.filter { !$0.hasSuffix("no match") }.count, 40, "the corpus matches often enough to mean something")
+    }
+
+    func testEachPatternSaysWhichEngineItGot() throws {
+        let policy = try BuiltinFilters.compiler.compile(yaml: """
+            rules:
+              - { id: a, stage: data, if: { body: { regex: 'viagra' } }, then: reject }
+              - { id: b, stage: data, if: { any: [{ body: { regex: '\\Cx' } }, { subject: { regex: 'offer' } }] }, then: reject }
+            """, file: "policy.yaml")
+        let engines = policy.rules.flatMap(\.condition.patternEngines)
+        XCTAssertEqual(engines.map(\.pattern), ["body: /viagra/", "body: /\\Cx/", "subject: /offer/"])
+        XCTAssertEqual(engines[0].engine, .prefiltered)
+        guard case .pcre2(let why) = engines[1].engine else { return XCTFail("\(engines)") }
+        XCTAssertTrue(why.hasPrefix("Hyperscan: "), why)
+        XCTAssertEqual(engines[2].engine, .pcre2("subject values are short: one search each"))
+    }
+}
+
+/// The content condition tests, with the prefilter off: PCRE2 alone gives the same results.
+final class ContentConditionPCRE2OnlyTests: ContentConditionTests {
+    override func setUp() {
+        super.setUp()
+        ContentMatching.prefilter = false
+    }
+
+    override func tearDown() {
+        ContentMatching.prefilter = true
+        super.tearDown()
+    }
+}
