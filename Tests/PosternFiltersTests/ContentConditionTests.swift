@@ -5,7 +5,16 @@ import XCTest
 
 @testable import PosternFilters
 
-class ContentConditionTests: XCTestCase {
+/// Every test runs twice (`bothEngines`): with the one-pass prefilter, and with PCRE2 alone.
+final class ContentConditionTests: XCTestCase {
+    private func bothEngines(_ body: () async throws -> Void) async throws {
+        defer { ContentMatching.prefilter = true }
+        for prefilter in [true, false] {
+            ContentMatching.prefilter = prefilter
+            try await body()
+        }
+    }
+
     private func message(_ text: String) -> TransactionFacts {
         var result = facts(sender: "a@example.org")
         result.message = MIMEMessage.parse(Array(text.replacingOccurrences(of: "\n", with: "\r\n").utf8))
@@ -34,48 +43,56 @@ class ContentConditionTests: XCTestCase {
         """
 
     func testEveryContentTarget() async throws {
-        let facts = message(phish)
-        try await expectMatch(true, "{ subject: { regex: 'verify your account' } }", stage: .data, facts)
-        try await expectMatch(true, "{ body: { regex: 'password.{0,20}expire' } }", stage: .data, facts)
-        try await expectMatch(true, "{ header.X-Mailer: { regex: '^phpmailer' } }", stage: .data, facts)
-        try await expectMatch(false, "{ header.X-Mailer: { regex: '^Outlook' } }", stage: .data, facts)
-        try await expectMatch(true, "{ attachment_name: { regex: '\\.exe$' } }", stage: .data, facts)
-        try await expectMatch(true, "{ attachment_type: [application/x-msdownload] }", stage: .data, facts)
-        try await expectMatch(false, "{ attachment_type: application/pdf }", stage: .data, facts)
-        try await expectMatch(true, "{ raw: { regex: 'filename\\*=UTF-8' } }", stage: .data, facts)
-        try await expectMatch(false, "{ subject: { regex: 'invoice' } }", stage: .data, message("Subject: hello\n\nbody\n"))
+        try await bothEngines {
+            let facts = message(phish)
+            try await expectMatch(true, "{ subject: { regex: 'verify your account' } }", stage: .data, facts)
+            try await expectMatch(true, "{ body: { regex: 'password.{0,20}expire' } }", stage: .data, facts)
+            try await expectMatch(true, "{ header.X-Mailer: { regex: '^phpmailer' } }", stage: .data, facts)
+            try await expectMatch(false, "{ header.X-Mailer: { regex: '^Outlook' } }", stage: .data, facts)
+            try await expectMatch(true, "{ attachment_name: { regex: '\\.exe$' } }", stage: .data, facts)
+            try await expectMatch(true, "{ attachment_type: [application/x-msdownload] }", stage: .data, facts)
+            try await expectMatch(false, "{ attachment_type: application/pdf }", stage: .data, facts)
+            try await expectMatch(true, "{ raw: { regex: 'filename\\*=UTF-8' } }", stage: .data, facts)
+            try await expectMatch(false, "{ subject: { regex: 'invoice' } }", stage: .data, message("Subject: hello\n\nbody\n"))
+        }
     }
 
     func testReasonsNameThePlaceNotTheText() async throws {
-        let fixture = try PolicyFixture()
-        defer { fixture.remove() }
-        let policy = try fixture.compile("rules:\n  - { id: r, stage: data, if: { attachment_name: { regex: 'exe$' } }, then: reject }\n")
-        XCTAssertTrue(policy.needsMessage)
-        let verdict = await PolicyEngine.evaluate(policy, stage: .data, facts: message(phish))
-        XCTAssertEqual(verdict.reason, "attachment invoice № 1.exe matches /exe$/")
+        try await bothEngines {
+            let fixture = try PolicyFixture()
+            defer { fixture.remove() }
+            let policy = try fixture.compile("rules:\n  - { id: r, stage: data, if: { attachment_name: { regex: 'exe$' } }, then: reject }\n")
+            XCTAssertTrue(policy.needsMessage)
+            let verdict = await PolicyEngine.evaluate(policy, stage: .data, facts: message(phish))
+            XCTAssertEqual(verdict.reason, "attachment invoice № 1.exe matches /exe$/")
+        }
     }
 
     func testCatastrophicPatternFinishesWithinItsLimit() async throws {
-        // (a+)+$ against a long run of a's and a final b backtracks exponentially; the match
-        // limit ends it, and it counts as no match.
-        let hostile = "Subject: x\n\n" + String(repeating: "a", count: 5000) + "b\n"
-        let started = ContinuousClock.now
-        try await expectMatch(false, "{ body: { regex: '(a+)+$' } }", stage: .data, message(hostile))
-        XCTAssertLessThan(ContinuousClock.now - started, .seconds(30), "bounded by the match limit, not by luck")
+        try await bothEngines {
+            // (a+)+$ against a long run of a's and a final b backtracks exponentially; the match
+            // limit ends it, and it counts as no match.
+            let hostile = "Subject: x\n\n" + String(repeating: "a", count: 5000) + "b\n"
+            let started = ContinuousClock.now
+            try await expectMatch(false, "{ body: { regex: '(a+)+$' } }", stage: .data, message(hostile))
+            XCTAssertLessThan(ContinuousClock.now - started, .seconds(30), "bounded by the match limit, not by luck")
+        }
     }
 
-    func testContentErrors() throws {
-        let fixture = try PolicyFixture()
-        defer { fixture.remove() }
-        XCTAssertEqual(fixture.errors("""
-            rules:
-              - { id: a, stage: mail, if: { subject: { regex: x } }, then: reject }
-              - { id: b, stage: data, if: { body: { regex: '(' } }, then: reject }
-              - { id: c, stage: data, if: { attachment_type: [exe] }, then: reject }
-            """), [
-                "policy.yaml:2:31: rule 'a' can never run: its condition needs stage data or later, the rule is at mail",
-                "policy.yaml:3:48: body.regex: invalid regular expression at offset 1: missing closing parenthesis",
-                "policy.yaml:4:51: 'exe' is not a MIME type (type/subtype)",
-            ])
+    func testContentErrors() async throws {
+        try await bothEngines {
+            let fixture = try PolicyFixture()
+            defer { fixture.remove() }
+            XCTAssertEqual(fixture.errors("""
+                rules:
+                  - { id: a, stage: mail, if: { subject: { regex: x } }, then: reject }
+                  - { id: b, stage: data, if: { body: { regex: '(' } }, then: reject }
+                  - { id: c, stage: data, if: { attachment_type: [exe] }, then: reject }
+                """), [
+                    "policy.yaml:2:31: rule 'a' can never run: its condition needs stage data or later, the rule is at mail",
+                    "policy.yaml:3:48: body.regex: invalid regular expression at offset 1: missing closing parenthesis",
+                    "policy.yaml:4:51: 'exe' is not a MIME type (type/subtype)",
+                ])
+        }
     }
 }

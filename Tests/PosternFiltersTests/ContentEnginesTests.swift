@@ -7,7 +7,7 @@ import XCTest
 
 /// The one-pass prefilter never changes an answer: every pattern against every message gives
 /// the same verdict and reason with it as with PCRE2 alone. The content condition tests also
-/// run in full with PCRE2 alone (`ContentConditionPCRE2OnlyTests`).
+/// run in full both ways (`ContentConditionTests.invokeTest`).
 final class ContentEnginesTests: XCTestCase {
     /// The 20 body checks a Postfix body_checks file typically holds, and patterns whose
     /// semantics differ most between engines (back-references, look-arounds, inline options,
@@ -75,18 +75,5 @@ final class ContentEnginesTests: XCTestCase {
         guard case .pcre2(let why) = engines[1].engine else { return XCTFail("\(engines)") }
         XCTAssertTrue(why.hasPrefix("Hyperscan: "), why)
         XCTAssertEqual(engines[2].engine, .pcre2("subject values are short: one search each"))
-    }
-}
-
-/// The content condition tests, with the prefilter off: PCRE2 alone gives the same results.
-final class ContentConditionPCRE2OnlyTests: ContentConditionTests {
-    override func setUp() {
-        super.setUp()
-        ContentMatching.prefilter = false
-    }
-
-    override func tearDown() {
-        ContentMatching.prefilter = true
-        super.tearDown()
     }
 }
