@@ -19,10 +19,11 @@ public final class DNSListChecker: Sendable {
         self.logger = logger
     }
 
-    /// One result per list of `lookup`, in its order; `timeout` bounds each list's lookup
-    /// (default: the resolver's).
+    /// One result per list of `lookup`, in its order; `timeout` shortens each list's lookup
+    /// (never beyond the resolver's own timeout).
     public func check(_ lookup: DNSListLookup, timeout: Duration? = nil) async -> [DNSListResult] {
-        await withTaskGroup(of: (Int, DNSListResult).self) { group in
+        let timeout = timeout.map { min($0, resolver.configuration.timeout) }
+        return await withTaskGroup(of: (Int, DNSListResult).self) { group in
             for (index, list) in lookup.lists.enumerated() {
                 group.addTask { (index, await self.check(list, lookup, timeout: timeout)) }
             }
