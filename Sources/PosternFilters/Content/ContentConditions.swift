@@ -12,7 +12,8 @@ extension MIMEMessage: PolicyMessage {
     public var rawBytes: [UInt8] { raw }
 }
 
-/// The message content conditions, all at stage `data`, all PCRE2:
+/// The message content conditions, all at stage `data`, all PCRE2 (body and raw patterns
+/// behind the policy's one-pass Hyperscan prefilter, `ContentPrefilter`):
 ///     header.X-Mailer: { regex: '^PHPMailer' }     # any occurrence; RFC 2047 words decoded
 ///     subject: { regex: '(?i)verify your account' }
 ///     body: { regex: 'password.{0,20}expire' }      # MIME-decoded text parts, HTML included

@@ -41,10 +41,10 @@ final class ContentPrefilter: Sendable {
         self.subject = subject
     }
 
-    /// Adds a pattern (PCRE2 syntax, case-insensitive unless it says otherwise); its id.
+    /// Adds a pattern (PCRE2 syntax, case-insensitive unless it says otherwise); its id. One
+    /// added after the first scan is not in the database: it is always searched.
     func register(_ expression: String) -> Int {
         state.withLock { state in
-            precondition(state.database == nil, "a pattern registered after the first scan")
             state.patterns.append(HyperscanDatabase.Pattern(expression, caseInsensitive: true, utf8: subject == .bodyParts))
             return state.patterns.count - 1
         }
@@ -78,7 +78,7 @@ final class ContentPrefilter: Sendable {
     /// Whether pattern `id` may match subject `index` of `message`: false only when
     /// Hyperscan compiled it and found no candidate there.
     func mayMatch(_ id: Int, subject index: Int, in message: any PolicyMessage) -> Bool {
-        guard let database, database.unsupported[id] == nil else { return true }
+        guard let database, id < database.patterns.count, database.unsupported[id] == nil else { return true }
         let candidates = candidates(in: message)
         guard index < candidates.count, let found = candidates[index] else { return true }
         return found.contains(id)
@@ -87,6 +87,7 @@ final class ContentPrefilter: Sendable {
     /// What the pattern got, for `postern check`.
     func engine(of id: Int) -> PatternEngine {
         guard let database else { return .pcre2("Hyperscan could not build the database") }
+        guard id < database.patterns.count else { return .pcre2("added after the first scan") }
         if let reason = database.unsupported[id] { return .pcre2("Hyperscan: \(reason)") }
         return .prefiltered
     }
