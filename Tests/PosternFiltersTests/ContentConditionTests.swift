@@ -8,7 +8,12 @@ import XCTest
 /// Every test runs twice (`bothEngines`): with the one-pass prefilter, and with PCRE2 alone.
 final class ContentConditionTests: XCTestCase {
     private func bothEngines(_ body: () async throws -> Void) async throws {
-        defer { ContentMatching.prefilter = true }
+        let size = ContentMatching.minimumScanSize
+        defer {
+            ContentMatching.prefilter = true
+            ContentMatching.minimumScanSize = size
+        }
+        ContentMatching.minimumScanSize = 0  // every subject through the pass, however short
         for prefilter in [true, false] {
             ContentMatching.prefilter = prefilter
             try await body()

@@ -33,10 +33,14 @@ final class ContentEnginesTests: XCTestCase {
         "lottery   winner", "nothing to see", "", "act now: bit.ly/abc123 tinyurl.com/xy", "Cx ab a\u{0}b EICAR-STANDARD-ANTIVIRUS-TEST-FILE",
     ]
 
-    private func verdicts(prefilter: Bool) async throws -> [String] {
-        let previous = ContentMatching.prefilter
+    private func verdicts(prefilter: Bool, minimumScanSize: Int = 0, padding: Int = 0) async throws -> [String] {
+        let (previous, size) = (ContentMatching.prefilter, ContentMatching.minimumScanSize)
         ContentMatching.prefilter = prefilter
-        defer { ContentMatching.prefilter = previous }
+        ContentMatching.minimumScanSize = minimumScanSize
+        defer {
+            ContentMatching.prefilter = previous
+            ContentMatching.minimumScanSize = size
+        }
         let rules = Self.patterns.enumerated().map { index, pattern in
             "  - { id: p\(index), stage: data, if: { body: { regex: '\(pattern.replacingOccurrences(of: "'", with: "''"))' } }, then: continue }\n"
                 + "  - { id: r\(index), stage: data, if: { raw: { regex: '\(pattern.replacingOccurrences(of: "'", with: "''"))' } }, then: continue }\n"
@@ -44,7 +48,9 @@ final class ContentEnginesTests: XCTestCase {
         let policy = try BuiltinFilters.compiler.compile(yaml: "rules:\n" + rules, file: "policy.yaml")
         var results: [String] = []
         for body in Self.bodies {
-            let text = "Subject: test\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body.replacingOccurrences(of: "\n", with: "\r\n") + "\r\n"
+            let filler = String(repeating: "the quarterly report is attached for review. ", count: padding / 45 + (padding > 0 ? 1 : 0))
+            let text = "Subject: test\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body.replacingOccurrences(of: "\n", with: "\r\n")
+                + (padding > 0 ? "\r\n" + filler : "") + "\r\n"
             var facts = facts(sender: "a@example.org")
             facts.message = MIMEMessage.parse(Array(text.utf8))
             for rule in policy.rules {
@@ -56,11 +62,31 @@ final class ContentEnginesTests: XCTestCase {
     }
 
     func testThePrefilterGivesPCRE2sAnswers() async throws {
+        // Every subject through the pass (however short), then bodies of real size with the
+        // default threshold.
         let alone = try await verdicts(prefilter: false)
         let prefiltered = try await verdicts(prefilter: true)
         XCTAssertEqual(alone.count, Self.patterns.count * 2 * Self.bodies.count)
         for (a, b) in zip(alone, prefiltered) where a != b { XCTFail("PCRE2 alone: \(a)\nprefiltered: \(b)") }
         XCTAssertGreaterThan(alone.filter { !$0.hasSuffix("no match") }.count, 40, "the corpus matches often enough to mean something")
+        let size = ContentMatching.minimumScanSize
+        let large = try await verdicts(prefilter: true, minimumScanSize: size, padding: size)
+        let largeAlone = try await verdicts(prefilter: false, minimumScanSize: size, padding: size)
+        for (a, b) in zip(largeAlone, large) where a != b { XCTFail("PCRE2 alone: \(a)\nprefiltered: \(b)") }
+    }
+
+    func testShortSubjectsAreSearchedDirectly() throws {
+        let policy = try BuiltinFilters.compiler.compile(yaml: "rules:\n  - { id: a, stage: data, if: { body: { regex: 'viagra' } }, then: reject }\n",
+                                                         file: "policy.yaml")
+        guard let condition = policy.rules.first?.condition as? ContentCondition, let prefilter = condition.prefilter else {
+            return XCTFail("the body pattern is prefiltered")
+        }
+        let short = MIMEMessage.parse(Array("Subject: x\r\n\r\nhello\r\n".utf8))
+        XCTAssertEqual(prefilter.set.candidates(in: short), [nil], "below the threshold: no scan, PCRE2 searches")
+        let long = MIMEMessage.parse(Array(("Subject: x\r\n\r\n" + String(repeating: "hello world ", count: 2_000) + "\r\n").utf8))
+        XCTAssertEqual(prefilter.set.candidates(in: long), [[]], "scanned: nothing can match")
+        XCTAssertFalse(prefilter.set.mayMatch(prefilter.id, subject: 0, length: 24_000, in: long))
+        XCTAssertTrue(prefilter.set.mayMatch(prefilter.id, subject: 0, length: 7, in: short))
     }
 
     func testEachPatternSaysWhichEngineItGot() throws {
@@ -74,6 +100,6 @@ final class ContentEnginesTests: XCTestCase {
         XCTAssertEqual(engines[0].engine, .prefiltered)
         guard case .pcre2(let why) = engines[1].engine else { return XCTFail("\(engines)") }
         XCTAssertTrue(why.hasPrefix("Hyperscan: "), why)
-        XCTAssertEqual(engines[2].engine, .pcre2("subject values are short: one search each"))
+        XCTAssertEqual(engines[2].engine, .shortValues)
     }
 }

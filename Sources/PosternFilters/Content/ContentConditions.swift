@@ -10,6 +10,7 @@ extension MIMEMessage: PolicyMessage {
     public var bodyTexts: [String] { textBodies }
     public var attachmentList: [(name: String?, type: String)] { attachments }
     public var rawBytes: [UInt8] { raw }
+    public var derivedValues: (any AnyObject & Sendable)? { memo }
 }
 
 /// The message content conditions, all at stage `data`, all PCRE2 (body and raw patterns
@@ -81,8 +82,10 @@ struct ContentCondition: PolicyCondition {
 
     static func match(_ target: Target, _ matcher: Matcher, _ prefilter: (set: ContentPrefilter, id: Int)?,
                       in message: any PolicyMessage) -> ConditionMatch? {
-        /// False when the one-pass scan rules subject `index` out.
-        func candidate(_ index: Int) -> Bool { prefilter.map { $0.set.mayMatch($0.id, subject: index, in: message) } ?? true }
+        /// False when the one-pass scan rules subject `index` (of `length` octets) out.
+        func candidate(_ index: Int, length: Int) -> Bool {
+            prefilter.map { $0.set.mayMatch($0.id, subject: index, length: length, in: message) } ?? true
+        }
         switch target {
         case .header(let name):
             guard message.headerValues(named: name).contains(where: matcher.matches) else { return nil }
@@ -92,7 +95,8 @@ struct ContentCondition: PolicyCondition {
             return ConditionMatch("subject matches \(matcher.description)")
         case .body:
             let texts = message.bodyTexts
-            guard let index = texts.indices.first(where: { candidate($0) && matcher.matches(texts[$0]) }) else { return nil }
+            guard let index = texts.indices.first(where: { candidate($0, length: texts[$0].utf8.count) && matcher.matches(texts[$0]) })
+            else { return nil }
             return ConditionMatch("body part \(index + 1) matches \(matcher.description)")
         case .attachmentName:
             guard let hit = message.attachmentList.first(where: { $0.name.map(matcher.matches) ?? false }) else { return nil }
@@ -101,7 +105,8 @@ struct ContentCondition: PolicyCondition {
             guard let hit = message.attachmentList.first(where: { matcher.matches($0.type) }) else { return nil }
             return ConditionMatch("attachment of type \(hit.type)" + (hit.name.map { " (\($0))" } ?? ""))
         case .raw:
-            guard case .regex(let regex, _) = matcher, candidate(0), (try? regex.matches(message.rawBytes)) == true else { return nil }
+            let raw = message.rawBytes
+            guard case .regex(let regex, _) = matcher, candidate(0, length: raw.count), (try? regex.matches(raw)) == true else { return nil }
             return ConditionMatch("message matches \(matcher.description)")
         }
     }
@@ -112,7 +117,7 @@ struct ContentCondition: PolicyCondition {
         if let prefilter {
             engine = prefilter.set.engine(of: prefilter.id)
         } else if target.prefilterSubject == nil {
-            engine = .pcre2("\(filterName) values are short: one search each")
+            engine = .shortValues
         } else {
             engine = .pcre2("the prefilter is off (POSTERN_CONTENT_ENGINE=pcre2)")
         }

@@ -33,6 +33,13 @@ public protocol PolicyMessage: Sendable {
     var attachmentList: [(name: String?, type: String)] { get }
     /// The message as received (up to the scan cap).
     var rawBytes: [UInt8] { get }
+    /// Where readers keep what they derive from the message once (the content rules' one
+    /// pass); nil: nothing is kept, each reader derives again.
+    var derivedValues: (any AnyObject & Sendable)? { get }
+}
+
+extension PolicyMessage {
+    public var derivedValues: (any AnyObject & Sendable)? { nil }
 }
 
 /// What the policy knows about a transaction when a stage's rules run.
@@ -136,8 +143,11 @@ public protocol PolicyCondition: Sendable {
 public enum PatternEngine: Sendable, Hashable {
     /// In the policy's one Hyperscan pass over the subject; PCRE2 confirms a hit.
     case prefiltered
-    /// By PCRE2 alone, and why.
+    /// By PCRE2 alone, and why (a pattern Hyperscan cannot take, the pass turned off).
     case pcre2(String)
+    /// By PCRE2, one search per value: the target's values are short (headers, the
+    /// subject, attachment names), not worth a pass.
+    case shortValues
 }
 
 extension PolicyCondition {
