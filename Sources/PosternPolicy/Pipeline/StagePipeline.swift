@@ -142,18 +142,6 @@ public struct AddedHeader: Hashable, Sendable {
 }
 
 /// One check's evaluation at one stage, as the decision record keeps it.
-extension CheckOutcome {
-    /// The part of the running score of `outcomes`: the last score of each check that has one
-    /// and is not in shadow mode, named as a rule (`milter:rspamd`), in name order.
-    public static func scores(_ outcomes: some Sequence<CheckOutcome>) -> [ScoreContribution] {
-        var last: [String: Double] = [:]
-        for outcome in outcomes where !outcome.shadow {
-            if let score = outcome.effects.score { last[outcome.rule ?? outcome.check] = score }
-        }
-        return last.sorted { $0.key < $1.key }.map { ScoreContribution(rule: $0.key, score: $0.value) }
-    }
-}
-
 public struct CheckOutcome: Hashable, Sendable {
     public enum Result: String, Hashable, Sendable {
         case pass, accept, reject, tempfail, discard, quarantine, timeout, error
@@ -186,6 +174,19 @@ public struct CheckOutcome: Hashable, Sendable {
         self.milliseconds = milliseconds
     }
 }
+
+extension CheckOutcome {
+    /// The part of the running score of `outcomes`: the last score of each check that has one
+    /// and is not in shadow mode, named as a rule (`milter:rspamd`), in name order.
+    public static func scores(_ outcomes: some Sequence<CheckOutcome>) -> [ScoreContribution] {
+        var last: [String: Double] = [:]
+        for outcome in outcomes where !outcome.shadow {
+            if let score = outcome.effects.score { last[outcome.rule ?? outcome.check] = score }
+        }
+        return last.sorted { $0.key < $1.key }.map { ScoreContribution(rule: $0.key, score: $0.value) }
+    }
+}
+
 
 /// A stage's result: the verdict the session acts on and what each check found.
 public struct StageVerdict: Sendable {
