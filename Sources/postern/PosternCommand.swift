@@ -223,10 +223,16 @@ extension Postern {
             let patterns = policy.rules.flatMap { rule in rule.condition.patternEngines.map { (rule.id, $0.pattern, $0.engine) } }
             guard !patterns.isEmpty else { return [] }
             let prefiltered = patterns.filter { $0.2 == .prefiltered }.count
+            let counted = patterns.filter { if case .runCount = $0.2 { true } else { false } }.count
             var lines = ["content patterns: \(patterns.count), \(prefiltered) in one Hyperscan pass per message (PCRE2 confirms a hit), "
-                         + "\(patterns.count - prefiltered) with PCRE2 alone"]
+                         + (counted > 0 ? "\(counted) by a count of character runs (PCRE2 confirms a run), " : "")
+                         + "\(patterns.count - prefiltered - counted) with PCRE2 alone"]
             for (rule, pattern, engine) in patterns {
-                if case .pcre2(let why) = engine { lines.append("  rule \(rule): \(pattern) with PCRE2 alone: \(why)") }
+                switch engine {
+                case .pcre2(let why): lines.append("  rule \(rule): \(pattern) with PCRE2 alone: \(why)")
+                case .runCount(let minimum): lines.append("  rule \(rule): \(pattern) by a count of runs (\(minimum) in a row)")
+                case .prefiltered, .shortValues: break
+                }
             }
             return lines
         }

@@ -21,6 +21,8 @@ final class ContentEnginesTests: XCTestCase {
         "\\b(lottery|jackpot)\\s+winner\\b", "=\\?utf-8\\?b\\?[A-Za-z0-9+\\/=]{200,}\\?=", "\\bact\\s+now\\b", "X{200}",
         "(\\w+) \\1\\b", "(?<=pay)pal", "foo(?!bar)", "(?-i)URGENT", "(?m)^offer$", "straße", "ÉTÉ", "\\Cx", "a(?C1)b", "z*",
         "password.{0,20}expire",
+        // One character repeated, counted as runs instead of scanned (LiteralRun).
+        "-{20,}", "(?-i)x{5}", "\\*{3,8}", "k{3}", "(?i)Q{2}", "X{79}",
     ]
 
     static let bodies = [
@@ -31,6 +33,8 @@ final class ContentEnginesTests: XCTestCase {
         "urgent URGENT", "special\noffer\nnow", "STRASSE Straße été", "card 1234-5678-9012-3456 and bitcoin  wallet",
         String(repeating: "X", count: 250), "the nigeria connection and a prince", "=?utf-8?b?" + String(repeating: "QUJD", count: 60) + "?=",
         "lottery   winner", "nothing to see", "", "act now: bit.ly/abc123 tinyurl.com/xy", "Cx ab a\u{0}b EICAR-STANDARD-ANTIVIRUS-TEST-FILE",
+        String(repeating: "N" + String(repeating: "X", count: 79) + "\n", count: 40), "xxXxx xxxxX XXXXX -------------------- ** ***",
+        "kK\u{212A} qQ ------------------- \\*\\*\\*",
     ]
 
     private func verdicts(prefilter: Bool, minimumScanSize: Int = 0, padding: Int = 0) async throws -> [String] {
@@ -101,5 +105,46 @@ final class ContentEnginesTests: XCTestCase {
         guard case .pcre2(let why) = engines[1].engine else { return XCTFail("\(engines)") }
         XCTAssertTrue(why.hasPrefix("Hyperscan: "), why)
         XCTAssertEqual(engines[2].engine, .shortValues)
+    }
+
+    func testARepeatedCharacterIsCountedAsRunsInSubjectsOfAnySize() throws {
+        let policy = try BuiltinFilters.compiler.compile(yaml: """
+            rules:
+              - { id: a, stage: data, if: { body: { regex: '(?-i)X{200}' } }, then: reject }
+            """, file: "policy.yaml")
+        guard let condition = policy.rules.first?.condition as? ContentCondition, let prefilter = condition.prefilter else {
+            return XCTFail("the body pattern is prefiltered")
+        }
+        XCTAssertEqual(condition.patternEngines.first?.engine, .runCount(minimum: 200))
+        // smtp-source's body: lines of 79 X's, never 200 in a row.
+        let lines = String(repeating: "N" + String(repeating: "X", count: 79) + "\r\n", count: 1_300)
+        let message = MIMEMessage.parse(Array(("Subject: x\r\n\r\n" + lines).utf8))
+        XCTAssertFalse(prefilter.set.mayMatch(prefilter.id, subject: 0, length: lines.utf8.count, in: message))
+        let short = MIMEMessage.parse(Array(("Subject: x\r\n\r\nN" + String(repeating: "X", count: 200) + "\r\n").utf8))
+        XCTAssertTrue(prefilter.set.mayMatch(prefilter.id, subject: 0, length: 203, in: short), "a run of 200, under the scan threshold")
+        let lower = MIMEMessage.parse(Array(("Subject: x\r\n\r\n" + String(repeating: "x", count: 300) + "\r\n").utf8))
+        XCTAssertFalse(prefilter.set.mayMatch(prefilter.id, subject: 0, length: 302, in: lower), "(?-i): lower case is no run")
+    }
+
+    func testOnlyOneCharacterWithACountedRepeatIsARun() {
+        let runs: [(String, [UInt8], Int)] = [
+            ("X{200}", [UInt8(ascii: "X"), UInt8(ascii: "x")], 200), ("(?-i)X{200}", [UInt8(ascii: "X")], 200),
+            ("-{20,}", [UInt8(ascii: "-")], 20), ("\\*{3,8}", [UInt8(ascii: "*")], 3), ("(?i)q{2}", [UInt8(ascii: "q"), UInt8(ascii: "Q")], 2),
+        ]
+        for (pattern, octets, minimum) in runs {
+            let run = LiteralRun(pattern, caseInsensitive: true)
+            XCTAssertEqual(run?.octets, octets, pattern)
+            XCTAssertEqual(run?.minimum, minimum, pattern)
+        }
+        for pattern in ["X{1}", "X{200", "X{3,2}", "X{,3}", "X{200}?", "X{200}+", "XY{3}", "[X]{3}", ".{3}", "\\d{3}", "\\1{3}",
+                        "(?m)X{3}", "^X{3}", "X{3}$", "é{3}", "k{3}", "(?i)S{4}", "X{99999}", " {3}", "X*", ""] {
+            XCTAssertNil(LiteralRun(pattern, caseInsensitive: true), pattern)
+        }
+        XCTAssertNotNil(LiteralRun("k{3}", caseInsensitive: false), "k has no third case when case matters")
+        let run = LiteralRun("-{3,}", caseInsensitive: true)!
+        XCTAssertTrue(run.occurs(in: "a---b"))
+        XCTAssertFalse(run.occurs(in: "a--b--c"))
+        XCTAssertTrue(run.occurs(in: "---"))
+        XCTAssertFalse(run.occurs(in: ""))
     }
 }

@@ -62,11 +62,13 @@ final class CheckCLITests: IntegrationTestCase, @unchecked Sendable {
               - { id: tracking, stage: data, if: { raw: { regex: '(?m)^X-Tracking: [0-9a-f]{16}' } }, then: reject }
               - { id: callout, stage: data, if: { body: { regex: 'a(?C1)b' } }, then: reject }
               - { id: subject, stage: data, if: { subject: { regex: 'offer' } }, then: reject }
+              - { id: filler, stage: data, if: { body: { regex: '(?-i)X{200}' } }, then: reject }
             """.write(to: policy, atomically: true, encoding: .utf8)
         let result = try check(config("policy: \(policy.path)\n"))
         XCTAssertEqual(result.status, 0, result.description)
-        XCTAssertTrue(result.stdout.contains("content patterns: 4, 2 in one Hyperscan pass per message (PCRE2 confirms a hit), 2 with PCRE2 alone"),
-                      result.description)
+        XCTAssertTrue(result.stdout.contains("content patterns: 5, 2 in one Hyperscan pass per message (PCRE2 confirms a hit), "
+                                             + "1 by a count of character runs (PCRE2 confirms a run), 2 with PCRE2 alone"), result.description)
+        XCTAssertTrue(result.stdout.contains("rule filler: body: /(?-i)X{200}/ by a count of runs (200 in a row)"), result.description)
         XCTAssertTrue(result.stdout.contains("rule callout: body: /a(?C1)b/ with PCRE2 alone: Hyperscan: "), result.description)
         XCTAssertFalse(result.stdout.contains("rule subject"), "short values are not worth a line: \(result.stdout)")
     }

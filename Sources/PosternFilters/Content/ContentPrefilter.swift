@@ -33,7 +33,9 @@ public enum ContentMatching {
 /// subject (each body part; the raw message) instead of one PCRE2 search per pattern. A
 /// pattern Hyperscan says cannot match is not searched; one it says may match is confirmed
 /// by PCRE2, so the answers are PCRE2's, with its options and limits. Patterns Hyperscan
-/// cannot compile are always searched with PCRE2.
+/// cannot compile are always searched with PCRE2. A pattern that is one character repeated
+/// (`X{200}`, `LiteralRun`) is not in the pass: a count of runs rules it out or in, for
+/// subjects of any size.
 ///
 /// Conditions register their patterns while the policy compiles; the database is built the
 /// first time a message is scanned (after every pattern is in), once.
@@ -45,8 +47,24 @@ final class ContentPrefilter: Sendable {
         case raw
     }
 
+    /// How a registered pattern is prefiltered.
+    private enum Entry: Sendable {
+        /// Pattern `index` of the Hyperscan database.
+        case scanned(Int)
+        case run(LiteralRun)
+    }
+
+    /// What the prefilter found in one subject.
+    private struct Found: Sendable {
+        /// The ids of the scanned patterns that may match; nil: the subject was not scanned
+        /// (too short, or the scan failed), so each must be searched.
+        var scanned: Set<Int>?
+        /// The ids of the run patterns whose run is there.
+        var runs: Set<Int>
+    }
+
     let subject: Subject
-    private let state = Mutex<(patterns: [HyperscanDatabase.Pattern], database: HyperscanDatabase??)>(([], nil))
+    private let state = Mutex<(entries: [Entry], patterns: [HyperscanDatabase.Pattern], database: HyperscanDatabase??)>(([], [], nil))
 
     init(_ subject: Subject) {
         self.subject = subject
@@ -56,56 +74,98 @@ final class ContentPrefilter: Sendable {
     /// added after the first scan is not in the database: it is always searched.
     func register(_ expression: String) -> Int {
         state.withLock { state in
-            state.patterns.append(HyperscanDatabase.Pattern(expression, caseInsensitive: true, utf8: subject == .bodyParts))
-            return state.patterns.count - 1
+            if let run = LiteralRun(expression, caseInsensitive: true) {
+                state.entries.append(.run(run))
+            } else {
+                state.entries.append(.scanned(state.patterns.count))
+                state.patterns.append(HyperscanDatabase.Pattern(expression, caseInsensitive: true, utf8: subject == .bodyParts))
+            }
+            return state.entries.count - 1
         }
     }
 
-    /// The database, built on first use; nil when Hyperscan could not build it (then every
-    /// pattern is searched with PCRE2).
-    var database: HyperscanDatabase? {
+    /// The database and the entries it was built for, built on first use; a nil database
+    /// when Hyperscan could not build it (then every scanned pattern is searched with PCRE2).
+    private var built: (entries: [Entry], database: HyperscanDatabase?) {
         state.withLock { state in
-            if let built = state.database { return built }
+            if let built = state.database { return (state.entries, built) }
             let built = try? HyperscanDatabase(state.patterns)
             state.database = .some(built)
-            return built
+            return (state.entries, built)
         }
     }
 
-    /// For each subject of `message` (each body part, or the raw message), the ids that may
-    /// match, nil where every pattern must be searched (a short subject, a failed scan);
-    /// computed once per message.
-    func candidates(in message: any PolicyMessage) -> [Set<Int>?] {
-        guard let database else { return [] }
+    /// For each subject of `message` (each body part, or the raw message), what the pass
+    /// found; computed once per message.
+    private func found(in message: any PolicyMessage) -> [Found] {
+        let (entries, database) = built
         let minimum = ContentMatching.minimumScanSize
-        func scan() -> [Set<Int>?] {
+        let runs = entries.indices.compactMap { id -> (Int, LiteralRun)? in
+            if case .run(let run) = entries[id] { (id, run) } else { nil }
+        }
+        let index = entries.indices.reduce(into: [Int: Int]()) { index, id in
+            if case .scanned(let pattern) = entries[id] { index[pattern] = id }
+        }
+        func look(_ bytes: UnsafeRawBufferPointer) -> Found {
+            var found = Found(scanned: nil, runs: [])
+            if let database, bytes.count >= minimum, let hits = database.candidates(in: bytes) {
+                found.scanned = Set(hits.compactMap { index[$0] })
+            }
+            for (id, run) in runs where run.occurs(in: bytes) { found.runs.insert(id) }
+            return found
+        }
+        func scan() -> [Found] {
             switch subject {
             case .bodyParts:
-                return message.bodyTexts.map { $0.utf8.count < minimum ? nil : database.candidates(in: $0) }
+                return message.bodyTexts.map { text in
+                    var text = text
+                    return text.withUTF8 { look(UnsafeRawBufferPointer($0)) }
+                }
             case .raw:
-                let raw = message.rawBytes
-                return [raw.count < minimum ? nil : raw.withUnsafeBytes { database.candidates(in: $0) }]
+                return [message.rawBytes.withUnsafeBytes(look)]
             }
         }
         guard let memo = message.derivedValues as? MessageMemo else { return scan() }
         return memo.value(for: ObjectIdentifier(self), make: scan)
     }
 
+    /// For each subject of `message`, the scanned patterns that may match (nil: not scanned).
+    func candidates(in message: any PolicyMessage) -> [Set<Int>?] {
+        found(in: message).map(\.scanned)
+    }
+
     /// Whether pattern `id` may match subject `index` (of `length` octets) of `message`:
-    /// false only when Hyperscan compiled it, scanned that subject and found no candidate.
+    /// false only when the pass ruled it out there (a scanned pattern Hyperscan compiled, in
+    /// a subject it scanned; a run pattern whose run is not there).
     func mayMatch(_ id: Int, subject index: Int, length: Int, in message: any PolicyMessage) -> Bool {
-        guard length >= ContentMatching.minimumScanSize else { return true }
-        guard let database, id < database.patterns.count, database.unsupported[id] == nil else { return true }
-        let candidates = candidates(in: message)
-        guard index < candidates.count, let found = candidates[index] else { return true }
-        return found.contains(id)
+        let (entries, database) = built
+        guard id < entries.count else { return true }
+        switch entries[id] {
+        case .run:
+            let found = found(in: message)
+            guard index < found.count else { return true }
+            return found[index].runs.contains(id)
+        case .scanned(let pattern):
+            guard length >= ContentMatching.minimumScanSize else { return true }
+            guard let database, pattern < database.patterns.count, database.unsupported[pattern] == nil else { return true }
+            let found = found(in: message)
+            guard index < found.count, let scanned = found[index].scanned else { return true }
+            return scanned.contains(id)
+        }
     }
 
     /// What the pattern got, for `postern check`.
     func engine(of id: Int) -> PatternEngine {
-        guard let database else { return .pcre2("Hyperscan could not build the database") }
-        guard id < database.patterns.count else { return .pcre2("added after the first scan") }
-        if let reason = database.unsupported[id] { return .pcre2("Hyperscan: \(reason)") }
-        return .prefiltered
+        let (entries, database) = built
+        guard id < entries.count else { return .pcre2("added after the first scan") }
+        switch entries[id] {
+        case .run(let run):
+            return .runCount(minimum: run.minimum)
+        case .scanned(let pattern):
+            guard let database else { return .pcre2("Hyperscan could not build the database") }
+            guard pattern < database.patterns.count else { return .pcre2("added after the first scan") }
+            if let reason = database.unsupported[pattern] { return .pcre2("Hyperscan: \(reason)") }
+            return .prefiltered
+        }
     }
 }

@@ -143,6 +143,9 @@ public protocol PolicyCondition: Sendable {
 public enum PatternEngine: Sendable, Hashable {
     /// In the policy's one Hyperscan pass over the subject; PCRE2 confirms a hit.
     case prefiltered
+    /// One character repeated (`X{200}`): a count of the runs of that character rules the
+    /// subject in or out; PCRE2 confirms a subject with a run of `minimum`.
+    case runCount(minimum: Int)
     /// By PCRE2 alone, and why (a pattern Hyperscan cannot take, the pass turned off).
     case pcre2(String)
     /// By PCRE2, one search per value: the target's values are short (headers, the
