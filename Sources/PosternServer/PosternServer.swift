@@ -96,31 +96,38 @@ public final class PosternServer: Service, Sendable {
     public var statusServerAddress: SocketAddress? { statusAddress.withLock { $0 } }
 
     public func run() async throws {
-        typealias Connection = NIOAsyncChannel<SMTPInboundEvent, ByteBuffer>
-        let accepted = AcceptedConnections()
-        var servers: [(PosternConfiguration.Listener, NIOAsyncChannel<Connection, Never>)] = []
+        // One task executor per event loop, shared by the sessions on it: a session's task
+        // (only while its actions wait) runs on its connection's loop.
+        let executors = Dictionary(uniqueKeysWithValues: group.makeIterator().map { (ObjectIdentifier($0), EventLoopTaskExecutor($0)) })
+        var servers: [(PosternConfiguration.Listener, Channel)] = []
         for listener in configuration.listeners {
+            let context = makeContext(for: listener)
             do {
                 let server = try await ServerBootstrap(group: group)
                     .serverChannelOption(.backlog, value: 512)
                     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                     .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                    .bind(host: listener.host, port: listener.port) { channel in
+                    .childChannelInitializer { channel in
                         channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(SMTPInboundEventHandler())
-                            return accepted.add(try Connection(wrappingChannelSynchronously: channel))
+                            let remote = channel.remoteAddress
+                            let peer = ClientEndpoint(address: remote?.ipAddress.flatMap(IPAddress.init) ?? .v4(0), port: remote?.port ?? 0)
+                            let loop = channel.eventLoop
+                            let executor = executors[ObjectIdentifier(loop)] ?? EventLoopTaskExecutor(loop)
+                            try channel.pipeline.syncOperations.addHandlers(
+                                SMTPInboundEventHandler(), SMTPConnection(channel: channel, peer: peer, context: context, executor: executor))
                         }
                     }
+                    .bind(host: listener.host, port: listener.port).get()
                 servers.append((listener, server))
             } catch {
-                for (_, server) in servers { try? await server.channel.close() }
+                for (_, server) in servers { try? await server.close() }
                 throw StartupError(description: "cannot listen on \(listener.description): \(error)")
             }
         }
-        let addresses = servers.compactMap { $0.1.channel.localAddress }
+        let addresses = servers.compactMap { $0.1.localAddress }
         bound.withLock { $0 = addresses }
         for (listener, server) in servers {
-            let port = server.channel.localAddress?.port ?? listener.port
+            let port = server.localAddress?.port ?? listener.port
             logger.notice("listening on \(listener.host.contains(":") ? "[\(listener.host)]" : listener.host):\(port)", metadata: [
                 "proxy_protocol": "\(listener.proxyProtocol)", "starttls": "\(tlsContext != nil)",
             ])
@@ -132,7 +139,7 @@ public final class PosternServer: Service, Sendable {
                 let bound = try await server.bind()
                 statusAddress.withLock { $0 = bound }
             } catch {
-                for (_, listener) in servers { try? await listener.channel.close() }
+                for (_, listener) in servers { try? await listener.close() }
                 throw StartupError(description: "cannot serve metrics on \(address.description): \(error)")
             }
             statusServer = server
@@ -162,32 +169,25 @@ public final class PosternServer: Service, Sendable {
             credentialWatch?.cancel()
             sigusr1.cancel()
         }
-        let serverChannels = servers.map { $0.1.channel }
-        // One task executor per event loop, shared by the sessions on it.
-        let executors = Dictionary(uniqueKeysWithValues: group.makeIterator().map { (ObjectIdentifier($0), EventLoopTaskExecutor($0)) })
+        let serverChannels = servers.map { $0.1 }
+        let status = statusServer
         try await withGracefulShutdownHandler {
-            try await withThrowingDiscardingTaskGroup { tasks in
-                if let statusServer {
-                    tasks.addTask { try await statusServer.run() }
-                }
-                for (listener, server) in servers {
-                    let context = makeContext(for: listener)
-                    tasks.addTask {
-                        try await server.executeThenClose { connections in
-                            try await withThrowingDiscardingTaskGroup { sessions in
-                                for try await connection in connections {
-                                    accepted.take(connection)
-                                    // The session runs on its connection's event loop: its
-                                    // awaits on the channel (and on the upstream, opened on
-                                    // the same loop) resume without a thread hop.
-                                    let loop = connection.channel.eventLoop
-                                    let executor = executors[ObjectIdentifier(loop)] ?? EventLoopTaskExecutor(loop)
-                                    sessions.addTask(executorPreference: executor) { await Self.serve(connection, context: context) }
-                                }
-                            }
-                        }
+            try await withTaskCancellationHandler {
+                try await withThrowingDiscardingTaskGroup { tasks in
+                    if let status {
+                        tasks.addTask { try await status.run() }
+                    }
+                    for server in serverChannels {
+                        tasks.addTask { try await server.closeFuture.get() }
                     }
                 }
+                // The listeners are closed: the sessions in progress finish (drained, or closed
+                // at the end of the grace period).
+                await registry.waitUntilAllEnded()
+            } onCancel: { [registry] in
+                for channel in serverChannels { channel.close(promise: nil) }
+                status?.close()
+                registry.closeAll()
             }
         } onGracefulShutdown: { [registry, logger, configuration, group] in
             logger.notice("shutting down: no new connections; sessions finish their transactions", metadata: [
@@ -200,8 +200,6 @@ public final class PosternServer: Service, Sendable {
                 registry.closeAll()
             }
         }
-        let leftovers = await accepted.closeLeftovers()
-        if leftovers > 0 { logger.notice("closed connections accepted as the listeners closed", metadata: ["connections": "\(leftovers)"]) }
         pool.stopProbing()
         await pool.closeIdle()
         for service in policyServices { service.close() }
@@ -246,52 +244,5 @@ public final class PosternServer: Service, Sendable {
                                    lookupTimeout: resolver.configuration.timeout))
         }
         return checks + policyServices.map { PolicyServiceCheck(client: $0) }
-    }
-
-    /// One connection, start to end. Never throws: one bad connection never takes the server down.
-    private static func serve(_ connection: NIOAsyncChannel<SMTPInboundEvent, ByteBuffer>, context: ListenerContext) async {
-        let remote = connection.channel.remoteAddress
-        let address = remote?.ipAddress.flatMap(IPAddress.init) ?? .v4(0)
-        let peer = ClientEndpoint(address: address, port: remote?.port ?? 0)
-        do {
-            try await connection.executeThenClose { inbound, outbound in
-                var session = SMTPConnection(
-                    channel: connection.channel, inbound: inbound.makeAsyncIterator(), outbound: outbound, peer: peer, context: context)
-                await session.run()
-            }
-        } catch {
-            context.logger.debug("connection ended with error", metadata: ["error": "\(error)"])
-        }
-    }
-}
-
-/// Connections accepted and not yet taken by the accept loop. A connection accepted just as
-/// its listener closes is made (its `NIOAsyncChannel`) but never handed to the loop, since the
-/// listener's stream has ended; released without `executeThenClose`, its writer traps
-/// ("Deinited NIOAsyncWriter without calling finish()"). Kept here until the loop takes it;
-/// what is left when the server stops is closed properly.
-final class AcceptedConnections: Sendable {
-    typealias Connection = NIOAsyncChannel<SMTPInboundEvent, ByteBuffer>
-    private let pending = Mutex<[ObjectIdentifier: Connection]>([:])
-
-    func add(_ connection: Connection) -> Connection {
-        pending.withLock { $0[ObjectIdentifier(connection.channel)] = connection }
-        return connection
-    }
-
-    func take(_ connection: Connection) {
-        _ = pending.withLock { $0.removeValue(forKey: ObjectIdentifier(connection.channel)) }
-    }
-
-    /// Closes the connections no session took; returns how many.
-    func closeLeftovers() async -> Int {
-        let left = pending.withLock { pending in
-            defer { pending = [:] }
-            return Array(pending.values)
-        }
-        for connection in left {
-            try? await connection.executeThenClose { _, _ in }
-        }
-        return left.count
     }
 }

@@ -86,8 +86,8 @@ public final class SMTPInboundEventHandler: ChannelDuplexHandler, RemovableChann
         }
     }
 
-    /// An event that is not a socket read still needs a read-complete: NIOAsyncChannel hands
-    /// reads to the stream only then.
+    /// An event that is not a socket read ends like one, with a read-complete: a handler that
+    /// batches per read (an `NIOAsyncChannel` hands reads to its stream only then) sees it at once.
     private func deliver(_ event: SMTPInboundEvent, context: ChannelHandlerContext) {
         context.fireChannelRead(wrapInboundOut(event))
         context.fireChannelReadComplete()

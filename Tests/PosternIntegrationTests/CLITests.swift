@@ -117,5 +117,23 @@ final class CLITests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertEqual(sink.messageCount, 0, "an unfinished message was relayed")
         XCTAssertTrue(client.waitForClose(timeout: 2))
     }
+
+    /// A connection whose session has not begun (its PROXY header not yet sent, so no slot and
+    /// nothing to drain) is closed at the end of the grace period too, not at its own timeout.
+    func testSIGTERMClosesAConnectionStillWaitingForItsProxyHeaderAtTheEndOfTheGracePeriod() throws {
+        let (postern, _) = try startPosternWithSink {
+            $0.listenerExtra = ["proxy_protocol: true"]
+            $0.extra = "shutdown_grace_period: 1s\nproxy_trusted_networks: [127.0.0.0/8]\ntimeouts:\n  proxy_header: 60s\n"
+        }
+        let silent = try RawSMTPClient(port: postern.port)
+        let start = Date()
+        postern.process.signal(SIGTERM)
+        let status = postern.process.waitForExit(timeout: 20)
+        XCTAssertEqual(status, 0, "postern did not exit in time after SIGTERM\n\(postern.process.tail())")
+        let elapsed = Date().timeIntervalSince(start)
+        XCTAssertGreaterThanOrEqual(elapsed, 0.8, "did not wait for the grace period")
+        XCTAssertLessThan(elapsed, 15, "waited for the connection's own 60 s timeout")
+        XCTAssertTrue(silent.waitForClose(timeout: 2))
+    }
 }
 

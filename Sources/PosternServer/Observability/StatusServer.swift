@@ -44,6 +44,11 @@ final class StatusServer: Service, Sendable {
         return bound.localAddress
     }
 
+    /// Stops listening (the server is cancelled).
+    func close() {
+        channel.withLock { $0 }?.close(promise: nil)
+    }
+
     /// Serves until graceful shutdown.
     func run() async throws {
         guard let channel = channel.withLock({ $0 }) else { return }

@@ -10,17 +10,35 @@ import PosternSession
 import SMTPCore
 import SMTPNIO
 
-/// One client connection: the driver of its `SessionMachine`. One read loop feeds the
-/// machine what arrives (bytes, TLS established, the deadline, drain, the close) and carries
-/// out the actions it returns; replies go out through the channel's outbound writer, once per
-/// batch, before the next read.
-struct SMTPConnection {
-    typealias Inbound = NIOAsyncChannelInboundStream<SMTPInboundEvent>.AsyncIterator
-    typealias Outbound = NIOAsyncChannelOutboundWriter<ByteBuffer>
+/// One client connection: the driver of its `SessionMachine`, as a channel handler (the
+/// model of swift-nio-imap's server). What arrives — bytes, TLS established, the deadline,
+/// drain, the close — goes to the machine on the event loop, and the actions it returns are
+/// carried out there when they can be at once (replies, records, metrics, logs, the spool in
+/// memory, the close). Only an action that must wait (the policy, the upstream, DNS, files,
+/// credentials, the TLS handshake) starts a task, on the connection's event loop; that task
+/// carries out the rest of the actions and what arrived meanwhile, then ends. So an idle
+/// session is this object and its machine, nothing more: no task, no async frames, no
+/// stream, and no buffer (replies go out once per batch, before the next read).
+///
+/// While actions are being carried out, reads are held back (the outbound `read` is not
+/// passed on), as the read loop this replaces did by not reading: input that was already
+/// read waits in `waiting`, in order.
+final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
+    // @unchecked: every member is used on the channel's event loop only — in handler
+    // callbacks, and in the task, which prefers that loop's executor and so resumes there.
+    typealias InboundIn = SMTPInboundEvent
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// What the machine is told, in order.
+    private enum Input {
+        case event(SMTPInboundEvent)
+        case closed
+    }
 
     private let channel: Channel
-    private var inbound: Inbound
-    private let outbound: Outbound
+    private let eventLoop: EventLoop
+    private let executor: EventLoopTaskExecutor
     private let context: ListenerContext
     private var machine: SessionMachine
     private let pipeline: StagePipeline
@@ -33,9 +51,20 @@ struct SMTPConnection {
     private var clientListsAsked: Task<[DNSListResult], Never>?
     private var logger: Logger
     private let work: SessionWork
-    /// Replies waiting to be written.
-    private var pending = ByteBuffer()
+    /// The handler's place in the pipeline, from `handlerAdded` to `handlerRemoved`.
+    private var handlerContext: ChannelHandlerContext?
+    /// Replies waiting to be written; nil when there are none.
+    private var pending: ByteBuffer?
+    /// Input read while actions were being carried out, in order.
+    private var waiting: [Input] = []
+    /// A task is carrying out actions (or ending the session): input waits, reads are held back.
+    private var busy = false
+    /// A read was asked for while busy or while the channel was not writable.
+    private var readHeldBack = false
     private var closed = false
+    private var ended = false
+    /// The connection's key in the registry, until the session has ended.
+    private var connectionKey: Int?
     /// The connection slot, once admitted.
     private var slot: Int?
     /// The deadline the inbound handler's timer is set to.
@@ -44,10 +73,10 @@ struct SMTPConnection {
     /// run once that reply is written, before anything else reaches the upstream.
     private var lateCommit: (() async -> Void)?
 
-    init(channel: Channel, inbound: Inbound, outbound: Outbound, peer: ClientEndpoint, context: ListenerContext) {
+    init(channel: Channel, peer: ClientEndpoint, context: ListenerContext, executor: EventLoopTaskExecutor) {
         self.channel = channel
-        self.inbound = inbound
-        self.outbound = outbound
+        self.eventLoop = channel.eventLoop
+        self.executor = executor
         self.context = context
         let policy = context.policy.policy  // the session keeps this snapshot; a reload serves later sessions
         self.machine = SessionMachine(configuration: context.session, policy: policy, peer: peer, now: Self.now())
@@ -66,49 +95,230 @@ struct SMTPConnection {
         SessionTime(uptime: .now(), wallMilliseconds: Int64(Date().timeIntervalSince1970 * 1000))
     }
 
-    mutating func run() async {
-        var actions = machine.connected(now: Self.now())
-        while true {
-            await perform(actions)
-            if closed || machine.isClosed { break }
-            setTimer(machine.deadline)
-            guard await flush() else {
-                actions = machine.clientClosed(now: Self.now())
-                continue
-            }
-            await runLateCommit()
-            let now = Self.now()
-            switch await next() {
-            case .bytes(let bytes)?: actions = machine.received(bytes, now: now)
-            case .tlsEstablished?: actions = machine.tlsEstablished(version: await tlsVersion(), now: now)
-            case .timedOut?:
-                timer = .distantFuture  // the handler's timer has fired
-                actions = machine.deadlineReached(now: now)
-            case .drain?: actions = machine.drainRequested(now: now)
-            case nil: actions = machine.clientClosed(now: now)
-            }
-        }
-        await runLateCommit()
-        for milter in milters { await milter.close() }
-        // The client side is done (its slot is free); now the upstream connection goes back.
-        await work.finish()
-        logger.debug("session ended")
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        handlerContext = context
+        connectionKey = self.context.registry.opened(channel)
+        if context.channel.isActive { start() }
     }
 
-    /// Carries out actions in order; an action's result goes back to the machine, whose
-    /// actions come next.
-    private mutating func perform(_ initial: [SessionAction]) async {
-        var queue = initial[...]
+    func handlerRemoved(context: ChannelHandlerContext) {
+        handlerContext = nil
+        // A connection closed before it was ever active has no session to end.
+        if !started, let key = connectionKey {
+            connectionKey = nil
+            ended = true
+            self.context.registry.ended(key)
+        }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        start()
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        receive(.event(unwrapInboundIn(data)))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        receive(.closed)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if busy || ended || !context.channel.isWritable {
+            readHeldBack = true
+        } else {
+            context.read()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        resumeReading()
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: Driving the machine
+
+    private var started = false
+
+    private func start() {
+        guard !started else { return }
+        started = true
+        run(machine.connected(now: Self.now()))
+    }
+
+    /// Input from the channel: to the machine now, or after the actions in progress.
+    private func receive(_ input: Input) {
+        guard started, !ended else { return }
+        if busy {
+            waiting.append(input)
+        } else {
+            run(feed(input))
+        }
+    }
+
+    private func feed(_ input: Input) -> [SessionAction] {
+        let now = Self.now()
+        switch input {
+        case .event(.bytes(let bytes)): return machine.received(bytes, now: now)
+        case .event(.tlsEstablished): return machine.tlsEstablished(version: tlsVersion(), now: now)
+        case .event(.timedOut):
+            timer = .distantFuture  // the handler's timer has fired
+            return machine.deadlineReached(now: now)
+        case .event(.drain): return machine.drainRequested(now: now)
+        case .closed: return machine.clientClosed(now: now)
+        }
+    }
+
+    /// Carries out actions in order, on the event loop, until one must wait: that one and the
+    /// rest go to a task.
+    private func run(_ actions: [SessionAction]) {
+        var queue = actions[...]
         while let action = queue.popFirst() {
-            let more = await perform(action)
+            guard let more = performNow(action) else {
+                busy = true
+                let rest = Array(queue)
+                Task(executorPreference: executor) {
+                    let more = await self.perform(action)
+                    await self.runToIdle(more + rest)
+                    self.busy = false
+                    self.settle()
+                }
+                return
+            }
             if !more.isEmpty { queue = (more + queue)[...] }
         }
+        settle()
     }
 
-    private mutating func perform(_ action: SessionAction) async -> [SessionAction] {
+    /// In the task: the actions, then what arrived meanwhile, until nothing is left to do.
+    private func runToIdle(_ actions: [SessionAction]) async {
+        var queue = actions[...]
+        while true {
+            while let action = queue.popFirst() {
+                let more: [SessionAction]
+                if let now = performNow(action) { more = now } else { more = await perform(action) }
+                if !more.isEmpty { queue = (more + queue)[...] }
+            }
+            if closed || machine.isClosed || waiting.isEmpty { return }
+            if lateCommit != nil {
+                // The early 250 goes out before the next input is read, as the read loop did.
+                flush()
+                await runLateCommit()
+            }
+            queue = feed(waiting.removeFirst())[...]
+        }
+    }
+
+    /// Nothing is in progress: the replies go out, the timer follows the machine, and reading
+    /// resumes; or the session ends.
+    private func settle() {
+        if closed || machine.isClosed {
+            end()
+            return
+        }
+        setTimer(machine.deadline)
+        flush()
+        if lateCommit != nil {
+            busy = true
+            Task(executorPreference: executor) {
+                await self.runLateCommit()
+                self.busy = false
+                self.settle()
+            }
+            return
+        }
+        resumeReading()
+    }
+
+    private func resumeReading() {
+        guard readHeldBack, !busy, !ended, let handlerContext, handlerContext.channel.isWritable else { return }
+        readHeldBack = false
+        handlerContext.read()
+    }
+
+    /// The session is over: the milters are told, the upstream connection goes back.
+    private func end() {
+        guard !ended else { return }
+        ended = true
+        busy = true
+        waiting = []
+        if !closed {
+            closed = true
+            flush()
+            channel.close(promise: nil)
+            releaseSlot()
+        }
+        Task(executorPreference: executor) {
+            await self.runLateCommit()
+            for milter in self.milters { await milter.close() }
+            // The client side is done (its slot is free); now the upstream connection goes back.
+            await self.work.finish()
+            self.logger.debug("session ended")
+            if let key = self.connectionKey {
+                self.connectionKey = nil
+                self.context.registry.ended(key)
+            }
+        }
+    }
+
+    private func releaseSlot() {
+        guard let slot else { return }
+        self.slot = nil
+        context.release(slot, client: machine.client)
+    }
+
+    /// An action carried out at once, with what the machine answered; nil when it must wait.
+    private func performNow(_ action: SessionAction) -> [SessionAction]? {
         switch action {
         case .write(let bytes):
-            pending.writeImmutableBuffer(bytes)
+            if pending == nil {
+                pending = bytes
+            } else {
+                pending!.writeImmutableBuffer(bytes)
+            }
+            return []
+        case .record(let record):
+            context.record(record)
+            return []
+        case .count(let event):
+            context.count(event)
+            return []
+        case .log(let line):
+            logger.log(line, transactionID: machine.transactionsStarted > 0 ? machine.transactionID : nil)
+            return []
+        case .close:
+            flush()
+            closed = true
+            channel.close(promise: nil)
+            releaseSlot()
+            return []
+        case .spool(let request):
+            switch work.spoolNow(request) {
+            case .done(let result?): return machine.contentStored(result, now: Self.now())
+            case .done(nil): return []
+            case .mustWait: return nil
+            }
+        case .startTLS:
+            return startTLS()
+        case .admit, .lookUpDNSLists, .evaluate, .upstream, .quarantine, .verifyCredentials:
+            return nil
+        }
+    }
+
+    /// An action that waits, with what the machine answered.
+    private func perform(_ action: SessionAction) async -> [SessionAction] {
+        switch action {
+        case .write, .record, .count, .log, .close, .startTLS:
+            return performNow(action) ?? []
         case .admit(let client):
             logger[metadataKey: "smtp.client"] = "\(client)"
             let (admission, key) = context.admit(client, channel: channel)
@@ -169,29 +379,12 @@ struct SMTPConnection {
             return machine.quarantined(await work.quarantine(request), now: Self.now())
         case .verifyCredentials(let request):
             return machine.credentialsChecked(await context.verify(request), now: Self.now())
-        case .startTLS:
-            return await startTLS()
-        case .record(let record):
-            context.record(record)
-        case .count(let event):
-            context.count(event)
-        case .log(let line):
-            logger.log(line, transactionID: machine.transactionsStarted > 0 ? machine.transactionID : nil)
-        case .close:
-            await flush()
-            closed = true
-            try? await channel.close().get()
-            if let slot {
-                self.slot = nil
-                context.release(slot, client: machine.client)
-            }
         }
-        return []
     }
 
     /// The answers for `.lookUpDNSLists`: domain lists asked now, client lists from what was
     /// asked at admission.
-    private mutating func lookUp(_ lookup: DNSListLookup) async -> [DNSListResult] {
+    private func lookUp(_ lookup: DNSListLookup) async -> [DNSListResult] {
         guard let checker = context.dnsLists else {
             return lookup.lists.map { DNSListResult(list: $0.name, outcome: .error("no DNS resolver is configured"), weight: 0) }
         }
@@ -218,7 +411,7 @@ struct SMTPConnection {
     /// The made-up upstream reply of `context.unsafeEarlyAck`.
     private static let earlyAck = SMTPReply(250, EnhancedStatusCode(2, 0, 0), "Ok (TEST ONLY: unsafe early ack)")
 
-    private mutating func runLateCommit() async {
+    private func runLateCommit() async {
         guard let commit = lateCommit else { return }
         lateCommit = nil
         await commit()
@@ -227,50 +420,29 @@ struct SMTPConnection {
     // MARK: I/O
 
     /// The one timer of the session, kept at the machine's deadline.
-    private mutating func setTimer(_ deadline: NIODeadline) {
-        guard deadline != timer else { return }
+    private func setTimer(_ deadline: NIODeadline) {
+        guard deadline != timer, let handlerContext else { return }
         timer = deadline
-        channel.triggerUserOutboundEvent(SMTPSessionDeadline(deadline), promise: nil)
+        handlerContext.triggerUserOutboundEvent(SMTPSessionDeadline(deadline), promise: nil)
     }
 
-    private mutating func next() async -> SMTPInboundEvent? {
-        do {
-            return try await inbound.next()
-        } catch {
-            logger.debug("connection error", metadata: ["error": "\(error)"])
-            return nil
-        }
+    /// Writes the replies batched so far, in one write: before waiting for input, which is
+    /// what RFC 2920 §3.2 asks of a pipelining server. While the channel is not writable,
+    /// reading waits (`read`), so replies cannot pile up.
+    private func flush() {
+        guard let bytes = pending else { return }
+        pending = nil
+        handlerContext?.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
     }
 
-    /// Writes the replies batched so far: before waiting for input, which is what RFC 2920
-    /// §3.2 asks of a pipelining server. Suspends only when the channel is not writable.
-    /// False when the connection is gone.
-    @discardableResult
-    private mutating func flush() async -> Bool {
-        guard pending.readableBytes > 0 else { return true }
-        let bytes = pending
-        pending = ByteBuffer()
+    /// The 220 goes out, then the TLS handler goes in, at once: the write has passed the
+    /// pipeline, so the 220 is in the clear, and the client's ClientHello cannot arrive
+    /// before it has read the 220.
+    private func startTLS() -> [SessionAction] {
+        flush()
+        guard let tlsContext = context.tlsContext, let handlerContext else { return machine.clientClosed(now: Self.now()) }
         do {
-            try await outbound.write(bytes)
-            return true
-        } catch {
-            return false
-        }
-    }
-
-    /// The TLS handler goes in as soon as the 220 is written, in the same event-loop task:
-    /// the client's ClientHello cannot arrive before it has read the 220.
-    private mutating func startTLS() async -> [SessionAction] {
-        let bytes = pending
-        pending = ByteBuffer()
-        guard let tlsContext = context.tlsContext else { return machine.clientClosed(now: Self.now()) }
-        let channel = self.channel
-        do {
-            try await channel.eventLoop.flatSubmit {
-                channel.writeAndFlush(bytes).flatMapThrowing {
-                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext), position: .first)
-                }
-            }.get()
+            try handlerContext.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext), position: .first)
             return []
         } catch {
             logger.notice("STARTTLS failed", metadata: ["error": "\(error)"])
@@ -278,8 +450,8 @@ struct SMTPConnection {
         }
     }
 
-    private func tlsVersion() async -> String? {
-        guard let version = try? await channel.nioSSL_tlsVersion().get() else { return nil }
+    private func tlsVersion() -> String? {
+        guard let version = try? handlerContext?.pipeline.syncOperations.nioSSL_tlsVersion() else { return nil }
         switch version {
         case .tlsv1: return "TLSv1"
         case .tlsv11: return "TLSv1.1"

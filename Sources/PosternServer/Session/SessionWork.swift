@@ -12,7 +12,7 @@ import SMTPCore
 /// One session's resources behind the machine's actions: the upstream (one `Delivery` per
 /// transaction), the message spool, the quarantine. Blocking file work (the spool past its
 /// memory threshold, parsing a large message) runs on NIO's thread pool, never on an event loop.
-/// Lives in the session's task only.
+/// Used on the session's event loop only (its handler, and the task that prefers that loop).
 final class SessionWork {
     private let context: ListenerContext
     private let logger: Logger
@@ -136,42 +136,73 @@ final class SessionWork {
 
     // MARK: The spool
 
-    /// Nil except for `finish`.
-    func spool(_ request: SpoolRequest) async -> Result<StoredMessage, StorageError>? {
+    /// What an action gives at once, or that it must wait (for the thread pool).
+    enum Immediate<Value> {
+        case done(Value)
+        case mustWait
+    }
+
+    /// The spool's work that needs no waiting: beginning and discarding, appending in memory,
+    /// finishing without a parse or with a parse small enough for the calling thread.
+    /// `.done(nil)` except for `finish`.
+    func spoolNow(_ request: SpoolRequest) -> Immediate<Result<StoredMessage, StorageError>?> {
         switch request {
         case .begin:
             spool = MessageSpool(memoryThreshold: context.spool.memoryThreshold, directory: context.spool.directory)
             spoolFailure = nil
         case .append(let bytes):
-            guard let spool, spoolFailure == nil else { return nil }
+            guard let spool, spoolFailure == nil else { return .done(nil) }
+            if spool.isOnDisk || spool.size + bytes.readableBytes > spool.memoryThreshold { return .mustWait }
             do {
-                if spool.isOnDisk || spool.size + bytes.readableBytes > spool.memoryThreshold {
-                    let owned = Owned(spool)
-                    try await NIOThreadPool.singleton.runIfActive { try owned.value.append(bytes) }
-                } else {
-                    try spool.append(bytes)
-                }
+                try spool.append(bytes)
             } catch {
                 spoolFailure = "\(error)"
             }
         case .finish(let parse, let headers):
-            guard let spool else { return .failure(StorageError("no message spooled")) }
-            if let spoolFailure { return .failure(StorageError(spoolFailure)) }
-            guard parse else { return .success(StoredMessage(size: spool.size)) }
-            let owned = Owned(spool)
-            let read: @Sendable () throws -> MIMEMessage = {
-                MIMEMessage.parse(try owned.value.prefix(Policy.contentScanLimit), headerSection: headers)
-            }
+            guard let spool else { return .done(.failure(StorageError("no message spooled"))) }
+            if let spoolFailure { return .done(.failure(StorageError(spoolFailure))) }
+            guard parse else { return .done(.success(StoredMessage(size: spool.size))) }
+            guard spool.size <= Self.inlineParseLimit else { return .mustWait }
             do {
-                let message = spool.size <= Self.inlineParseLimit ? try read() : try await NIOThreadPool.singleton.runIfActive(read)
-                return .success(StoredMessage(size: spool.size, parsed: message))
+                return .done(.success(StoredMessage(size: spool.size, parsed: try Self.parse(spool, headers: headers))))
             } catch {
-                return .failure(StorageError("\(error)"))
+                return .done(.failure(StorageError("\(error)")))
             }
         case .discard:
             spool = nil
         }
-        return nil
+        return .done(nil)
+    }
+
+    /// The spool's work, waiting on NIO's thread pool where `spoolNow` cannot do it at once.
+    /// Nil except for `finish`.
+    func spool(_ request: SpoolRequest) async -> Result<StoredMessage, StorageError>? {
+        if case .done(let result) = spoolNow(request) { return result }
+        guard let spool else { return nil }
+        let owned = Owned(spool)
+        switch request {
+        case .append(let bytes):
+            do {
+                try await NIOThreadPool.singleton.runIfActive { try owned.value.append(bytes) }
+            } catch {
+                spoolFailure = "\(error)"
+            }
+            return nil
+        case .finish(_, let headers):
+            do {
+                let message = try await NIOThreadPool.singleton.runIfActive { try Self.parse(owned.value, headers: headers) }
+                return .success(StoredMessage(size: spool.size, parsed: message))
+            } catch {
+                return .failure(StorageError("\(error)"))
+            }
+        case .begin, .discard:
+            return nil
+        }
+    }
+
+    /// The message as the policy's content rules read it (up to the scan limit).
+    private static func parse(_ spool: MessageSpool, headers: MessageHeaderSection) throws -> MIMEMessage {
+        MIMEMessage.parse(try spool.prefix(Policy.contentScanLimit), headerSection: headers)
     }
 
     // MARK: The message for the milters
