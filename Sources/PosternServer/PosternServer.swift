@@ -107,6 +107,10 @@ public final class PosternServer: Service, Sendable {
                     .serverChannelOption(.backlog, value: 512)
                     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                     .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                    // The channel keeps its receive buffer between reads: start it at the size of
+                    // a few command lines (idle sessions hold it), not NIO's 2 KB; it grows at
+                    // once when reads fill it (DATA).
+                    .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
                     .childChannelInitializer { channel in
                         channel.eventLoop.makeCompletedFuture {
                             let remote = channel.remoteAddress
