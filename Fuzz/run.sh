@@ -8,7 +8,8 @@
 #
 # The committed seeds (Fuzz/corpus/<target>, Fuzz/regressions/<target>) are only read:
 # libFuzzer writes new inputs into the first corpus directory it is given, which is the
-# working copy .build-fuzz/corpus/<target>. Crash inputs land in .build-fuzz/artifacts/<target>.
+# working copy .build-fuzz/corpus/<target>. Crash inputs land in .build-fuzz/crashes/<target> (not under artifacts/,
+# which SwiftPM owns and empties when it builds: a second `make fuzz` would wipe a running one's).
 # Exits non-zero when any target crashed (or the build failed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +43,7 @@ for target in $FUZZ_TARGETS; do
         exit 2
     fi
     work="$SCRATCH/corpus/$target"
-    artifacts="$SCRATCH/artifacts/$target"
+    artifacts="$SCRATCH/crashes/$target"
     log="$SCRATCH/logs/$target.log"
     mkdir -p "$work" "$artifacts" "$SCRATCH/logs"
     seeds=("Fuzz/corpus/$target")
