@@ -14,8 +14,8 @@ import SMTPNIO
 /// model of swift-nio-imap's server). What arrives — bytes, TLS established, the deadline,
 /// drain, the close — goes to the machine on the event loop, and the actions it returns are
 /// carried out there when they can be at once (replies, records, metrics, logs, the spool in
-/// memory, the close). Only an action that must wait (the policy, the upstream, DNS, files,
-/// credentials, the TLS handshake) starts a task, on the connection's event loop; that task
+/// memory, STARTTLS, the close). Only an action that must wait (the policy, the upstream, DNS,
+/// files, credentials) starts a task, on the connection's event loop; that task
 /// carries out the rest of the actions and what arrived meanwhile, then ends. So an idle
 /// session is this object and its machine, nothing more: no task, no async frames, no
 /// stream, and no buffer (replies go out once per batch, before the next read).
@@ -37,7 +37,6 @@ final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private let channel: Channel
-    private let eventLoop: EventLoop
     private let executor: EventLoopTaskExecutor
     private let context: ListenerContext
     private var machine: SessionMachine
@@ -75,7 +74,6 @@ final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     init(channel: Channel, peer: ClientEndpoint, context: ListenerContext, executor: EventLoopTaskExecutor) {
         self.channel = channel
-        self.eventLoop = channel.eventLoop
         self.executor = executor
         self.context = context
         let policy = context.policy.policy  // the session keeps this snapshot; a reload serves later sessions
@@ -209,11 +207,11 @@ final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
                 if !more.isEmpty { queue = (more + queue)[...] }
             }
             if closed || machine.isClosed || waiting.isEmpty { return }
-            if lateCommit != nil {
-                // The early 250 goes out before the next input is read, as the read loop did.
-                flush()
-                await runLateCommit()
-            }
+            // As before a read: the replies so far go out (and, test-only, the late commit runs
+            // after the early 250), then the next input.
+            setTimer(machine.deadline)
+            flush()
+            await runLateCommit()
             queue = feed(waiting.removeFirst())[...]
         }
     }
