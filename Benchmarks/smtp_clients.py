@@ -163,3 +163,45 @@ def send_big(port, data, chunk=256 * 1024):
         return text
     finally:
         conn.close()
+
+
+def pipelined_run(port, sessions, messages, size, per_connection=20):
+    """`messages` transactions over `sessions` parallel connections, `per_connection` on each,
+    pipelined as RFC 2920 allows (smtp-source does not): MAIL, RCPT and DATA in one write,
+    their three replies read together, then the message. Returns the wall time in seconds."""
+    body = message_body(size, subject="benchmark pipelining")
+    group = b"MAIL FROM:<sender@bench.example>\r\nRCPT TO:<rcpt@sink.example>\r\nDATA\r\n"
+    counts = [messages // sessions + (1 if i < messages % sessions else 0) for i in range(sessions)]
+    errors = []
+
+    def worker(count):
+        try:
+            while count > 0:
+                conn = Connection(port)
+                try:
+                    conn.expect(220, "greeting")
+                    conn.command("EHLO bench.client.example", 250)
+                    for _ in range(min(count, per_connection)):
+                        conn.sock.sendall(group)
+                        conn.expect(250, "MAIL (pipelined)")
+                        conn.expect(250, "RCPT (pipelined)")
+                        conn.expect(354, "DATA (pipelined)")
+                        conn.sock.sendall(body)
+                        conn.expect(250, "end of DATA")
+                        count -= 1
+                    conn.command("QUIT", 221)
+                finally:
+                    conn.close()
+        except (OSError, BenchError) as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(count,)) for count in counts if count > 0]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - start
+    if errors:
+        raise BenchError(f"pipelining client: {errors[0]}")
+    return elapsed
