@@ -125,7 +125,13 @@ final class CLITests: IntegrationTestCase, @unchecked Sendable {
             $0.listenerExtra = ["proxy_protocol: true"]
             $0.extra = "shutdown_grace_period: 1s\nproxy_trusted_networks: [127.0.0.0/8]\ntimeouts:\n  proxy_header: 60s\n"
         }
+        let descriptors = { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(postern.process.pid)/fd").count) ?? 0 }
+        let before = descriptors()
         let silent = try RawSMTPClient(port: postern.port)
+        // Accepted (a descriptor more), not just queued in the listener's backlog.
+        let deadline = Date().addingTimeInterval(5)
+        while descriptors() <= before, Date() < deadline { usleep(10_000) }
+        XCTAssertGreaterThan(descriptors(), before, "postern did not accept the connection")
         let start = Date()
         postern.process.signal(SIGTERM)
         let status = postern.process.waitForExit(timeout: 20)
