@@ -63,8 +63,19 @@ final class ContentPrefilter: Sendable {
         var runs: Set<Int>
     }
 
+    /// What the first scan builds from the registered patterns, once.
+    private struct Built: Sendable {
+        let entries: [Entry]
+        /// Nil when Hyperscan could not build it (then every scanned pattern is searched).
+        let database: HyperscanDatabase?
+        /// The run patterns, with their ids.
+        let runs: [(id: Int, run: LiteralRun)]
+        /// The id of each pattern of the database, by its index there.
+        let scannedIDs: [Int]
+    }
+
     let subject: Subject
-    private let state = Mutex<(entries: [Entry], patterns: [HyperscanDatabase.Pattern], database: HyperscanDatabase??)>(([], [], nil))
+    private let state = Mutex<(entries: [Entry], patterns: [HyperscanDatabase.Pattern], built: Built?)>(([], [], nil))
 
     init(_ subject: Subject) {
         self.subject = subject
@@ -84,37 +95,35 @@ final class ContentPrefilter: Sendable {
         }
     }
 
-    /// The database and the entries it was built for, built on first use; a nil database
-    /// when Hyperscan could not build it (then every scanned pattern is searched with PCRE2).
-    private var built: (entries: [Entry], database: HyperscanDatabase?) {
+    /// The database and what goes with it, built on first use; patterns registered later are
+    /// not in it.
+    private var built: Built {
         state.withLock { state in
-            if let built = state.database { return (state.entries, built) }
-            let built = try? HyperscanDatabase(state.patterns)
-            state.database = .some(built)
-            return (state.entries, built)
+            if let built = state.built { return built }
+            let entries = state.entries
+            let built = Built(
+                entries: entries, database: try? HyperscanDatabase(state.patterns),
+                runs: entries.indices.compactMap { id in if case .run(let run) = entries[id] { (id, run) } else { nil } },
+                scannedIDs: entries.indices.filter { if case .scanned = entries[$0] { true } else { false } })
+            state.built = built
+            return built
         }
     }
 
     /// For each subject of `message` (each body part, or the raw message), what the pass
     /// found; computed once per message.
     private func found(in message: any PolicyMessage) -> [Found] {
-        let (entries, database) = built
-        let minimum = ContentMatching.minimumScanSize
-        let runs = entries.indices.compactMap { id -> (Int, LiteralRun)? in
-            if case .run(let run) = entries[id] { (id, run) } else { nil }
-        }
-        let index = entries.indices.reduce(into: [Int: Int]()) { index, id in
-            if case .scanned(let pattern) = entries[id] { index[pattern] = id }
-        }
-        func look(_ bytes: UnsafeRawBufferPointer) -> Found {
-            var found = Found(scanned: nil, runs: [])
-            if let database, bytes.count >= minimum, let hits = database.candidates(in: bytes) {
-                found.scanned = Set(hits.compactMap { index[$0] })
-            }
-            for (id, run) in runs where run.occurs(in: bytes) { found.runs.insert(id) }
-            return found
-        }
         func scan() -> [Found] {
+            let built = self.built
+            let minimum = ContentMatching.minimumScanSize
+            func look(_ bytes: UnsafeRawBufferPointer) -> Found {
+                var found = Found(scanned: nil, runs: [])
+                if let database = built.database, bytes.count >= minimum, let hits = database.candidates(in: bytes) {
+                    found.scanned = Set(hits.map { built.scannedIDs[$0] })
+                }
+                for (id, run) in built.runs where run.occurs(in: bytes) { found.runs.insert(id) }
+                return found
+            }
             switch subject {
             case .bodyParts:
                 return message.bodyTexts.map { text in
@@ -138,7 +147,7 @@ final class ContentPrefilter: Sendable {
     /// false only when the pass ruled it out there (a scanned pattern Hyperscan compiled, in
     /// a subject it scanned; a run pattern whose run is not there).
     func mayMatch(_ id: Int, subject index: Int, length: Int, in message: any PolicyMessage) -> Bool {
-        let (entries, database) = built
+        let (entries, database) = (built.entries, built.database)
         guard id < entries.count else { return true }
         switch entries[id] {
         case .run:
@@ -156,7 +165,7 @@ final class ContentPrefilter: Sendable {
 
     /// What the pattern got, for `postern check`.
     func engine(of id: Int) -> PatternEngine {
-        let (entries, database) = built
+        let (entries, database) = (built.entries, built.database)
         guard id < entries.count else { return .pcre2("added after the first scan") }
         switch entries[id] {
         case .run(let run):

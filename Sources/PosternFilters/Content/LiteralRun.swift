@@ -57,26 +57,14 @@ struct LiteralRun: Hashable, Sendable {
 
     /// Whether `bytes` holds `minimum` of the run's octets in a row.
     func occurs(in bytes: UnsafeRawBufferPointer) -> Bool {
+        let (a, b) = (octets[0], octets[octets.count - 1])
         var run = 0
-        if octets.count == 1 {
-            let octet = octets[0]
-            for byte in bytes {
-                if byte == octet {
-                    run += 1
-                    if run >= minimum { return true }
-                } else {
-                    run = 0
-                }
-            }
-        } else {
-            let (a, b) = (octets[0], octets[1])
-            for byte in bytes {
-                if byte == a || byte == b {
-                    run += 1
-                    if run >= minimum { return true }
-                } else {
-                    run = 0
-                }
+        for byte in bytes {
+            if byte == a || byte == b {
+                run += 1
+                if run >= minimum { return true }
+            } else {
+                run = 0
             }
         }
         return false

@@ -60,6 +60,7 @@ final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
     private var busy = false
     /// A read was asked for while busy or while the channel was not writable.
     private var readHeldBack = false
+    private var started = false
     private var closed = false
     private var ended = false
     /// The connection's key in the registry, until the session has ended.
@@ -144,8 +145,6 @@ final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     // MARK: Driving the machine
-
-    private var started = false
 
     private func start() {
         guard !started else { return }
@@ -249,12 +248,7 @@ final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
         ended = true
         busy = true
         waiting = []
-        if !closed {
-            closed = true
-            flush()
-            channel.close(promise: nil)
-            releaseSlot()
-        }
+        if !closed { closeConnection() }
         Task(executorPreference: executor) {
             await self.runLateCommit()
             for milter in self.milters { await milter.close() }
@@ -268,10 +262,15 @@ final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
         }
     }
 
-    private func releaseSlot() {
-        guard let slot else { return }
-        self.slot = nil
-        context.release(slot, client: machine.client)
+    /// The replies so far go out, then the connection closes and its slot is free.
+    private func closeConnection() {
+        flush()
+        closed = true
+        channel.close(promise: nil)
+        if let slot {
+            self.slot = nil
+            context.release(slot, client: machine.client)
+        }
     }
 
     /// An action carried out at once, with what the machine answered; nil when it must wait.
@@ -294,10 +293,7 @@ final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
             logger.log(line, transactionID: machine.transactionsStarted > 0 ? machine.transactionID : nil)
             return []
         case .close:
-            flush()
-            closed = true
-            channel.close(promise: nil)
-            releaseSlot()
+            closeConnection()
             return []
         case .spool(let request):
             switch work.spoolNow(request) {
