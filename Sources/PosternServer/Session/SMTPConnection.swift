@@ -20,9 +20,11 @@ import SMTPNIO
 /// session is this object and its machine, nothing more: no task, no async frames, no
 /// stream, and no buffer (replies go out once per batch, before the next read).
 ///
-/// While actions are being carried out, reads are held back (the outbound `read` is not
-/// passed on), as the read loop this replaces did by not reading: input that was already
-/// read waits in `waiting`, in order.
+/// Input that arrives while actions are being carried out waits in `waiting`, in order. Reads
+/// go on while a task waits, until one input is waiting; then they are held back (the outbound
+/// `read` is not passed on) until it has gone to the machine. A client that waits for its reply
+/// sends nothing meanwhile, so its read interest never changes (each change is a system call);
+/// a client that pipelines gets one read ahead, no more.
 final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
     // @unchecked: every member is used on the channel's event loop only — in handler
     // callbacks, and in the task, which prefers that loop's executor and so resumes there.
@@ -56,9 +58,9 @@ final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
     private var pending: ByteBuffer?
     /// Input read while actions were being carried out, in order.
     private var waiting: [Input] = []
-    /// A task is carrying out actions (or ending the session): input waits, reads are held back.
+    /// A task is carrying out actions (or ending the session): input waits.
     private var busy = false
-    /// A read was asked for while busy or while the channel was not writable.
+    /// A read was asked for while input was waiting, or while the channel was not writable.
     private var readHeldBack = false
     private var started = false
     private var closed = false
@@ -132,7 +134,7 @@ final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func read(context: ChannelHandlerContext) {
-        if busy || ended || !context.channel.isWritable {
+        if ended || !waiting.isEmpty || !context.channel.isWritable {
             readHeldBack = true
         } else {
             context.read()
@@ -212,6 +214,7 @@ final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
             flush()
             await runLateCommit()
             queue = feed(waiting.removeFirst())[...]
+            resumeReading()
         }
     }
 
@@ -237,7 +240,7 @@ final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private func resumeReading() {
-        guard readHeldBack, !busy, !ended, let handlerContext, handlerContext.channel.isWritable else { return }
+        guard readHeldBack, waiting.isEmpty, !ended, let handlerContext, handlerContext.channel.isWritable else { return }
         readHeldBack = false
         handlerContext.read()
     }
