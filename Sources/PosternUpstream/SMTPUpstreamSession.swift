@@ -200,17 +200,25 @@ public final class SMTPUpstreamSession: UpstreamConnection {
         if parameters.body == .eightBitMIME && capabilities["8BITMIME"] == nil {
             throw UpstreamError(.unsupported(.eightBitMIME), "\(upstreamName) does not offer 8BITMIME")
         }
-        if let xforward {
-            var forwardCommand = ByteBuffer()
-            forwardCommand.writeString("XFORWARD \(xforward)\r\n")
-            let reply = try await exchange(forwardCommand, timeout: configuration.timeouts.mail, stage: "XFORWARD")
-            if reply.code != 250 { logger.warning("upstream refused XFORWARD", metadata: ["upstream": "\(upstreamName)", "reply": "\(reply)"]) }
-        }
         var command = ByteBuffer()
         SMTPCommand.mail(path, parameters).encode(
             into: &command, includeDSN: capabilities["DSN"] != nil, includeSize: capabilities["SIZE"] != nil,
             include8BitMIME: capabilities["8BITMIME"] != nil)
-        return try await exchange(command, timeout: configuration.timeouts.mail, stage: "MAIL")
+        guard let xforward else { return try await exchange(command, timeout: configuration.timeouts.mail, stage: "MAIL") }
+        var forwardCommand = ByteBuffer()
+        forwardCommand.writeString("XFORWARD \(xforward)\r\n")
+        let forwardReply: SMTPReply
+        let reply: SMTPReply
+        if capabilities["PIPELINING"] != nil {
+            // RFC 2920: XFORWARD and MAIL in one write, as Postfix's own client sends them.
+            forwardCommand.writeImmutableBuffer(command)
+            (forwardReply, reply) = try await exchangeTwo(forwardCommand, timeout: configuration.timeouts.mail, stage: "XFORWARD and MAIL")
+        } else {
+            forwardReply = try await exchange(forwardCommand, timeout: configuration.timeouts.mail, stage: "XFORWARD")
+            reply = try await exchange(command, timeout: configuration.timeouts.mail, stage: "MAIL")
+        }
+        if forwardReply.code != 250 { logger.warning("upstream refused XFORWARD", metadata: ["upstream": "\(upstreamName)", "reply": "\(forwardReply)"]) }
+        return reply
     }
 
     public func recipient(_ path: ForwardPath, _ parameters: RecipientParameters) async throws(UpstreamError) -> SMTPReply {
@@ -299,6 +307,14 @@ public final class SMTPUpstreamSession: UpstreamConnection {
         guard let reply = replies.first else { throw UpstreamError(.connectionLost, "no reply to \(stage)") }
         if reply.code == 421 { broken = true } else { markAnswered() }
         return reply
+    }
+
+    /// Sends two pipelined commands and waits for both replies.
+    private func exchangeTwo(_ bytes: ByteBuffer, timeout: TimeAmount, stage: String) async throws(UpstreamError) -> (SMTPReply, SMTPReply) {
+        let replies = try await request(bytes, replies: 2, timeout: timeout, stage: stage)
+        guard replies.count == 2 else { throw UpstreamError(.connectionLost, "no reply to \(stage)") }
+        if replies.contains(where: { $0.code == 421 }) { broken = true } else { markAnswered() }
+        return (replies[0], replies[1])
     }
 
     private func request(_ bytes: ByteBuffer?, replies: Int, timeout: TimeAmount, stage: String) async throws(UpstreamError) -> [SMTPReply] {

@@ -15,6 +15,9 @@ final class FakeSMTPServer: Sendable {
         var shutDownOn: String?
         /// Refuses HELO too (with EHLO refused by `capabilities: nil`: no way to say hello).
         var refusesHELO = false
+        /// Answers XFORWARD only once the next command has arrived: a client that waits for
+        /// the XFORWARD reply before sending MAIL waits forever, one that pipelines does not.
+        var answersXFORWARDWithTheNextCommand = false
     }
 
     /// What the server received.
@@ -68,6 +71,8 @@ private final class FakeSMTPHandler: ChannelInboundHandler {
     private let transcript: FakeSMTPServer.Transcript
     private var mode = Mode.command
     private var buffer = ByteBuffer()
+    /// A reply held back for `answersXFORWARDWithTheNextCommand`.
+    private var heldReply: String?
 
     init(script: FakeSMTPServer.Script, transcript: FakeSMTPServer.Transcript) {
         self.script = script
@@ -96,6 +101,10 @@ private final class FakeSMTPHandler: ChannelInboundHandler {
             line.removeLast()
             if line.hasSuffix("\r") { line.removeLast() }
             transcript.record(command: line)
+            if let held = heldReply {
+                heldReply = nil
+                reply(held, context: context)
+            }
             return command(line, context: context)
         case .data:
             let bytes = Array(buffer.readableBytesView)
@@ -143,6 +152,7 @@ private final class FakeSMTPHandler: ChannelInboundHandler {
             let text = lines.enumerated().map { index, line in "250\(index == lines.count - 1 ? " " : "-")\(line)\r\n" }.joined()
             reply(text, context: context)
         case "HELO": reply(script.refusesHELO ? "550 5.7.1 go away\r\n" : "250 fake.example\r\n", context: context)
+        case "XFORWARD" where script.answersXFORWARDWithTheNextCommand: heldReply = "250 2.0.0 ok\r\n"
         case "MAIL", "RCPT", "RSET", "NOOP", "XFORWARD": reply("250 2.1.0 ok\r\n", context: context)
         case "XCLIENT": reply("220 fake.example ESMTP\r\n", context: context)
         case "AUTH": reply("235 2.7.0 authenticated\r\n", context: context)

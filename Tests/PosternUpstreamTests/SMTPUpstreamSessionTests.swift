@@ -362,6 +362,46 @@ final class SMTPUpstreamSessionTests: XCTestCase {
         await session.close()
     }
 
+    /// Opens a session that forwards `client` with XFORWARD to a server that answers XFORWARD
+    /// only with the next command, MAIL timing out after a second.
+    private func openHoldingXFORWARD(pipelining: Bool) async throws -> (SMTPUpstreamSession, FakeSMTPServer) {
+        var script = FakeSMTPServer.Script()
+        script.capabilities = (pipelining ? ["PIPELINING"] : []) + ["XFORWARD NAME ADDR PROTO HELO"]
+        script.answersXFORWARDWithTheNextCommand = true
+        let server = try await FakeSMTPServer(script: script, group: group)
+        var configuration = UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: server.port))
+        configuration.timeouts.mail = .seconds(1)
+        let session = try await SMTPUpstreamSession.open(
+            configuration, host: "127.0.0.1", port: server.port, heloName: "gw.example", group: group, logger: logger,
+            client: ClientIdentity(address: IPAddress("192.0.2.7")!, port: 1, helo: "h.example", protocolName: "ESMTP"))
+        return (session, server)
+    }
+
+    func testXFORWARDAndMAILGoInOneWriteWhenTheUpstreamPipelines() async throws {
+        let (session, server) = try await openHoldingXFORWARD(pipelining: true)
+        defer { Task { await server.stop() } }
+        let reply = try await session.mail(.null, MailParameters())
+        XCTAssertEqual(reply.code, 250, "MAIL's own reply, after XFORWARD's")
+        XCTAssertEqual(reply.enhanced, EnhancedStatusCode(2, 1, 0))
+        let reply2 = try await session.recipient(.postmaster, RecipientParameters())
+        XCTAssertEqual(reply2.code, 250, "the replies stay in step")
+        XCTAssertEqual(server.transcript.commands.suffix(3).map { String($0.prefix(8)) }, ["XFORWARD", "MAIL FRO", "RCPT TO:"])
+        await session.close()
+    }
+
+    func testXFORWARDWaitsForItsReplyWhenTheUpstreamDoesNotPipeline() async throws {
+        let (session, server) = try await openHoldingXFORWARD(pipelining: false)
+        defer { Task { await server.stop() } }
+        do {
+            _ = try await session.mail(.null, MailParameters())
+            XCTFail("MAIL was sent before XFORWARD was answered")
+        } catch {
+            XCTAssertEqual(error.kind, .timedOut)
+            XCTAssertTrue(error.detail.contains("XFORWARD"), error.detail)
+        }
+        XCTAssertFalse(server.transcript.commands.contains { $0.hasPrefix("MAIL") })
+    }
+
     func testXCLIENTWithoutADDRFallsBackToXFORWARD() async throws {
         // smtp-sink offers "XCLIENT NAME HELO": useless for the address, so XFORWARD it is.
         var script = FakeSMTPServer.Script()
