@@ -82,14 +82,14 @@ public final class UpstreamPool: Sendable {
     }
 
     /// Opens a session to the first upstream that takes one. Dead upstreams are tried last.
-    /// `eventLoop`: where the new connection should live (the client's loop, so that a
+    /// `eventLoop`: where the connection must live, kept or new (the client's loop, so that a
     /// session's I/O stays on one thread); any loop of the group when nil.
     func openSession(logger: Logger, client: ClientIdentity? = nil, eventLoop: EventLoop? = nil) async throws(UpstreamError) -> any UpstreamConnection {
         let order = state.withLock { $0.order(now: DispatchTime.now().uptimeNanoseconds) }
         var failures: [UpstreamError] = []
         for index in order {
             let configuration = upstreams[index]
-            if let kept = takeIdle(index, for: client, preferring: eventLoop) { return kept }
+            if let kept = takeIdle(index, for: client, on: eventLoop) { return kept }
             do {
                 let session = try await open(configuration, logger: logger, client: client, eventLoop: eventLoop)
                 succeeded(index)
@@ -200,23 +200,25 @@ public final class UpstreamPool: Sendable {
     }
 
     /// Gives a client session's upstream connection back when the client session ends:
-    /// kept for the next session when it is clean (no transaction open), reusable, and
-    /// there is room; otherwise closed (QUIT).
+    /// kept for the next session when it is clean (no transaction open) and reusable, in
+    /// place of the longest-kept one when `idle_connections` are already kept; otherwise
+    /// closed (QUIT).
     func release(_ session: any UpstreamConnection) async {
         guard let smtp = session.keepable,
-              let index = upstreams.firstIndex(where: { $0.target == smtp.configuration.target }) else {
+              let index = upstreams.firstIndex(where: { $0.target == smtp.configuration.target }),
+              upstreams[index].idleConnections > 0 else {
             return await session.close()
         }
         let configuration = upstreams[index]
         let now = DispatchTime.now().uptimeNanoseconds
-        let kept = idle.withLock { idle -> Bool in
+        let evicted = idle.withLock { idle -> IdleSession? in
             var list = idle[index] ?? []
-            guard list.count < configuration.idleConnections else { return false }
+            let oldest = list.count >= configuration.idleConnections ? list.removeFirst() : nil
             list.append(IdleSession(session: smtp, since: now))
             idle[index] = list
-            return true
+            return oldest
         }
-        guard kept else { return await session.close() }
+        if let evicted { await evicted.session.close() }
         // Close it if nobody takes it in time.
         group.any().scheduleTask(in: configuration.idleTimeout) { [self] in
             let expired = removeExpired(index, timeout: configuration.idleTimeout)
@@ -233,19 +235,18 @@ public final class UpstreamPool: Sendable {
         for entry in all { await entry.session.close() }
     }
 
-    /// The most recently kept live connection to upstream `index` that can serve `client`.
-    private func takeIdle(_ index: Int, for client: ClientIdentity?, preferring eventLoop: EventLoop?) -> (any UpstreamConnection)? {
+    /// The most recently kept live connection to upstream `index` that can serve `client`, on
+    /// `eventLoop` when one is given: a connection on another loop would cost two thread
+    /// wake-ups per command for the rest of its life, more than a new connection costs once.
+    private func takeIdle(_ index: Int, for client: ClientIdentity?, on eventLoop: EventLoop?) -> (any UpstreamConnection)? {
         let limit = UInt64(max(upstreams[index].idleTimeout.nanoseconds, 0))
         let now = DispatchTime.now().uptimeNanoseconds
-        // The newest connection on the preferred loop, else the newest of all.
         func next() -> IdleSession? {
             idle.withLock { idle in
                 guard var list = idle[index], !list.isEmpty else { return nil }
                 defer { idle[index] = list }
-                if let eventLoop, let position = list.lastIndex(where: { $0.session.eventLoop === eventLoop }) {
-                    return list.remove(at: position)
-                }
-                return list.removeLast()
+                guard let eventLoop else { return list.removeLast() }
+                return list.lastIndex(where: { $0.session.eventLoop === eventLoop }).map { list.remove(at: $0) }
             }
         }
         while let entry = next() {

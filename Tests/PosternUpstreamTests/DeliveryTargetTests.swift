@@ -10,6 +10,8 @@ import XCTest
 final class DeliveryTargetTests: XCTestCase {
     private var group: MultiThreadedEventLoopGroup!
     private var servers: [FakeSMTPServer] = []
+    /// Groups of two event loops some tests make, shut down after the test.
+    private var groups: [MultiThreadedEventLoopGroup] = []
     private var directory: String!
     private let logger = Logger(label: "postern.test", factory: { _ in SwiftLogNoOpLogHandler() })
 
@@ -21,6 +23,8 @@ final class DeliveryTargetTests: XCTestCase {
     override func tearDown() async throws {
         for server in servers { await server.stop() }
         servers = []
+        for extra in groups { try await extra.shutdownGracefully() }
+        groups = []
         try await group.shutdownGracefully()
         try? FileManager.default.removeItem(atPath: directory)
     }
@@ -145,6 +149,62 @@ final class DeliveryTargetTests: XCTestCase {
             XCTAssertEqual(error.kind, .connectionLost)
         }
         XCTAssertEqual(server.transcript.commands.filter { $0.hasPrefix("MAIL") }.count, 2, "once on the kept, once on a fresh connection")
+    }
+
+    private func twoLoops() -> MultiThreadedEventLoopGroup {
+        let loops = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        groups.append(loops)
+        return loops
+    }
+
+    /// A session on `loop` that opens (or takes) a connection with one transaction begun, then ends.
+    private func session(on loop: EventLoop, of pool: UpstreamPool) async throws {
+        let target = pool.makeTarget(logger: logger, eventLoop: loop)
+        let reply = try await target.begin(envelope()).reply
+        XCTAssertEqual(reply.code, 250)
+        await target.finish()
+    }
+
+    func testAKeptConnectionServesOnlySessionsOnItsOwnEventLoop() async throws {
+        let loops = twoLoops()
+        let (a, b) = (loops.next(), loops.next())
+        XCTAssertFalse(a === b)
+        let server = try await FakeSMTPServer(script: FakeSMTPServer.Script(), group: group)
+        servers.append(server)
+        var configuration = UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: server.port))
+        configuration.tls = .off
+        let pool = UpstreamPool(upstreams: [configuration], retryAfter: .seconds(60), heloName: "gw.example", group: loops)
+        func connections() -> Int { server.transcript.commands.filter { $0.hasPrefix("EHLO") }.count }
+        try await session(on: a, of: pool)
+        XCTAssertEqual(pool.idleCount, 1)
+        try await session(on: b, of: pool)
+        XCTAssertEqual(connections(), 2, "the connection kept on the other loop is not taken")
+        XCTAssertEqual(pool.idleCount, 2)
+        try await session(on: a, of: pool)
+        try await session(on: b, of: pool)
+        XCTAssertEqual(connections(), 2, "each loop's session takes its loop's connection")
+        await pool.closeIdle()
+    }
+
+    func testAFullPoolKeepsTheNewestConnectionAndClosesTheLongestKept() async throws {
+        let loops = twoLoops()
+        let (a, b) = (loops.next(), loops.next())
+        let server = try await FakeSMTPServer(script: FakeSMTPServer.Script(), group: group)
+        servers.append(server)
+        var configuration = UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: server.port))
+        configuration.tls = .off
+        configuration.idleConnections = 1
+        let pool = UpstreamPool(upstreams: [configuration], retryAfter: .seconds(60), heloName: "gw.example", group: loops)
+        func count(_ verb: String) -> Int { server.transcript.commands.filter { $0.hasPrefix(verb) }.count }
+        try await session(on: a, of: pool)
+        try await session(on: b, of: pool)
+        XCTAssertEqual(pool.idleCount, 1)
+        XCTAssertEqual(count("QUIT"), 1, "the connection kept first is closed to keep the newest")
+        try await session(on: b, of: pool)
+        XCTAssertEqual(count("EHLO"), 2, "the newest, kept on b, serves b")
+        try await session(on: a, of: pool)
+        XCTAssertEqual(count("EHLO"), 3, "a's was closed: a new one")
+        await pool.closeIdle()
     }
 
     func testAnIdentityChangeOpensANewConnection() async throws {
