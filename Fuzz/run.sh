@@ -10,6 +10,7 @@
 # libFuzzer writes new inputs into the first corpus directory it is given, which is the
 # working copy .build-fuzz/corpus/<target>. Crash inputs land in .build-fuzz/crashes/<target> (not under artifacts/,
 # which SwiftPM owns and empties when it builds: a second `make fuzz` would wipe a running one's).
+# FUZZ_BUILD=0 uses the fuzzer already built (a long run then survives edits to the sources).
 # Exits non-zero when any target crashed (or the build failed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,12 +22,16 @@ FUZZ_TARGETS=${FUZZ_TARGETS:-parser session proxy mime policy resp config milter
 SCRATCH=.build-fuzz
 FUZZER=$SCRATCH/release/SMTPFuzzer
 
-echo "==> building SMTPFuzzer (libFuzzer + ASan) in $SCRATCH"
-# -parse-as-library: the entry point is SMTPFuzzer_main (see Sources/SMTPFuzzer/SMTPFuzzer.swift);
-# --allow-multiple-definition: libclang_rt.fuzzer brings a main of its own.
-"$SWIFT" build -c release --scratch-path "$SCRATCH" --product SMTPFuzzer \
-    -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -DPOSTERN_LIBFUZZER \
-    -Xlinker --allow-multiple-definition
+if [ "${FUZZ_BUILD:-1}" = 0 ] && [ -x "$FUZZER" ]; then
+    echo "==> using the SMTPFuzzer already built in $SCRATCH (FUZZ_BUILD=0)"
+else
+    echo "==> building SMTPFuzzer (libFuzzer + ASan) in $SCRATCH"
+    # -parse-as-library: the entry point is SMTPFuzzer_main (see Sources/SMTPFuzzer/SMTPFuzzer.swift);
+    # --allow-multiple-definition: libclang_rt.fuzzer brings a main of its own.
+    "$SWIFT" build -c release --scratch-path "$SCRATCH" --product SMTPFuzzer \
+        -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -DPOSTERN_LIBFUZZER \
+        -Xlinker --allow-multiple-definition
+fi
 
 dictionary_for() {
     case "$1" in
