@@ -5,9 +5,12 @@ import Foundation
 import Logging
 
 /// Appends decision records, one JSON line each, from a dedicated thread: a slow or full
-/// disk never delays an SMTP reply. One writer and one `write(2)` per line, with O_APPEND,
-/// so lines are never interleaved or cut. On a write error the line is dropped, the error
-/// is logged and counted, and mail goes on.
+/// disk never delays an SMTP reply. One writer, with O_APPEND, writing whole lines, so lines
+/// are never interleaved or cut. After each batch the writer lets records gather for
+/// `gatherInterval` before it looks again: a busy server wakes it and writes at most a few
+/// hundred times a second (lines in one `write(2)`), not once a message, and a record waits
+/// at most that long. On a write error the lines are dropped, the error is logged and
+/// counted, and mail goes on.
 public final class DecisionLogWriter: @unchecked Sendable {
     public struct Error: Swift.Error, CustomStringConvertible {
         public var description: String
@@ -15,6 +18,10 @@ public final class DecisionLogWriter: @unchecked Sendable {
 
     /// Lines waiting past this are dropped (and counted) rather than growing memory.
     public static let maximumPendingLines = 100_000
+    /// How long the writer lets records gather after a batch, in microseconds.
+    public static let gatherInterval: UInt32 = 2_000
+    /// Lines go out in writes of about this many octets at most.
+    static let writeSize = 256 * 1024
 
     public let path: String
     private let logger: Logger
@@ -121,9 +128,11 @@ public final class DecisionLogWriter: @unchecked Sendable {
             }
             let batch = pending
             pending.removeAll(keepingCapacity: true)
+            let closing = closed
             condition.unlock()
-            for line in batch { write(line) }
+            write(batch)
             if reopenNow { reopenFile() }
+            if !closing { usleep(Self.gatherInterval) }
         }
     }
 
@@ -161,10 +170,29 @@ public final class DecisionLogWriter: @unchecked Sendable {
         reopenFile()
     }
 
-    private func write(_ line: String) {
-        rotateIfNeeded(adding: line.utf8.count)
-        var line = line
-        let result = line.withUTF8 { bytes -> Int in
+    /// On the writer thread: the lines in as few writes as rotation and `writeSize` allow.
+    private func write(_ lines: [String]) {
+        var chunk: [UInt8] = []
+        var count = 0
+        func flush() {
+            guard count > 0 else { return }
+            writeOut(chunk, lines: count)
+            chunk.removeAll(keepingCapacity: true)
+            count = 0
+        }
+        for line in lines {
+            let size = line.utf8.count
+            if let rotation, count > 0, currentSize + chunk.count + size > rotation.maximumSize { flush() }
+            if count == 0 { rotateIfNeeded(adding: size) }
+            chunk.append(contentsOf: line.utf8)
+            count += 1
+            if chunk.count >= Self.writeSize { flush() }
+        }
+        flush()
+    }
+
+    private func writeOut(_ bytes: [UInt8], lines: Int) {
+        let result = bytes.withUnsafeBufferPointer { bytes -> Int in
             var offset = 0
             while offset < bytes.count {
                 let written = Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
@@ -179,11 +207,12 @@ public final class DecisionLogWriter: @unchecked Sendable {
         if result > 0 { currentSize += result }
         if result < 0 {
             condition.lock()
-            writeErrorCount += 1
+            let before = writeErrorCount
+            writeErrorCount += lines
             let count = writeErrorCount
             condition.unlock()
-            onWriteError?()
-            if count == 1 || count % 1000 == 0 {
+            for _ in 0..<lines { onWriteError?() }
+            if before == 0 || before / 1000 != count / 1000 {
                 logger.error("decision log write failed; mail goes on", metadata: [
                     "path": "\(path)", "error": "\(String(cString: strerror(Int32(-result))))", "failures": "\(count)",
                 ])

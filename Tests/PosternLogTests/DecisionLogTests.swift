@@ -93,6 +93,23 @@ final class DecisionLogWriterTests: XCTestCase {
         XCTAssertEqual(writer.failures.writeErrors, 0)
     }
 
+    func testARecordThatArrivesWhileTheWriterGathersIsWrittenWithoutWaitingForMore() throws {
+        let path = directory + "/decisions.log"
+        let writer = try DecisionLogWriter(path: path, logger: Logger(label: "test"))
+        func lines() -> Int { ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").count }
+        func waitFor(_ count: Int) {
+            let deadline = Date().addingTimeInterval(5)
+            while lines() < count && Date() < deadline { usleep(1000) }
+        }
+        writer.record(Self.record(1))
+        waitFor(1)
+        XCTAssertEqual(lines(), 1, "the first record after a quiet spell goes out at once")
+        writer.record(Self.record(2))  // the writer is likely still gathering
+        waitFor(2)
+        XCTAssertEqual(lines(), 2, "no record waits for a later one or for close")
+        writer.close()
+    }
+
     func testAppendsToAnExistingLog() throws {
         let path = directory + "/decisions.log"
         try "earlier line\n".write(toFile: path, atomically: false, encoding: .utf8)
