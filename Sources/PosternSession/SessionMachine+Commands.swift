@@ -88,12 +88,12 @@ extension SessionMachine {
     /// transaction any more: its record is written and the upstream transaction abandoned.
     mutating func settleAbandonedTransaction() {
         guard smtp.transaction == nil, smtp.phase != .mailPending else { return }
-        if let transaction, !isClosed {
+        if let transaction, !closedNow {
             emitRecord(transaction.abandoned(endReason: endReason ?? "transaction abandoned by the client", context: recordContext))
             self.transaction = nil
         }
         message = nil
-        if upstreamOpen && !isClosed {
+        if upstreamOpen && !closedNow {
             upstreamOpen = false
             emit(.upstream(.abort))
         }

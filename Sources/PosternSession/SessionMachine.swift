@@ -148,8 +148,14 @@ public struct SessionMachine: Sendable {
         self.walk = PolicyWalk(policy: policy, relayControl: configuration.relayControl, clientTrusted: false)
     }
 
-    /// True once the session is over (after a `.close` action).
-    public var isClosed: Bool { if case .closed = state { return true } else { return false } }
+    /// True once the session is over (after a `.close` action). Like `deadline`, a stored
+    /// property set as each input's actions are returned: a driver that keeps the machine in
+    /// a class reads it in place, where calling a getter would copy the whole machine (and
+    /// retain and release everything it holds) on every read.
+    public private(set) var isClosed = false
+
+    /// `isClosed` as it is now, in the middle of an input.
+    var closedNow: Bool { if case .closed = state { return true } else { return false } }
 
     // MARK: Inputs
 
@@ -210,7 +216,7 @@ public struct SessionMachine: Sendable {
     /// `deadline` has passed (a deadline that moved since is not: then nothing happens).
     public mutating func deadlineReached(now: SessionTime) -> [SessionAction] {
         begin(now, activity: false)
-        if now.uptime >= deadline { deadlinePassed() }
+        if now.uptime >= currentDeadline { deadlinePassed() }
         return finish()
     }
 
@@ -372,6 +378,8 @@ public struct SessionMachine: Sendable {
     /// Ends handling an input: pending writes out.
     mutating func finish() -> [SessionAction] {
         flushOutput()
+        isClosed = closedNow
+        deadline = currentDeadline
         let result = actions
         actions = []
         return result
@@ -442,10 +450,13 @@ public struct SessionMachine: Sendable {
 
     // MARK: Deadlines
 
-    /// The session's one deadline, in the state it is in now (`.distantFuture`: none). The
-    /// driver keeps one timer for it, set once the actions of an input are carried out, and
-    /// calls `deadlineReached` when it passes.
-    public var deadline: NIODeadline {
+    /// The session's one deadline, as of the last input's actions (`.distantFuture`: none).
+    /// The driver keeps one timer for it, set once the actions of an input are carried out,
+    /// and calls `deadlineReached` when it passes.
+    public private(set) var deadline = NIODeadline.distantFuture
+
+    /// The deadline in the state the session is in now.
+    var currentDeadline: NIODeadline {
         switch state {
         case .awaitingProxyHeader(_, let deadline), .negotiatingTLS(_, let deadline):
             return deadline
