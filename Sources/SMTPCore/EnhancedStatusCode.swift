@@ -13,14 +13,29 @@ public struct EnhancedStatusCode: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses `d.ddd.ddd` (RFC 3463 §2); nil when the text is not one.
     public init?(parsing text: Substring) {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 3,
-              parts[0].count == 1, (1...3).contains(parts[1].count), (1...3).contains(parts[2].count),
-              parts.allSatisfy({ $0.allSatisfy(\.isASCIIDigit) }),
-              let c = Int(parts[0]), [2, 4, 5].contains(c),
-              let s = Int(parts[1]), let d = Int(parts[2])
-        else { return nil }
-        self.init(c, s, d)
+        // `class.subject.detail`: one digit (2, 4 or 5), then one to three digits twice, on
+        // the octets (this runs for every reply an upstream sends).
+        var values = (0, 0, 0)
+        var part = 0
+        var digits = 0
+        for byte in text.utf8 {
+            if byte == UInt8(ascii: ".") {
+                guard digits > 0, part < 2 else { return nil }
+                part += 1
+                digits = 0
+                continue
+            }
+            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9"), digits < (part == 0 ? 1 : 3) else { return nil }
+            let digit = Int(byte - UInt8(ascii: "0"))
+            switch part {
+            case 0: values.0 = digit
+            case 1: values.1 = values.1 * 10 + digit
+            default: values.2 = values.2 * 10 + digit
+            }
+            digits += 1
+        }
+        guard part == 2, digits > 0, [2, 4, 5].contains(values.0) else { return nil }
+        self.init(values.0, values.1, values.2)
     }
 
     public var description: String { "\(codeClass).\(subject).\(detail)" }

@@ -46,26 +46,31 @@ public struct SMTPReplyParser: Sendable {
             guard length <= maximumLineLength else {
                 throw Error(reason: "reply line longer than \(maximumLineLength) octets")
             }
-            var line = buffer.readString(length: length)!
-            buffer.moveReaderIndex(forwardBy: 1)
-            if line.hasSuffix("\r") { line.removeLast() }
-            guard line.utf8.count >= 3 else { throw Error(reason: "short line \(line.debugDescription)") }
-            let codeText = line.prefix(3)
-            guard codeText.allSatisfy(\.isASCIIDigit), let code = Int(codeText), (200...599).contains(code) else {
-                throw Error(reason: "bad reply code in \(line.debugDescription)")
-            }
+            // On the octets: the code, the separator, then the text as a string.
+            let view = buffer.readableBytesView
+            let start = view.startIndex
+            var end = newline
+            if end > start && view[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+            buffer.moveReaderIndex(forwardBy: length + 1)
+            func describe() -> String { String(decoding: view[start..<end], as: UTF8.self).debugDescription }
+            guard end - start >= 3 else { throw Error(reason: "short line \(describe())") }
+            let digits = (view[start], view[start + 1], view[start + 2])
+            func isDigit(_ byte: UInt8) -> Bool { byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") }
+            guard isDigit(digits.0), isDigit(digits.1), isDigit(digits.2) else { throw Error(reason: "bad reply code in \(describe())") }
+            let code = Int(digits.0 - 48) * 100 + Int(digits.1 - 48) * 10 + Int(digits.2 - 48)
+            guard (200...599).contains(code) else { throw Error(reason: "bad reply code in \(describe())") }
             if let pendingCode, pendingCode != code {
                 throw Error(reason: "reply code changed within a multi-line reply")
             }
-            let rest = line.dropFirst(3)
             let isLast: Bool
-            switch rest.first {
-            case nil, " ": isLast = true
-            case "-": isLast = false
-            default: throw Error(reason: "bad separator in \(line.debugDescription)")
+            switch end > start + 3 ? view[start + 3] : nil {
+            case nil, UInt8(ascii: " "): isLast = true
+            case UInt8(ascii: "-"): isLast = false
+            default: throw Error(reason: "bad separator in \(describe())")
             }
+            let text = end > start + 4 ? String(decoding: view[(start + 4)..<end], as: UTF8.self) : ""
             pendingCode = code
-            pendingLines.append(rest.dropFirst())
+            pendingLines.append(text[...])
             if pendingLines.count > maximumLines { throw Error(reason: "more than \(maximumLines) lines") }
             if isLast {
                 defer { pendingLines = []; pendingCode = nil }
