@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 import Logging
 import PosternLog
@@ -63,7 +66,9 @@ public struct PosternLogHandler: LogHandler {
     /// Bare when it can be; quoted (with `"` and `\` escaped, control characters as \n \t …)
     /// when it has spaces, quotes, `=` or control characters.
     static func logfmtValue(_ value: String) -> String {
-        let needsQuotes = value.isEmpty || value.unicodeScalars.contains { $0 == " " || $0 == "\"" || $0 == "=" || $0 == "\\" || $0.value < 32 }
+        let needsQuotes = value.isEmpty || value.utf8.contains {
+            $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "=") || $0 == UInt8(ascii: "\\") || $0 < 32
+        }
         guard needsQuotes else { return value }
         var quoted = "\""
         for scalar in value.unicodeScalars {
@@ -80,8 +85,20 @@ public struct PosternLogHandler: LogHandler {
         return quoted + "\""
     }
 
-    /// Writes a line and a newline to stderr in one write, so lines never interleave.
+    /// Writes a line and a newline to stderr in one write(2) (the rest after a short write),
+    /// so lines never interleave.
     public static let standardError: @Sendable (String) -> Void = { line in
-        FileHandle.standardError.write(Data((line + "\n").utf8))
+        var text = line + "\n"
+        text.withUTF8 { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let written = Glibc.write(STDERR_FILENO, bytes.baseAddress! + offset, bytes.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    return  // nowhere left to say it
+                }
+                offset += written
+            }
+        }
     }
 }
