@@ -38,6 +38,37 @@ public struct LoggedDecision: Sendable, Equatable {
     public var replyEnhanced: String?
     public var replyText: String?
     public var shadow: [ShadowHit]
+    /// What `postern replay` rebuilds a transaction from (the rest of the record).
+    public var details = Details()
+
+    /// The record's other facts about the transaction.
+    public struct Details: Sendable, Equatable {
+        public var clientPort = 0
+        public var helo: String?
+        /// The TLS version, when the session used STARTTLS.
+        public var tls: String?
+        public var auth: String?
+        public var asn: Int?
+        public var clientName: String?
+        public var clientNameStatus: String?
+        /// `client.dnsbl`: each list that listed the client (`code`) or failed (`error`).
+        public var dnsLists: [(name: String, result: String, detail: String, weight: Double)] = []
+        /// The reply each recipient got, in the order of `recipients`.
+        public var recipientReplies: [String?] = []
+        public var size: Int?
+        public var messageID: String?
+        public var subject: String?
+        public var upstreamHost: String?
+
+        public init() {}
+
+        public static func == (lhs: Details, rhs: Details) -> Bool {
+            lhs.clientPort == rhs.clientPort && lhs.helo == rhs.helo && lhs.tls == rhs.tls && lhs.auth == rhs.auth && lhs.asn == rhs.asn
+                && lhs.clientName == rhs.clientName && lhs.clientNameStatus == rhs.clientNameStatus
+                && lhs.dnsLists.elementsEqual(rhs.dnsLists, by: { $0 == $1 }) && lhs.recipientReplies == rhs.recipientReplies
+                && lhs.size == rhs.size && lhs.messageID == rhs.messageID && lhs.subject == rhs.subject && lhs.upstreamHost == rhs.upstreamHost
+        }
+    }
 
     public init(
         line: String, timestamp: Int64, id: String? = nil, session: String? = nil, clientIP: String,
@@ -69,8 +100,9 @@ public struct LoggedDecision: Sendable, Equatable {
         public init(_ description: String) { self.description = description }
     }
 
-    /// Parses one line (without its newline).
-    public static func parse(line: String) throws(Malformed) -> LoggedDecision {
+    /// Parses one line (without its newline); `keepLine: false` leaves `line` empty (a reader
+    /// that holds many records and never prints them).
+    public static func parse(line: String, keepLine: Bool = true) throws(Malformed) -> LoggedDecision {
         let object: [String: Any]
         do {
             guard let parsed = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
@@ -105,13 +137,36 @@ public struct LoggedDecision: Sendable, Equatable {
             return ShadowHit(rule: rule, action: entry["action"] as? String ?? "?")
         }
         let reply = object["reply"] as? [String: Any]
-        return LoggedDecision(
-            line: line, timestamp: timestamp, id: object["id"] as? String, session: object["session"] as? String,
+        var logged = LoggedDecision(
+            line: keepLine ? line : "", timestamp: timestamp, id: object["id"] as? String, session: object["session"] as? String,
             clientIP: ip, clientCountry: client["country"] as? String, mailFrom: object["mail_from"] as? String,
             recipients: recipients, decision: decision, stage: object["stage"] as? String,
             rule: object["rule"] as? String, reason: object["reason"] as? String,
             replyCode: integer(reply?["code"]), replyEnhanced: reply?["enhanced"] as? String,
             replyText: reply?["text"] as? String, shadow: shadow)
+        var details = Details()
+        details.clientPort = integer(client["port"]) ?? 0
+        details.helo = client["helo"] as? String
+        details.tls = client["tls"] as? String
+        details.auth = client["auth"] as? String
+        details.asn = integer(client["asn"])
+        details.clientName = client["name"] as? String
+        details.clientNameStatus = client["name_status"] as? String
+        details.dnsLists = (client["dnsbl"] as? [Any] ?? []).compactMap { entry -> (name: String, result: String, detail: String, weight: Double)? in
+            guard let entry = entry as? [String: Any], let name = entry["name"] as? String, let result = entry["result"] as? String else { return nil }
+            let detail = (entry["code"] as? String) ?? (entry["error"] as? String) ?? ""
+            return (name, result, detail, entry["weight"] as? Double ?? integer(entry["weight"]).map(Double.init) ?? 0)
+        }
+        details.recipientReplies = (object["rcpts"] as? [Any] ?? []).compactMap { entry -> String?? in
+            if let entry = entry as? [String: Any] { return entry["address"] is String ? .some(entry["reply"] as? String) : nil }
+            return entry is String ? .some(nil) : nil
+        }
+        details.size = integer(object["size"])
+        details.messageID = object["message_id"] as? String
+        details.subject = object["subject"] as? String
+        details.upstreamHost = (object["upstream"] as? [String: Any])?["host"] as? String
+        logged.details = details
+        return logged
     }
 
     private static func integer(_ value: Any?) -> Int? {
@@ -150,8 +205,12 @@ public struct DecisionLogParser: Sendable {
     private var pending: [UInt8] = []
     /// Lines seen so far (the number of the last complete line).
     public private(set) var lineNumber = 0
+    /// Whether each record keeps its line (`LoggedDecision.line`).
+    private let keepLines: Bool
 
-    public init() {}
+    public init(keepLines: Bool = true) {
+        self.keepLines = keepLines
+    }
 
     /// Whether part of a line is waiting for its newline.
     public var hasPartialLine: Bool { !pending.isEmpty }
@@ -166,7 +225,7 @@ public struct DecisionLogParser: Sendable {
             var line = pending[start..<end]
             if line.last == 0x0D { line = line.dropLast() }
             lineNumber += 1
-            if let event = Self.event(for: line, number: lineNumber) { events.append(event) }
+            if let event = Self.event(for: line, number: lineNumber, keepLine: keepLines) { events.append(event) }
             start = end + 1
         }
         pending.removeSubrange(0...lastNewline)
@@ -182,11 +241,11 @@ public struct DecisionLogParser: Sendable {
         return [.malformed(line: lineNumber, reason: "incomplete line without a newline at the end: \(LoggedDecision.preview(text))")]
     }
 
-    private static func event(for line: ArraySlice<UInt8>, number: Int) -> DecisionLogEvent? {
+    private static func event(for line: ArraySlice<UInt8>, number: Int, keepLine: Bool) -> DecisionLogEvent? {
         if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { return nil }
         let text = String(decoding: line, as: UTF8.self)
         do {
-            return .record(try LoggedDecision.parse(line: text))
+            return .record(try LoggedDecision.parse(line: text, keepLine: keepLine))
         } catch {
             return .malformed(line: number, reason: error.description)
         }

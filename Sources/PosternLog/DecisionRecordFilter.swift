@@ -52,7 +52,7 @@ public struct DecisionRecordFilter: Sendable {
     }
 
     /// `--since`: `90s`, `15m`, `2h`, `1d`, `1w` before `now`, or an RFC 3339 timestamp.
-    public static func parseSince(_ text: String, now: Date = Date()) throws(InvalidArgument) -> Int64 {
+    public static func parseSince(_ text: String, now: Date = Date(), option: String = "--since") throws(InvalidArgument) -> Int64 {
         let nowMillis = Int64((now.timeIntervalSince1970 * 1000).rounded())
         let trimmed = text.trimmingCharacters(in: .whitespaces)
         if let unit = trimmed.last, let amount = Int64(trimmed.dropLast()), amount >= 0 {
@@ -68,7 +68,7 @@ public struct DecisionRecordFilter: Sendable {
             if let seconds { return nowMillis - amount * seconds * 1000 }
         }
         if let timestamp = Timestamps.parseRFC3339(trimmed) { return timestamp }
-        throw InvalidArgument("--since '\(text)' is neither a duration (15m, 2h, 1d) nor an RFC 3339 time (2026-11-23T19:00:00Z)")
+        throw InvalidArgument("\(option) '\(text)' is neither a duration (15m, 2h, 1d) nor an RFC 3339 time (2026-11-23T19:00:00Z)")
     }
 }
 
