@@ -72,7 +72,7 @@ struct ContentCondition: PolicyCondition {
         // Matching a small message takes microseconds: inline, since a hop to another thread
         // costs more (about 25 µs). A large one can take milliseconds: it goes to NIO's
         // blocking pool so the event loops that serve sessions never stall.
-        guard message.rawBytes.count > Self.inlineMatchLimit else { return Self.match(target, matcher, prefilter, in: message) }
+        guard message.scanLength > Self.inlineMatchLimit else { return Self.match(target, matcher, prefilter, in: message) }
         let (target, matcher, prefilter) = (self.target, self.matcher, self.prefilter)
         return (try? await NIOThreadPool.singleton.runIfActive { Self.match(target, matcher, prefilter, in: message) }) ?? nil
     }

@@ -21,6 +21,7 @@ struct EngineCondition: PolicyCondition {
 
     var earliestStage: PolicyStage { .connect }
     var filterName: String { "engine" }
+    var readsCheckAnswers: Bool { true }
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         guard let outcome = facts.checks[check], !outcome.shadow else { return nil }

@@ -14,6 +14,7 @@ struct SPFCondition: PolicyCondition {
 
     var earliestStage: PolicyStage { .mail }
     var filterName: String { "spf" }
+    var readsCheckAnswers: Bool { true }
 
     func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
         guard let outcome = facts.checks["spf"] ?? facts.earlierChecks["spf"], let result = outcome.effects.result,

@@ -36,10 +36,13 @@ public protocol PolicyMessage: Sendable {
     /// Where readers keep what they derive from the message once (the content rules' one
     /// pass); nil: nothing is kept, each reader derives again.
     var derivedValues: (any AnyObject & Sendable)? { get }
+    /// How many octets a scan of the message covers (`rawBytes.count`), without reading them.
+    var scanLength: Int { get }
 }
 
 extension PolicyMessage {
     public var derivedValues: (any AnyObject & Sendable)? { nil }
+    public var scanLength: Int { rawBytes.count }
 }
 
 /// What the policy knows about a transaction when a stage's rules run.
@@ -137,6 +140,9 @@ public protocol PolicyCondition: Sendable {
     /// For each content pattern in the condition: the pattern, and the engine that matches it
     /// (`postern check` reports the ones a one-pass scan cannot take).
     var patternEngines: [(pattern: String, engine: PatternEngine)] { get }
+    /// True when it reads what one of the pipeline's checks answered (a milter, a policy
+    /// server, SPF): `postern replay` does not ask them again.
+    var readsCheckAnswers: Bool { get }
 }
 
 /// How a content pattern is matched.
@@ -156,6 +162,7 @@ public enum PatternEngine: Sendable, Hashable {
 extension PolicyCondition {
     public var patternEngines: [(pattern: String, engine: PatternEngine)] { [] }
     public var needsMessage: Bool { false }
+    public var readsCheckAnswers: Bool { false }
     public var filterName: String { String(describing: type(of: self)) }
 }
 
@@ -174,6 +181,7 @@ public struct AnyOfCondition: PolicyCondition {
     public init(_ conditions: [any PolicyCondition]) { self.conditions = conditions }
     public var earliestStage: PolicyStage { conditions.map(\.earliestStage).max() ?? .connect }
     public var needsMessage: Bool { conditions.contains { $0.needsMessage } }
+    public var readsCheckAnswers: Bool { conditions.contains { $0.readsCheckAnswers } }
     public var patternEngines: [(pattern: String, engine: PatternEngine)] { conditions.flatMap(\.patternEngines) }
     public var filterName: String { "any" }
     public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
@@ -192,6 +200,7 @@ public struct AllOfCondition: PolicyCondition {
     public init(_ conditions: [any PolicyCondition]) { self.conditions = conditions }
     public var earliestStage: PolicyStage { conditions.map(\.earliestStage).max() ?? .connect }
     public var needsMessage: Bool { conditions.contains { $0.needsMessage } }
+    public var readsCheckAnswers: Bool { conditions.contains { $0.readsCheckAnswers } }
     public var patternEngines: [(pattern: String, engine: PatternEngine)] { conditions.flatMap(\.patternEngines) }
     public var filterName: String { "all" }
     public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
@@ -215,6 +224,7 @@ public struct NotCondition: PolicyCondition {
     }
     public var earliestStage: PolicyStage { condition.earliestStage }
     public var needsMessage: Bool { condition.needsMessage }
+    public var readsCheckAnswers: Bool { condition.readsCheckAnswers }
     public var patternEngines: [(pattern: String, engine: PatternEngine)] { condition.patternEngines }
     public var filterName: String { "not" }
     public func evaluate(_ facts: TransactionFacts) async -> ConditionMatch? {
@@ -449,5 +459,10 @@ public struct Policy: Sendable {
     /// Whether `stage` has a rule that runs (not `off`).
     public func hasActiveRules(at stage: PolicyStage) -> Bool {
         byStage[stage.ordinal].contains { $0.mode != .off }
+    }
+
+    /// Whether `stage` has a rule that runs and reads a check's answer (milter, policy server, SPF).
+    public func readsCheckAnswers(at stage: PolicyStage) -> Bool {
+        byStage[stage.ordinal].contains { $0.mode != .off && $0.condition.readsCheckAnswers }
     }
 }
