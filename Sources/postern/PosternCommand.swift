@@ -30,7 +30,7 @@ struct Postern: AsyncParsableCommand {
         commandName: "postern",
         abstract: "An SMTP policy gateway in front of an existing MTA.",
         version: PosternVersion.current,
-        subcommands: [Serve.self, Check.self, Explain.self, Tail.self, Version.self]
+        subcommands: [Serve.self, Check.self, Explain.self, Replay.self, Tail.self, Version.self]
     )
 }
 

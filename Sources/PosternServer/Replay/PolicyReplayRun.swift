@@ -1,0 +1,309 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import PosternLog
+import PosternPolicy
+import SMTPCore
+
+/// `postern replay`: reads decision logs, rebuilds each transaction from its record, replays
+/// them in timestamp order through a candidate policy and counts what would change.
+public struct PolicyReplayRun {
+    /// One transaction the candidate decides differently.
+    public struct Change: Sendable, Equatable {
+        public var id: String
+        public var timestamp: Int64
+        public var client: String
+        public var sender: String?
+        public var recipient: String?
+        public var was: String
+        public var now: String
+        /// The candidate's deciding rule; `relay_control` for relay control; nil when nothing
+        /// of the candidate decided (the transaction now goes through).
+        public var rule: String?
+    }
+
+    /// What a run found.
+    public struct Report: Sendable {
+        /// Records read (well-formed), in the time window or not.
+        public var records = 0
+        /// Lines that are not decision records (skipped, each with its file and line).
+        public var malformed: [String] = []
+        public var replayed = 0
+        public var unchanged = 0
+        public var changed = 0
+        public var notEvaluable = 0
+        /// Why records were not evaluable, with how many.
+        public var notEvaluableReasons: [String: Int] = [:]
+        /// `"WAS->NOW"` → how many.
+        public var byChange: [String: Int] = [:]
+        /// The candidate's deciding rule of each change (`(none)`: it now goes through).
+        public var byRule: [String: Int] = [:]
+        /// The first changes of each direction, in time order (at most `examples` each).
+        public var changes: [Change] = []
+
+        public init() {}
+    }
+
+    public let policy: Policy
+    public let relayControl: RelayControl
+    public let clock: ManualRateLimitClock
+    /// Only records at or after / before these times (milliseconds since the epoch).
+    public var since: Int64?
+    public var until: Int64?
+    /// Changes kept per direction (0: all).
+    public var examples: Int
+
+    public init(policy: Policy, relayControl: RelayControl, clock: ManualRateLimitClock, since: Int64? = nil, until: Int64? = nil, examples: Int = 10) {
+        self.policy = policy
+        self.relayControl = relayControl
+        self.clock = clock
+        self.since = since
+        self.until = until
+        self.examples = examples
+    }
+
+    /// A log that cannot be read.
+    public struct UnreadableLog: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// The decision log at `path` and its rotated files beside it (`PATH.1`, `PATH.2.gz`,
+    /// `PATH-20261206`, …), oldest names last.
+    public static func logFiles(rotatedFrom path: String) -> [String] {
+        let url = URL(fileURLWithPath: path)
+        let directory = url.deletingLastPathComponent().path
+        let base = url.lastPathComponent
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        let rotated = names.filter { $0.hasPrefix(base + ".") || $0.hasPrefix(base + "-") }.sorted()
+        return [path] + rotated.map { directory + "/" + $0 }
+    }
+
+    /// Reads every record of `paths` (a `.gz` file through `gzip -dc`), skipping malformed lines.
+    public static func read(_ paths: [String], into report: inout Report) throws(UnreadableLog) -> [LoggedDecision] {
+        var records: [LoggedDecision] = []
+        for path in paths {
+            let bytes: [UInt8]
+            if path.hasSuffix(".gz") {
+                bytes = try gunzip(path)
+            } else {
+                guard let data = FileManager.default.contents(atPath: path) else {
+                    var isDirectory: ObjCBool = false
+                    let exists = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
+                    throw UnreadableLog(description: "cannot read \(path): \(exists ? (isDirectory.boolValue ? "a directory" : "permission denied") : "no such file")")
+                }
+                bytes = [UInt8](data)
+            }
+            var parser = DecisionLogParser(keepLines: false)
+            for event in parser.feed(bytes) + parser.finish() {
+                switch event {
+                case .record(let record): records.append(record)
+                case .malformed(let line, let reason): report.malformed.append("\(path):\(line): \(reason)")
+                }
+            }
+        }
+        report.records = records.count
+        return records
+    }
+
+    private static func gunzip(_ path: String) throws(UnreadableLog) -> [UInt8] {
+        guard FileManager.default.isReadableFile(atPath: path) else { throw UnreadableLog(description: "cannot read \(path): no such file or not readable") }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/gzip")
+        process.arguments = ["-dc", path]
+        let output = Pipe()
+        let errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        do {
+            try process.run()
+        } catch {
+            throw UnreadableLog(description: "cannot read \(path): gzip: \(error)")
+        }
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        let message = errors.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            let text = String(decoding: message, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            throw UnreadableLog(description: "cannot read \(path): \(text.isEmpty ? "gzip failed" : text)")
+        }
+        return [UInt8](data)
+    }
+
+    /// Replays `records` (sorted here by time) and counts.
+    public func run(_ records: [LoggedDecision], report: inout Report) async {
+        var replay = PolicyReplay(policy: policy, relayControl: relayControl, clock: clock)
+        var kept: [String: Int] = [:]
+        // Stable: records written in the same millisecond keep their order.
+        let ordered = records.enumerated().sorted { ($0.element.timestamp, $0.offset) < ($1.element.timestamp, $1.offset) }
+        for (_, record) in ordered {
+            if let since, record.timestamp < since { continue }
+            if let until, record.timestamp >= until { continue }
+            report.replayed += 1
+            let outcome: PolicyReplay.Outcome
+            switch Self.transaction(from: record) {
+            case .success(let transaction): outcome = await replay.replay(transaction)
+            case .failure(let why): outcome = .notEvaluable(why.description)
+            }
+            switch outcome {
+            case .notEvaluable(let why):
+                report.notEvaluable += 1
+                report.notEvaluableReasons[why, default: 0] += 1
+            case .decided(let now, let stage, let rule):
+                guard now.rawValue != record.decision else {
+                    report.unchanged += 1
+                    continue
+                }
+                report.changed += 1
+                let direction = "\(record.decision)->\(now.rawValue)"
+                report.byChange[direction, default: 0] += 1
+                let deciding = rule ?? (now == .accepted || now == .aborted ? nil : (stage == .rcpt ? "relay_control" : nil))
+                report.byRule[deciding ?? "(none)", default: 0] += 1
+                if examples == 0 || kept[direction, default: 0] < examples {
+                    kept[direction, default: 0] += 1
+                    report.changes.append(Change(id: record.id ?? "", timestamp: record.timestamp, client: record.clientIP, sender: record.mailFrom,
+                                                 recipient: record.recipients.first, was: record.decision, now: now.rawValue, rule: deciding))
+                }
+            }
+        }
+    }
+
+    struct NotReplayable: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// The transaction a record describes, or why it cannot be rebuilt.
+    static func transaction(from record: LoggedDecision) -> Result<PolicyReplay.Transaction, NotReplayable> {
+        guard let client = IPAddress(record.clientIP) else { return .failure(NotReplayable(description: "the client address is not an IP address")) }
+        guard let decision = PolicyReplay.Transaction.Decision(rawValue: record.decision) else {
+            return .failure(NotReplayable(description: "an unknown decision"))
+        }
+        let stage = record.stage.flatMap(PolicyStage.init(rawValue:)) ?? .connect
+        let details = record.details
+        let replies = details.recipientReplies.map { $0.flatMap(Self.reply) }
+        let relayControlRefusedAll = !record.recipients.isEmpty && replies.allSatisfy { $0.map(Self.isRelayControl) ?? false }
+        var transaction = PolicyReplay.Transaction(
+            timestamp: record.timestamp, id: record.id ?? "", session: record.session ?? record.id ?? "", client: client,
+            clientPort: details.clientPort, decision: decision, stage: stage, rule: record.rule,
+            decidedByPolicy: record.rule != nil || (stage == .rcpt && relayControlRefusedAll && decision != .aborted))
+        transaction.helo = details.helo
+        transaction.tlsVersion = details.tls
+        transaction.authUser = details.auth
+        transaction.country = record.clientCountry
+        transaction.asn = details.asn.flatMap { UInt32(exactly: $0) }
+        if let status = details.clientNameStatus.flatMap(ClientName.Status.init(rawValue:)) {
+            transaction.clientName = ClientName(status, name: details.clientName)
+        }
+        transaction.dnsLists = details.dnsLists.map { list in
+            let outcome: DNSListResult.Outcome = list.result == "listed"
+                ? .listed(list.detail.split(separator: ",").compactMap { code in
+                    if case .v4(let value)? = IPAddress(String(code).trimmingCharacters(in: .whitespaces)) { value } else { nil }
+                })
+                : .error(list.detail)
+            return DNSListResult(list: list.name, outcome: outcome, weight: list.result == "listed" ? list.weight : 0)
+        }
+        if let mailFrom = record.mailFrom {
+            guard let sender = Self.reversePath(mailFrom) else { return .failure(Self.pseudonymised(mailFrom)) }
+            transaction.sender = sender
+        }
+        for (index, address) in record.recipients.enumerated() {
+            guard let path = Self.forwardPath(address) else { return .failure(Self.pseudonymised(address)) }
+            transaction.recipients.append((path, index < replies.count ? replies[index] : nil))
+        }
+        transaction.size = details.size
+        transaction.messageID = details.messageID
+        transaction.subject = details.subject.flatMap { Self.isPseudonym($0) ? nil : $0 }
+        return .success(transaction)
+    }
+
+    private static func pseudonymised(_ address: String) -> NotReplayable {
+        if address.hasPrefix("h:") || address.hasPrefix("@") {
+            return NotReplayable(description: "the log keeps only the domain of an address (decision_log.local_parts)")
+        }
+        return NotReplayable(description: "an address that is not an SMTP path")
+    }
+
+    static func isPseudonym(_ text: String) -> Bool {
+        text.utf8.count == 18 && text.hasPrefix("h:") && text.utf8.dropFirst(2).allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    }
+
+    static func reversePath(_ text: String) -> ReversePath? {
+        if text.isEmpty { return .null }
+        guard case .mail(let path, _)? = try? SMTPCommandParser().parse(Array("MAIL FROM:<\(text)>".utf8)) else { return nil }
+        return path
+    }
+
+    static func forwardPath(_ text: String) -> ForwardPath? {
+        guard case .rcpt(let path, _)? = try? SMTPCommandParser().parse(Array("RCPT TO:<\(text)>".utf8)) else { return nil }
+        return path
+    }
+
+    /// `250 2.1.5 Ok` as a reply (the code is what the replay reads).
+    static func reply(_ text: String) -> SMTPReply? {
+        let utf8 = Array(text.utf8)
+        guard utf8.count >= 3, let code = Int(String(decoding: utf8[0..<3], as: UTF8.self)), (200...599).contains(code) else { return nil }
+        let rest = text.dropFirst(3).trimmingCharacters(in: .whitespaces)
+        return SMTPReply(code, nil, rest)
+    }
+
+    /// Relay control's refusal (`554 5.7.1 <address>: Relay access denied`).
+    static func isRelayControl(_ reply: SMTPReply) -> Bool {
+        reply.code == 554 && reply.text.hasSuffix(": Relay access denied")
+    }
+}
+
+extension PolicyReplayRun.Report {
+    /// The report for people: totals, changes by direction and by rule, reasons, examples.
+    public func text(policy: String, version: String) -> String {
+        var lines = ["Replay of \(records) record\(records == 1 ? "" : "s") against \(policy) (version \(version))"]
+        var totals = "  replayed \(replayed): unchanged \(unchanged), changed \(changed), not evaluable \(notEvaluable)"
+        if records > replayed { totals += "; \(records - replayed) outside the time window" }
+        if !malformed.isEmpty { totals += "; \(malformed.count) malformed line\(malformed.count == 1 ? "" : "s") skipped" }
+        lines.append(totals)
+        func table(_ title: String, _ counts: [String: Int], _ name: (String) -> String = { $0 }) {
+            guard !counts.isEmpty else { return }
+            lines.append(title)
+            let ordered = counts.sorted { ($1.value, $0.key) < ($0.value, $1.key) }
+            let width = ordered.map { name($0.key).count }.max() ?? 0
+            for (key, count) in ordered {
+                let label = name(key)
+                lines.append("  " + label + String(repeating: " ", count: width - label.count) + "  \(count)")
+            }
+        }
+        table("Changes:", byChange) { $0.replacingOccurrences(of: "->", with: " -> ") }
+        table("By the candidate's deciding rule:", byRule)
+        table("Not evaluable:", notEvaluableReasons)
+        if !changes.isEmpty {
+            lines.append("Examples:")
+            for change in changes {
+                var line = "  \(DecisionRecord.rfc3339(milliseconds: change.timestamp))  \(change.id.isEmpty ? "-" : change.id)  \(change.was) -> \(change.now)"
+                line += change.rule.map { " by \($0)" } ?? ""
+                line += "  client \(change.client)"
+                if let sender = change.sender { line += "  from <\(sender)>" }
+                if let recipient = change.recipient { line += "  to <\(recipient)>" }
+                lines.append(line)
+            }
+        }
+        if replayed == 0 { lines.append("No record to replay.") }
+        return lines.joined(separator: "\n")
+    }
+
+    /// One JSON object, for scripts and CI.
+    public func json(policy: String, version: String) -> String {
+        let object: [String: Any] = [
+            "policy": policy, "policy_version": version,
+            "records": records, "replayed": replayed, "unchanged": unchanged, "changed": changed, "not_evaluable": notEvaluable,
+            "malformed": malformed.count, "not_evaluable_reasons": notEvaluableReasons,
+            "by_change": byChange, "by_rule": byRule,
+            "changes": changes.map { change -> [String: Any] in
+                var entry: [String: Any] = ["id": change.id, "ts": DecisionRecord.rfc3339(milliseconds: change.timestamp),
+                                            "client": change.client, "was": change.was, "now": change.now, "rule": change.rule ?? NSNull()]
+                if let sender = change.sender { entry["mail_from"] = sender }
+                if let recipient = change.recipient { entry["rcpt"] = recipient }
+                return entry
+            },
+        ]
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self)
+    }
+}
