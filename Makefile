@@ -52,7 +52,7 @@ bench-policy: deps
 # Benchmarks/results/ (see Benchmarks/README.md). QUICK=1 for a short run (under 2 minutes).
 QUICK ?=
 bench: deps
-	@.ci/ensure-packages.sh cmd:smtp-source=postfix cmd:smtp-sink=postfix cmd:python3=python3
+	@.ci/ensure-packages.sh cmd:smtp-source=postfix cmd:smtp-sink=postfix cmd:python3=python3 file:/usr/bin/time=time
 	@python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet matplotlib
 	$(SWIFT) build -c release --product postern
 	$(SWIFT) build -c release --product postern-policy-bench

@@ -20,6 +20,7 @@ import argparse
 import datetime
 import json
 import os
+import random
 import re
 import resource
 import shutil
@@ -78,6 +79,8 @@ TARGET_CPU_TO_TOOLS = 1.0
 TARGET_CHECKS_EXTRA_MS = 0.5
 TARGET_IDLE_BYTES = 8_000
 TARGET_BIG_RSS_BYTES = 20_000_000
+# postern replay: 1 million records in under a minute.
+TARGET_REPLAY_SECONDS_PER_MILLION = 60
 
 
 def log(text):
@@ -562,6 +565,64 @@ def policy_bench(quick):
     return {"command": " ".join([os.path.relpath(binary, ROOT)] + args[1:]), "output": result.stdout}
 
 
+def replay_bench(binary, workdir, count):
+    """`postern replay` over `count` generated records (the layout `serve` writes: sessions of
+    one or two transactions, 2,000 clients, 5,000 senders, a fifth with a subject the candidate
+    refuses) against a candidate with a subject rule and a per-sender limit."""
+    if subprocess.run([str(binary), "replay", "--help"], capture_output=True).returncode != 0:
+        log("  skipped: this build has no `postern replay`")
+        return None
+    log_path = workdir / "replay-decisions.log"
+    start_ms = 1_796_515_200_000
+    rng = random.Random(7)
+    with open(log_path, "w") as out:
+        for index in range(count):
+            ts = start_ms + index * 50
+            ms = ts % 1000
+            seconds = ts // 1000
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
+            client = f"198.51.{rng.randrange(8)}.{rng.randrange(250)}"
+            sender = f"user{rng.randrange(5000)}@sender{rng.randrange(50)}.example"
+            subject = "cheap pills today" if rng.random() < 0.2 else f"report {index}"
+            out.write(json.dumps({
+                "schema": 1, "ts": stamp, "id": f"R{index:08d}", "session": f"S{index // 2:08d}", "policy_version": "bench",
+                "client": {"ip": client, "port": 40000 + index % 20000, "helo": "mail.client.example", "tls": None, "auth": None},
+                "mail_from": sender, "rcpts": [{"address": f"rcpt{rng.randrange(100)}@example.org", "reply": "250 2.1.5 Ok"}],
+                "size": 4096, "message_id": f"<{index}@client.example>", "subject": subject,
+                "decision": "accepted", "stage": "data", "rule": None, "reason": None,
+                "reply": {"code": 250, "enhanced": "2.0.0", "text": "Ok: queued"},
+                "upstream": {"host": "127.0.0.1:2526", "reply": "250 2.0.0 Ok: queued", "queue_id": None},
+                "shadow": [], "timings": {"total_ms": 3, "filters_ms": 0, "upstream_ms": 2}}, separators=(",", ":")) + "\n")
+    candidate = workdir / "replay-candidate.yaml"
+    candidate.write_text((ROOT / "Policies" / "default.yaml").read_text()
+                         .replace("file: lists/", f"file: {ROOT / 'Policies' / 'lists'}/")
+                         .replace("rules:\n", "limits:\n  bench_sender: { key: sender, count: messages, rate: 30/1h }\nrules:\n"
+                                  "  - { id: bench-pills, stage: data, if: { subject: { regex: pills } }, then: reject }\n"
+                                  "  - { id: bench-throttle, stage: rcpt, if: { limit: bench_sender }, then: tempfail }\n", 1))
+    config = workdir / "replay-config.yaml"
+    config.write_text("upstreams: [{ url: \"maildir:/nonexistent\" }]\nrelay_domains: [example.org]\n")
+    command = [str(binary), "replay", "--config", str(config), "--policy", str(candidate), "--json", str(log_path)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    begun = time.monotonic()
+    result = subprocess.run(["/usr/bin/time", "-f", "%M"] + command, capture_output=True, text=True, timeout=1800)
+    seconds = time.monotonic() - begun
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        raise BenchError(f"postern replay exited {result.returncode}: {result.stderr[-800:]}")
+    report = json.loads(result.stdout)
+    if report.get("replayed") != count:
+        raise BenchError(f"postern replay replayed {report.get('replayed')} of {count} records")
+    peak_kb = int(result.stderr.strip().splitlines()[-1])
+    entry = {"records": count, "seconds": round(seconds, 2), "records_per_second": round(count / seconds),
+             "cpu_seconds": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2),
+             "peak_rss_bytes": peak_kb * 1024, "changed": report["changed"], "by_change": report["by_change"],
+             "log_bytes": log_path.stat().st_size}
+    log(f"  {count:,} records ({entry['log_bytes'] / 1e6:.0f} MB) in {seconds:.1f} s ({entry['records_per_second']:,}/s), "
+        f"CPU {entry['cpu_seconds']} s, peak RSS {peak_kb / 1024:.0f} MiB; changed {report['changed']:,} {report['by_change']}")
+    log_path.unlink()
+    return entry
+
+
 # MARK: - Report
 
 def environment(binary, quick):
@@ -604,7 +665,7 @@ def ratio_target(cell):
     return TARGET_RATIO_100K
 
 
-def targets(cells, idle, big):
+def targets(cells, idle, big, replay=None):
     rows = []
     for cell in cells:
         need = ratio_target(cell)
@@ -632,10 +693,14 @@ def targets(cells, idle, big):
     if big:
         rows.append(("RSS increase relaying a 50 MB message", f"{big['rss_increase_bytes'] / 1e6:.1f} MB",
                      "<= 20 MB (20,000,000 bytes)", verdict(big["rss_increase_bytes"] <= TARGET_BIG_RSS_BYTES)))
+    if replay:
+        per_million = replay["seconds"] * 1_000_000 / replay["records"]
+        rows.append((f"postern replay, {replay['records']:,} records", f"{replay['seconds']:.1f} s ({per_million:.1f} s per million)",
+                     "<= 60 s per million records", verdict(per_million <= TARGET_REPLAY_SECONDS_PER_MILLION)))
     return rows
 
 
-def markdown(env, cells, latencies, idle, big, policy, rows, settings, pipelining=None):
+def markdown(env, cells, latencies, idle, big, policy, rows, settings, pipelining=None, replay=None):
     out = [f"# Postern benchmark ({env['mode']} run)", "",
            f"- date: {env['date']}",
            f"- machine: {env['nproc']} CPUs ({env['cpu']}), Linux {env['kernel']}; load average "
@@ -733,6 +798,12 @@ def markdown(env, cells, latencies, idle, big, policy, rows, settings, pipelinin
                    f"(VmHWM {hwm}; sampled every 50 ms: {big['rss_peak_sampled_bytes'] / 2**20:.1f} MiB), "
                    f"**+{big['rss_increase_bytes'] / 1e6:.1f} MB**; relayed in {big['seconds']:.2f} s; "
                    f"smtp-sink's reply: `{big['reply']}`.")
+    if replay:
+        out += ["", "## Replay", "",
+                f"`postern replay --json` of {replay['records']:,} generated records ({replay['log_bytes'] / 1e6:.0f} MB) against "
+                f"the default policy plus a subject rule and a per-sender limit: **{replay['seconds']:.1f} s** "
+                f"({replay['records_per_second']:,} records/s), CPU {replay['cpu_seconds']} s, peak RSS "
+                f"{replay['peak_rss_bytes'] / 2**20:.0f} MiB; {replay['changed']:,} changed ({replay['by_change']})."]
     if policy:
         out += ["", "## Policy engine (postern-policy-bench)", "", f"`{policy['command']}`", "", "```",
                 policy["output"].rstrip(), "```"]
@@ -899,6 +970,8 @@ def main():
         log("memory:")
         idle = idle_connections(binary, workdir, sink, idle_count)
         big = big_message(binary, workdir, sink, BIG)
+        log("replay:")
+        replay = replay_bench(binary, workdir, 100_000 if quick else 1_000_000)
         log("policy engine (postern-policy-bench):")
         policy = policy_bench(quick)
     except (BenchError, OSError) as error:
@@ -916,13 +989,13 @@ def main():
 
     env["load_average_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     env["duration_seconds"] = round(time.monotonic() - started)
-    rows = targets(cells, idle, big)
-    report = markdown(env, cells, latencies, idle, big, policy, rows, settings, pipelining)
+    rows = targets(cells, idle, big, replay)
+    report = markdown(env, cells, latencies, idle, big, policy, rows, settings, pipelining, replay)
     (out / "results.md").write_text(report)
     (out / "results.json").write_text(json.dumps({
         "environment": env, "settings": settings, "targets": [dict(zip(("target", "measured", "threshold", "result"), r)) for r in rows],
         "throughput": cells, "pipelining": pipelining, "latency": latencies, "idle_connections": idle, "big_message": big,
-        "policy_bench": policy}, indent=2) + "\n")
+        "replay": replay, "policy_bench": policy}, indent=2) + "\n")
     drew = chart(cells, out / "throughput.png")
     log("")
     log(report.replace("![throughput](throughput.png)", ""))
