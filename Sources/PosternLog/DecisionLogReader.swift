@@ -208,8 +208,11 @@ public struct DecisionLogParser: Sendable {
     /// Whether each record keeps its line (`LoggedDecision.line`).
     private let keepLines: Bool
 
-    public init(keepLines: Bool = true) {
+    /// `linesBefore`: lines of the file before the first byte fed (a reader that parses a
+    /// file in pieces numbers each piece's lines as in the file).
+    public init(keepLines: Bool = true, linesBefore: Int = 0) {
         self.keepLines = keepLines
+        lineNumber = linesBefore
     }
 
     /// Whether part of a line is waiting for its newline.

@@ -83,7 +83,7 @@ extension Postern {
             var report = PolicyReplayRun.Report()
             let records: [LoggedDecision]
             do {
-                records = try PolicyReplayRun.read(paths, into: &report)
+                records = try await PolicyReplayRun.read(paths, into: &report)
             } catch {
                 throw fail("\(error)")
             }

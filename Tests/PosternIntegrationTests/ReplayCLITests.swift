@@ -210,6 +210,10 @@ final class ReplayCLITests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertEqual(missing.status, 2, missing.description)
         XCTAssertTrue(missing.stderr.contains("nothing.log: no such file"), missing.stderr)
 
+        let directory = try replay(["--policy", candidate.path, workDir.path], config: config)
+        XCTAssertEqual(directory.status, 2, directory.description)
+        XCTAssertTrue(directory.stderr.contains("cannot read \(workDir.path): a directory"), directory.stderr)
+
         let badTime = try replay(["--policy", candidate.path, "--until", "yesterday", workDir.appendingPathComponent("x.log").path], config: config)
         XCTAssertEqual(badTime.status, 2, badTime.description)
         XCTAssertTrue(badTime.stderr.contains("--until 'yesterday' is neither a duration"), badTime.stderr)

@@ -41,7 +41,7 @@ final class PolicyReplayTests: XCTestCase {
         let log = directory + "/decisions.log"
         try lines.joined().write(toFile: log, atomically: true, encoding: .utf8)
         var report = PolicyReplayRun.Report()
-        let records = try PolicyReplayRun.read([log], into: &report)
+        let records = try await PolicyReplayRun.read([log], into: &report)
         let run = PolicyReplayRun(policy: policy, relayControl: RelayControl(relayDomains: relayDomains, trustedNetworks: []), clock: clock)
         await run.run(records, report: &report)
         return report

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import NIOPosix
 import PosternLog
 import PosternPolicy
 import SMTPCore
@@ -80,54 +81,153 @@ public struct PolicyReplayRun {
     }
 
     /// Reads every record of `paths` (a `.gz` file through `gzip -dc`), skipping malformed lines.
-    public static func read(_ paths: [String], into report: inout Report) throws(UnreadableLog) -> [LoggedDecision] {
+    /// A file is read in blocks of whole lines, and the blocks are parsed on every core.
+    public static func read(_ paths: [String], into report: inout Report) async throws(UnreadableLog) -> [LoggedDecision] {
         var records: [LoggedDecision] = []
         for path in paths {
-            let bytes: [UInt8]
-            if path.hasSuffix(".gz") {
-                bytes = try gunzip(path)
-            } else {
-                guard let data = FileManager.default.contents(atPath: path) else {
-                    var isDirectory: ObjCBool = false
-                    let exists = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
-                    throw UnreadableLog(description: "cannot read \(path): \(exists ? (isDirectory.boolValue ? "a directory" : "permission denied") : "no such file")")
+            let source = try LogSource(path: path)
+            defer { source.close() }
+            var carry: [UInt8] = []
+            var blocks: [(bytes: [UInt8], linesBefore: Int)] = []
+            var lines = 0
+            var ended = false
+            while !ended {
+                var block = carry
+                carry = []
+                ended = try source.read(appendingTo: &block, upTo: Self.blockSize)
+                if !ended, let lastNewline = block.lastIndex(of: 0x0A) {
+                    carry = Array(block[(lastNewline + 1)...])
+                    block.removeSubrange((lastNewline + 1)...)
+                } else if !ended {
+                    carry = block  // a line longer than a block: read on
+                    continue
                 }
-                bytes = [UInt8](data)
-            }
-            var parser = DecisionLogParser(keepLines: false)
-            for event in parser.feed(bytes) + parser.finish() {
-                switch event {
-                case .record(let record): records.append(record)
-                case .malformed(let line, let reason): report.malformed.append("\(path):\(line): \(reason)")
+                let count = block.reduce(0) { $1 == 0x0A ? $0 + 1 : $0 }
+                blocks.append((block, lines))
+                lines += count
+                guard blocks.count == Self.parallelBlocks || ended else { continue }
+                for events in await parse(blocks) {
+                    for event in events {
+                        switch event {
+                        case .record(let record): records.append(record)
+                        case .malformed(let line, let reason): report.malformed.append("\(path):\(line): \(reason)")
+                        }
+                    }
                 }
+                blocks = []
             }
+            try source.finish()
         }
         report.records = records.count
         return records
     }
 
-    private static func gunzip(_ path: String) throws(UnreadableLog) -> [UInt8] {
-        guard FileManager.default.isReadableFile(atPath: path) else { throw UnreadableLog(description: "cannot read \(path): no such file or not readable") }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/gzip")
-        process.arguments = ["-dc", path]
-        let output = Pipe()
-        let errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        do {
-            try process.run()
-        } catch {
-            throw UnreadableLog(description: "cannot read \(path): gzip: \(error)")
+    /// Octets read at a time from a log.
+    static let blockSize = 4 << 20
+    /// Blocks parsed at once, one task each.
+    static let parallelBlocks = 4
+
+    /// Each block's events, in order; the last block may end without a newline (malformed).
+    private static func parse(_ blocks: [(bytes: [UInt8], linesBefore: Int)]) async -> [[DecisionLogEvent]] {
+        await withTaskGroup(of: (Int, [DecisionLogEvent]).self) { group in
+            for (index, block) in blocks.enumerated() {
+                group.addTask {
+                    // On NIO's thread pool: tasks of the global executor here share one event loop.
+                    let events = try? await NIOThreadPool.singleton.runIfActive {
+                        var parser = DecisionLogParser(keepLines: false, linesBefore: block.linesBefore)
+                        return parser.feed(block.bytes) + parser.finish()
+                    }
+                    return (index, events ?? [])
+                }
+            }
+            var results = [[DecisionLogEvent]](repeating: [], count: blocks.count)
+            for await (index, events) in group { results[index] = events }
+            return results
         }
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        let message = errors.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            let text = String(decoding: message, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            throw UnreadableLog(description: "cannot read \(path): \(text.isEmpty ? "gzip failed" : text)")
+    }
+
+    /// A log file, or `gzip -dc` of one.
+    private final class LogSource {
+        let path: String
+        private let descriptor: Int32
+        private let process: Process?
+        private let errors: Pipe?
+
+        init(path: String) throws(UnreadableLog) {
+            self.path = path
+            if path.hasSuffix(".gz") {
+                guard FileManager.default.isReadableFile(atPath: path) else {
+                    throw UnreadableLog(description: "cannot read \(path): \(FileManager.default.fileExists(atPath: path) ? "permission denied" : "no such file")")
+                }
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: "/bin/gzip")
+                process.arguments = ["-dc", path]
+                let output = Pipe()
+                let errors = Pipe()
+                process.standardOutput = output
+                process.standardError = errors
+                do {
+                    try process.run()
+                } catch {
+                    throw UnreadableLog(description: "cannot read \(path): gzip: \(error)")
+                }
+                self.process = process
+                self.errors = errors
+                descriptor = output.fileHandleForReading.fileDescriptor
+            } else {
+                let fd = open(path, O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else {
+                    let reason = errno == ENOENT ? "no such file" : errno == EACCES ? "permission denied" : String(cString: strerror(errno))
+                    throw UnreadableLog(description: "cannot read \(path): \(reason)")
+                }
+                process = nil
+                errors = nil
+                descriptor = fd
+            }
         }
-        return [UInt8](data)
+
+        /// Appends up to `limit` octets; true at the end of the file.
+        func read(appendingTo buffer: inout [UInt8], upTo limit: Int) throws(UnreadableLog) -> Bool {
+            var failure: Int32?
+            var ended = false
+            let chunk = [UInt8](unsafeUninitializedCapacity: limit) { space, initialized in
+                var filled = 0
+                while filled < limit {
+                    let count = Glibc.read(descriptor, space.baseAddress! + filled, limit - filled)
+                    if count < 0 {
+                        if errno == EINTR { continue }
+                        failure = errno
+                        break
+                    }
+                    if count == 0 {
+                        ended = true
+                        break
+                    }
+                    filled += count
+                }
+                initialized = filled
+            }
+            if let failure {
+                throw UnreadableLog(description: "cannot read \(path): \(failure == EISDIR ? "a directory" : String(cString: strerror(failure)))")
+            }
+            buffer += chunk
+            return ended
+        }
+
+        /// After the end: gzip's verdict.
+        func finish() throws(UnreadableLog) {
+            guard let process, let errors else { return }
+            let message = errors.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            guard process.terminationStatus == 0 else {
+                let text = String(decoding: message, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                throw UnreadableLog(description: "cannot read \(path): \(text.isEmpty ? "gzip failed" : text)")
+            }
+        }
+
+        func close() {
+            if process == nil { _ = Glibc.close(descriptor) }
+        }
     }
 
     /// Replays `records` (sorted here by time) and counts.
@@ -135,8 +235,9 @@ public struct PolicyReplayRun {
         var replay = PolicyReplay(policy: policy, relayControl: relayControl, clock: clock)
         var kept: [String: Int] = [:]
         // Stable: records written in the same millisecond keep their order.
-        let ordered = records.enumerated().sorted { ($0.element.timestamp, $0.offset) < ($1.element.timestamp, $1.offset) }
-        for (_, record) in ordered {
+        let order = records.indices.sorted { (records[$0].timestamp, $0) < (records[$1].timestamp, $1) }
+        for index in order {
+            let record = records[index]
             if let since, record.timestamp < since { continue }
             if let until, record.timestamp >= until { continue }
             report.replayed += 1
