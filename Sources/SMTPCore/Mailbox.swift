@@ -56,3 +56,27 @@ public enum ForwardPath: Hashable, Sendable, CustomStringConvertible {
         return nil
     }
 }
+
+extension ReversePath {
+    /// A path as people and logs write it (`a@b.example`, `<a@b.example>`; `<>` or nothing
+    /// for the null sender), checked by the same grammar as MAIL FROM; nil when it is not one.
+    public init?(text: String) {
+        if text.isEmpty || text == "<>" {
+            self = .null
+            return
+        }
+        let path = text.hasPrefix("<") ? text : "<\(text)>"
+        guard case .mail(let parsed, _)? = try? SMTPCommandParser().parse(Array("MAIL FROM:\(path)".utf8)) else { return nil }
+        self = parsed
+    }
+}
+
+extension ForwardPath {
+    /// A recipient as people and logs write it (`a@b.example`, `<a@b.example>`, `postmaster`),
+    /// checked by the same grammar as RCPT TO; nil when it is not one.
+    public init?(text: String) {
+        let path = text.hasPrefix("<") ? text : "<\(text)>"
+        guard case .rcpt(let parsed, _)? = try? SMTPCommandParser().parse(Array("RCPT TO:\(path)".utf8)) else { return nil }
+        self = parsed
+    }
+}

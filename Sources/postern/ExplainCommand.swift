@@ -209,20 +209,17 @@ extension Postern {
         }
 
         static func reversePath(_ text: String) throws -> ReversePath {
-            if text == "<>" || text.isEmpty { return .null }
-            let path = text.hasPrefix("<") ? text : "<\(text)>"
-            guard case .mail(let parsed, _)? = try? SMTPCommandParser().parse(Array("MAIL FROM:\(path)".utf8)) else {
+            guard let path = ReversePath(text: text) else {
                 throw InvalidConfiguration(message: "--from '\(text)' is not an address (local@domain, or '<>' for the null sender)")
             }
-            return parsed
+            return path
         }
 
         static func forwardPath(_ text: String) throws -> ForwardPath {
-            let path = text.hasPrefix("<") ? text : "<\(text)>"
-            guard case .rcpt(let parsed, _)? = try? SMTPCommandParser().parse(Array("RCPT TO:\(path)".utf8)) else {
+            guard let path = ForwardPath(text: text) else {
                 throw InvalidConfiguration(message: "--to '\(text)' is not an address (local@domain or postmaster)")
             }
-            return parsed
+            return path
         }
     }
 }

@@ -565,4 +565,18 @@ final class SMTPCommandParserTests: XCTestCase {
         XCTAssertFalse(SMTPCommandParser.isXtext("a b"))
         XCTAssertFalse(SMTPCommandParser.isXtext("é"))
     }
+
+    func testPathsAsPeopleAndLogsWriteThem() {
+        XCTAssertEqual(ReversePath(text: ""), .null)
+        XCTAssertEqual(ReversePath(text: "<>"), .null)
+        XCTAssertEqual(ReversePath(text: "a@b.example"), .mailbox(Mailbox(localPart: "a", domain: "b.example")))
+        XCTAssertEqual(ReversePath(text: "<a@b.example>"), .mailbox(Mailbox(localPart: "a", domain: "b.example")))
+        XCTAssertNil(ReversePath(text: "h:0123456789abcdef@b.example"), "a pseudonymised local part is not an address")
+        XCTAssertNil(ReversePath(text: "@b.example"))
+        XCTAssertNil(ReversePath(text: "a@b.example> SIZE=10"))
+        XCTAssertEqual(ForwardPath(text: "postmaster"), .postmaster)
+        XCTAssertEqual(ForwardPath(text: "<c@d.example>"), .mailbox(Mailbox(localPart: "c", domain: "d.example")))
+        XCTAssertNil(ForwardPath(text: ""))
+        XCTAssertNil(ForwardPath(text: "not an address"))
+    }
 }

@@ -304,11 +304,11 @@ public struct PolicyReplayRun {
             return DNSListResult(list: list.name, outcome: outcome, weight: list.result == "listed" ? list.weight : 0)
         }
         if let mailFrom = record.mailFrom {
-            guard let sender = Self.reversePath(mailFrom) else { return .failure(Self.pseudonymised(mailFrom)) }
+            guard let sender = ReversePath(text: mailFrom) else { return .failure(Self.pseudonymised(mailFrom)) }
             transaction.sender = sender
         }
         for (index, address) in record.recipients.enumerated() {
-            guard let path = Self.forwardPath(address) else { return .failure(Self.pseudonymised(address)) }
+            guard let path = ForwardPath(text: address) else { return .failure(Self.pseudonymised(address)) }
             transaction.recipients.append((path, index < replies.count ? replies[index] : nil))
         }
         transaction.size = details.size
@@ -326,17 +326,6 @@ public struct PolicyReplayRun {
 
     static func isPseudonym(_ text: String) -> Bool {
         text.utf8.count == 18 && text.hasPrefix("h:") && text.utf8.dropFirst(2).allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
-    }
-
-    static func reversePath(_ text: String) -> ReversePath? {
-        if text.isEmpty { return .null }
-        guard case .mail(let path, _)? = try? SMTPCommandParser().parse(Array("MAIL FROM:<\(text)>".utf8)) else { return nil }
-        return path
-    }
-
-    static func forwardPath(_ text: String) -> ForwardPath? {
-        guard case .rcpt(let path, _)? = try? SMTPCommandParser().parse(Array("RCPT TO:<\(text)>".utf8)) else { return nil }
-        return path
     }
 
     /// `250 2.1.5 Ok` as a reply (the code is what the replay reads).
