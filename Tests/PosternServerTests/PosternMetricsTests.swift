@@ -39,9 +39,9 @@ final class PosternMetricsTests: XCTestCase {
         metrics.policyLoaded(version: "v1", result: "success")
         metrics.policyLoaded(version: "v2", result: "success")
         metrics.policyLoaded(version: nil, result: "failure")
-        metrics.ruleHit(rule: "blocked", mode: "enforce")
-        metrics.ruleHit(rule: "blocked", mode: "enforce")
-        metrics.ruleHit(rule: "blocked", mode: "shadow")
+        metrics.ruleHit(rule: "blocked", mode: "enforce", stage: "mail")
+        metrics.ruleHit(rule: "blocked", mode: "enforce", stage: "mail")
+        metrics.ruleHit(rule: "blocked", mode: "shadow", stage: "mail")
         metrics.filterDuration(filter: "sender", nanoseconds: 50_000)
         metrics.filterDuration(filter: "sender", nanoseconds: 5_000_000)
         metrics.filterDuration(filter: "limit", nanoseconds: 2_000_000_000)
@@ -93,9 +93,9 @@ final class PosternMetricsTests: XCTestCase {
             "# TYPE postern_policy_info gauge",
             "postern_policy_info{version=\"v1\"} 0.0",
             "postern_policy_info{version=\"v2\"} 1.0",
-            "# HELP postern_rule_hits_total Rules that matched, by rule id and mode.",
-            "postern_rule_hits_total{rule=\"blocked\",mode=\"enforce\"} 2",
-            "postern_rule_hits_total{rule=\"blocked\",mode=\"shadow\"} 1",
+            "# HELP postern_rule_hits_total Rules that matched, by rule id, mode and stage.",
+            "postern_rule_hits_total{rule=\"blocked\",mode=\"enforce\",stage=\"mail\"} 2",
+            "postern_rule_hits_total{rule=\"blocked\",mode=\"shadow\",stage=\"mail\"} 1",
             "# HELP postern_filter_duration_seconds Time spent evaluating each filter, per stage evaluation.",
             "# TYPE postern_filter_duration_seconds histogram",
             "postern_filter_duration_seconds_bucket{filter=\"sender\",le=\"0.00001\"} 0",

@@ -418,7 +418,7 @@ final class SessionTests: XCTestCase {
         XCTAssertTrue(lines.contains("postern_rate_limit_refusals_total{limit=\"per_sender\"} 1"), metrics)
         XCTAssertTrue(lines.contains("postern_filter_duration_seconds_count{filter=\"sender\"} 2"), metrics)
         XCTAssertTrue(lines.contains("postern_filter_duration_seconds_count{filter=\"limit\"} 2"), metrics)
-        XCTAssertTrue(lines.contains("postern_rule_hits_total{rule=\"throttle\",mode=\"enforce\"} 1"), metrics)
+        XCTAssertTrue(lines.contains("postern_rule_hits_total{rule=\"throttle\",mode=\"enforce\",stage=\"rcpt\"} 1"), metrics)
     }
 
     func testHealthAndReadiness() throws {

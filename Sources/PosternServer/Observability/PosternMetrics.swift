@@ -72,7 +72,7 @@ public final class PosternMetrics: Sendable {
         tlsSessions = counter("tls_sessions_total", "STARTTLS handshakes completed, by TLS version.", labels: ["version"])
         policyReloads = counter("policy_reloads_total", "Policy loads and reloads by result.", labels: ["result"])
         policyInfo = gauge("policy_info", "The policy in force.", labels: ["version"])
-        ruleHits = counter("rule_hits_total", "Rules that matched, by rule id and mode.", labels: ["rule", "mode"])
+        ruleHits = counter("rule_hits_total", "Rules that matched, by rule id, mode and stage.", labels: ["rule", "mode", "stage"])
         filterDurations = LabelledMetric(labels: ["filter"]) {
             registry.makeDurationHistogram(
                 descriptor: PosternMetrics.name("filter_duration_seconds", "Time spent evaluating each filter, per stage evaluation."),
@@ -153,9 +153,9 @@ public final class PosternMetrics: Sendable {
         }
     }
 
-    /// A rule that matched, by rule and mode (enforce or shadow).
-    func ruleHit(rule: String, mode: String) {
-        ruleHits(rule, mode).increment()
+    /// A rule that matched, by rule, mode (enforce or shadow) and stage.
+    func ruleHit(rule: String, mode: String, stage: String) {
+        ruleHits(rule, mode, stage).increment()
     }
 
     /// Time spent in one filter during one stage.

@@ -98,10 +98,10 @@ final class ListenerContext: Sendable {
         for (filter, nanoseconds) in verdict.filterNanoseconds { metrics.filterDuration(filter: filter, nanoseconds: nanoseconds) }
         if let limit = verdict.rateLimit { metrics.rateLimitRefusal(limit: limit) }
         for hit in verdict.shadowHits {
-            metrics.ruleHit(rule: hit.rule, mode: "shadow")
+            metrics.ruleHit(rule: hit.rule, mode: "shadow", stage: request.stage.rawValue)
             logger.info("shadow rule matched", metadata: ["rule": "\(hit.rule)", "would": "\(hit.action)", "reason": "\(hit.reason)"])
         }
-        if let rule = verdict.rule { metrics.ruleHit(rule: rule, mode: "enforce") }
+        if let rule = verdict.rule { metrics.ruleHit(rule: rule, mode: "enforce", stage: request.stage.rawValue) }
         for outcome in result.checks {
             metrics.checkResult(check: outcome.check, result: outcome.result.rawValue, milliseconds: outcome.milliseconds)
             if let kind = outcome.errorKind { metrics.checkError(check: outcome.check, kind: kind) }
