@@ -1,5 +1,6 @@
 # Postern — build, run and test.
 #   make run            start Postern on the bundled default configuration (127.0.0.1:2525 → var/maildir)
+#                       with Policies/default.yaml; the dashboard is on http://127.0.0.1:9125/
 #   make run CONFIG=f   start it on configuration file f
 #   make test           run the whole test suite (unit + integration against real peers)
 
@@ -16,7 +17,8 @@ TEST_PACKAGES := cmd:swaks=swaks perl:Net::SSLeay=libnet-ssleay-perl cmd:smtp-si
 	cmd:postfwd1=postfwd cmd:policyd-spf=postfix-policyd-spf-python \
 	cmd:rspamd=rspamd cmd:opendkim=opendkim cmd:opendkim-genkey=opendkim-tools cmd:opendkim-testmsg=opendkim-tools \
 	cmd:opendmarc=opendmarc cmd:clamav-milter=clamav-milter cmd:clamd=clamav-daemon cmd:unshare=util-linux \
-	cmd:nsd=nsd cmd:ldns-signzone=ldnsutils cmd:ldns-keygen=ldnsutils
+	cmd:nsd=nsd cmd:ldns-signzone=ldnsutils cmd:ldns-keygen=ldnsutils \
+	cmd:chromium=chromium cmd:chromedriver=chromium-driver
 
 .PHONY: all build run test check deps test-deps clean bench-policy bench fuzz chaos chaos-broken
 
@@ -27,12 +29,15 @@ deps:
 
 test-deps:
 	@.ci/ensure-packages.sh $(BUILD_PACKAGES) $(TEST_PACKAGES)
+	@python3 -c 'import selenium' 2>/dev/null || python3 -m pip install --quiet selenium 2>/dev/null \
+		|| python3 -m pip install --quiet --break-system-packages selenium
 
 build: deps
 	$(SWIFT) build -c release --product postern
 
 run: build
-	.build/release/postern serve $(if $(CONFIG),--config $(CONFIG))
+	@$(if $(CONFIG),true,echo "Postern on 127.0.0.1:2525 with Policies/default.yaml; the dashboard: http://127.0.0.1:9125/")
+	.build/release/postern serve $(if $(CONFIG),--config $(CONFIG),--policy Policies/default.yaml)
 
 check: build
 	.build/release/postern check $(if $(CONFIG),--config $(CONFIG))

@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import Logging
 import PosternFilters
 import PosternPolicy
@@ -14,6 +15,21 @@ public final class PolicyStore: Sendable {
     private let metrics: PosternMetrics
     /// Rate-limit counts live in its store, not in a policy, so a reload keeps them.
     private let compiler: PolicyCompiler
+    private let loads = Mutex(LastLoad(result: "success", milliseconds: 0, errors: []))
+
+    /// The last load or reload: its result, when (milliseconds since the epoch), its errors.
+    public struct LastLoad: Sendable {
+        public var result: String
+        public var milliseconds: Int64
+        public var errors: [String]
+    }
+
+    public var lastLoad: LastLoad { loads.withLock { $0 } }
+
+    private func noteLoad(_ result: String, errors: [String] = []) {
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        loads.withLock { $0 = LastLoad(result: result, milliseconds: now, errors: errors) }
+    }
 
     /// Compiles the policy at `path` (no policy when nil); throws every error found.
     init(path: String?, logger: Logger, metrics: PosternMetrics,
@@ -26,6 +42,7 @@ public final class PolicyStore: Sendable {
         let policy = try path.map { path throws(ConfigurationErrors) in try compiler.compile(path: path) } ?? .empty
         current = Mutex(policy)
         metrics.policyLoaded(version: policy.version, result: "success")
+        noteLoad("success")
     }
 
     public var policy: Policy { current.withLock { $0 } }
@@ -42,10 +59,12 @@ public final class PolicyStore: Sendable {
                 return current.version
             }
             metrics.policyLoaded(version: policy.version, result: "success")
+            noteLoad("success")
             logger.notice("policy reloaded", metadata: ["policy": "\(path)", "version": "\(policy.version)", "previous": "\(old)", "rules": "\(policy.rules.count)"])
             return true
         } catch {
             metrics.policyLoaded(version: nil, result: "failure")
+            noteLoad("failure", errors: error.errors.map(\.description))
             logger.error("policy reload failed; the previous policy stays in force", metadata: [
                 "policy": "\(path)", "errors": "\(error.errors.count)",
             ])

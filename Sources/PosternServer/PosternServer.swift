@@ -40,6 +40,8 @@ public final class PosternServer: Service, Sendable {
     public let policy: PolicyStore
     /// The server's Prometheus metrics (rendered at `/metrics` when `metrics` is configured).
     public let metrics: PosternMetrics
+    /// The dashboard's view of the decisions, when the status endpoint is configured.
+    private let feed: DecisionFeed?
     private let statusAddress = Mutex<SocketAddress?>(nil)
     private let bound = Mutex<[SocketAddress]>([])
     private let onListening: (@Sendable ([SocketAddress]) -> Void)?
@@ -60,6 +62,7 @@ public final class PosternServer: Service, Sendable {
         self.configuration = configuration
         let metrics = PosternMetrics(version: version)
         self.metrics = metrics
+        feed = configuration.metrics == nil ? nil : DecisionFeed(privacy: configuration.decisionLogPrivacy)
         self.group = group
         self.logger = logger
         self.onListening = onListening
@@ -138,7 +141,8 @@ public final class PosternServer: Service, Sendable {
         }
         var statusServer: StatusServer?
         if let address = configuration.metrics {
-            let server = StatusServer(host: address.host, port: address.port, metrics: metrics, pool: pool, group: group, logger: logger)
+            let server = StatusServer(host: address.host, port: address.port, metrics: metrics, pool: pool, policy: policy,
+                                      feed: feed ?? DecisionFeed(), group: group, logger: logger)
             do {
                 let bound = try await server.bind()
                 statusAddress.withLock { $0 = bound }
@@ -237,7 +241,7 @@ public final class PosternServer: Service, Sendable {
                 configuration.dns?.verifyClientNames == true ? ClientNameVerifier(resolver: resolver, timeout: resolver.configuration.timeout) : nil
             },
             dnsLists: resolver.map { DNSListChecker(resolver: $0, logger: logger) },
-            logger: logger, unsafeEarlyAck: unsafeEarlyAck)
+            feed: feed, logger: logger, unsafeEarlyAck: unsafeEarlyAck)
     }
 
     /// The stage checks of every session: SPF (with `dns:`), then the policy servers, in configured order.

@@ -1,27 +1,36 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import PosternLog
 import PosternUpstream
 import ServiceLifecycle
 import Synchronization
 
 /// The HTTP endpoint for operators: `/metrics` (Prometheus), `/healthz` (the process is
-/// serving) and `/readyz` (at least one upstream is believed reachable).
+/// serving), `/readyz` (at least one upstream is believed reachable), and the dashboard:
+/// `/` (the page), `/api/summary` (its numbers) and `/events` (each decision record as it is
+/// made, as Server-Sent Events).
 final class StatusServer: Service, Sendable {
     private let host: String
     private let port: Int
     private let metrics: PosternMetrics
     private let pool: UpstreamPool
+    private let policy: PolicyStore
+    private let feed: DecisionFeed
     private let logger: Logger
     private let group: EventLoopGroup
     private let channel = Mutex<Channel?>(nil)
 
-    init(host: String, port: Int, metrics: PosternMetrics, pool: UpstreamPool, group: EventLoopGroup, logger: Logger) {
+    init(host: String, port: Int, metrics: PosternMetrics, pool: UpstreamPool, policy: PolicyStore, feed: DecisionFeed,
+         group: EventLoopGroup, logger: Logger) {
         self.host = host
         self.port = port
         self.metrics = metrics
         self.pool = pool
+        self.policy = policy
+        self.feed = feed
         self.group = group
         self.logger = logger
     }
@@ -30,17 +39,20 @@ final class StatusServer: Service, Sendable {
     func bind() async throws -> SocketAddress? {
         let metrics = self.metrics
         let pool = self.pool
+        let policy = self.policy
+        let feed = self.feed
         let bound = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(StatusHandler(metrics: metrics, pool: pool))
+                    try channel.pipeline.syncOperations.addHandler(StatusHandler(metrics: metrics, pool: pool, policy: policy, feed: feed))
                 }
             }
             .bind(host: host, port: port).get()
         channel.withLock { $0 = bound }
-        logger.notice("metrics and health on http://\(host.contains(":") ? "[\(host)]" : host):\(bound.localAddress?.port ?? port)/metrics")
+        let base = "http://\(host.contains(":") ? "[\(host)]" : host):\(bound.localAddress?.port ?? port)"
+        logger.notice("dashboard on \(base)/, metrics and health on \(base)/metrics")
         return bound.localAddress
     }
 
@@ -66,11 +78,60 @@ private final class StatusHandler: ChannelInboundHandler {
 
     private let metrics: PosternMetrics
     private let pool: UpstreamPool
+    private let policy: PolicyStore
+    private let feed: DecisionFeed
     private var head: HTTPRequestHead?
+    /// While this connection is an event stream: its subscription and keep-alive timer.
+    private var subscription: Int?
+    private var keepAlive: RepeatedTask?
 
-    init(metrics: PosternMetrics, pool: UpstreamPool) {
+    init(metrics: PosternMetrics, pool: UpstreamPool, policy: PolicyStore, feed: DecisionFeed) {
         self.metrics = metrics
         self.pool = pool
+        self.policy = policy
+        self.feed = feed
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let subscription { feed.unsubscribe(subscription) }
+        subscription = nil
+        keepAlive?.cancel()
+        keepAlive = nil
+        context.fireChannelInactive()
+    }
+
+    /// `/events`: the latest records, then each new one, as `data:` events; a comment every
+    /// 15 s keeps proxies from closing an idle stream.
+    private func stream(_ request: HTTPRequestHead, context: ChannelHandlerContext) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "text/event-stream; charset=utf-8")
+        headers.add(name: "Cache-Control", value: "no-cache")
+        context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: .ok, headers: headers))), promise: nil)
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        let handler = NIOLoopBound(self, eventLoop: eventLoop)
+        subscription = feed.subscribe { line in
+            eventLoop.execute {
+                guard handler.value.subscription != nil else { return }
+                let context = loopBound.value
+                context.writeAndFlush(handler.value.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "data: \(line)\n\n")))), promise: nil)
+            }
+        }
+        keepAlive = eventLoop.scheduleRepeatedTask(initialDelay: .seconds(15), delay: .seconds(15)) { _ in
+            let context = loopBound.value
+            context.writeAndFlush(handler.value.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: ": keep-alive\n\n")))), promise: nil)
+        }
+    }
+
+    /// `/api/summary`: the feed's counts, the policy, each upstream's health.
+    private func summary() -> [UInt8] {
+        var object = feed.summary()
+        let load = policy.lastLoad
+        object["policy"] = ["version": policy.policy.version, "rules": policy.policy.rules.count, "path": policy.path ?? NSNull(),
+                            "last_load": ["result": load.result, "at": DecisionRecord.rfc3339(milliseconds: load.milliseconds), "errors": load.errors]] as [String: Any]
+        object["upstreams"] = pool.health.map { ["name": $0.name, "up": $0.alive, "seconds_since_success": ($0.secondsSinceSuccess * 10).rounded() / 10] as [String: Any] }
+        object["subscribers"] = feed.subscriberCount
+        return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8))
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -96,6 +157,14 @@ private final class StatusHandler: ChannelInboundHandler {
             body = Array("method not allowed\n".utf8)
         } else {
             switch path {
+            case "/", "/index.html":
+                contentType = "text/html; charset=utf-8"
+                body = DashboardPage.html
+            case "/api/summary":
+                contentType = "application/json"
+                body = summary()
+            case "/events" where request.method == .GET:
+                return stream(request, context: context)
             case "/metrics":
                 metrics.upstreamHealth(pool.health)
                 contentType = "text/plain; version=0.0.4; charset=utf-8"

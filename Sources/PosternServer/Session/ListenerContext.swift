@@ -17,6 +17,8 @@ final class ListenerContext: Sendable {
     let registry: SessionRegistry
     let tlsContext: NIOSSLContext?
     let decisionLog: DecisionLogWriter?
+    /// The dashboard's view of the decisions, when the status endpoint serves one.
+    let feed: DecisionFeed?
     let metrics: PosternMetrics
     let policy: PolicyStore
     let authenticator: Authenticator?
@@ -42,8 +44,9 @@ final class ListenerContext: Sendable {
         tlsContext: NIOSSLContext?, decisionLog: DecisionLogWriter?, metrics: PosternMetrics, policy: PolicyStore,
         authenticator: Authenticator?, quarantine: String?, hostname: String, spool: PosternConfiguration.Spool,
         checks: [any StageCheck] = [], milters: [MilterFilter] = [], clientNames: ClientNameVerifier? = nil,
-        dnsLists: DNSListChecker? = nil, logger: Logger, unsafeEarlyAck: Bool = false
+        dnsLists: DNSListChecker? = nil, feed: DecisionFeed? = nil, logger: Logger, unsafeEarlyAck: Bool = false
     ) {
+        self.feed = feed
         self.checks = checks
         self.clientNames = clientNames
         self.dnsLists = dnsLists
@@ -144,6 +147,7 @@ final class ListenerContext: Sendable {
     func record(_ record: DecisionRecord) {
         metrics.transaction(decision: record.decision.rawValue)
         decisionLog?.record(record)
+        feed?.publish(record)
     }
 }
 
