@@ -80,6 +80,24 @@ final class DashboardTests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertEqual(policy["rules"] as? Int, 2)
         XCTAssertEqual((summary["upstreams"] as? [[String: Any]])?.first?["up"] as? Bool, true)
         XCTAssertEqual(summary["subscribers"] as? Int, 1)
+
+        // At most 32 streams at once: the 33rd is refused, and one closed makes room.
+        var streams: [RawSMTPClient] = []
+        defer { streams.forEach { $0.close() } }
+        for _ in 0..<31 {
+            let other = try RawSMTPClient(port: server.metricsPort, timeout: 10)
+            try other.send("GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            XCTAssertTrue(try other.readLine()?.contains(" 200") ?? false)
+            streams.append(other)
+        }
+        XCTAssertTrue(try get(server.metricsPort, "/events").status.contains(" 503"))
+        streams.removeLast().close()
+        XCTAssertTrue(waitUntil(timeout: 5) {
+            let client = try? RawSMTPClient(port: server.metricsPort, timeout: 5)
+            defer { client?.close() }
+            try? client?.send("GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            return (try? client?.readLine())??.contains(" 200") ?? false
+        }, "a stream closed makes room for another")
     }
 
     func testThePageInAHeadlessBrowserShowsANewDecisionAndItsCount() throws {

@@ -81,6 +81,8 @@ private final class StatusHandler: ChannelInboundHandler {
     private let policy: PolicyStore
     private let feed: DecisionFeed
     private var head: HTTPRequestHead?
+    /// Event streams open at once, at most (each page holds one).
+    static let maximumStreams = 32
     /// While this connection is an event stream: its subscription and keep-alive timer.
     private var subscription: Int?
     private var keepAlive: RepeatedTask?
@@ -114,6 +116,8 @@ private final class StatusHandler: ChannelInboundHandler {
             eventLoop.execute {
                 guard handler.value.subscription != nil else { return }
                 let context = loopBound.value
+                // A reader that does not keep up misses events rather than grow Postern's memory.
+                guard context.channel.isWritable else { return }
                 context.writeAndFlush(handler.value.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "data: \(line)\n\n")))), promise: nil)
             }
         }
@@ -163,6 +167,9 @@ private final class StatusHandler: ChannelInboundHandler {
             case "/api/summary":
                 contentType = "application/json"
                 body = summary()
+            case "/events" where request.method == .GET && feed.subscriberCount >= Self.maximumStreams:
+                status = .serviceUnavailable
+                body = Array("too many event streams open (at most \(Self.maximumStreams))\n".utf8)
             case "/events" where request.method == .GET:
                 return stream(request, context: context)
             case "/metrics":
