@@ -63,6 +63,7 @@ enum DashboardPage {
   <section><h2>Top refused countries</h2><table id="countries"></table></section>
   <section><h2>Top refused senders</h2><table id="senders"></table></section>
   <section><h2>Top refusing rules</h2><table id="rules"></table></section>
+  <section><h2>Engines and DNS lists, last hour</h2><table id="engines"></table></section>
   <section class="wide">
     <h2>Latest decisions</h2>
     <table>
@@ -153,6 +154,7 @@ async function refresh() {
     table("senders", s.last_hour.senders, "sender");
     table("rules", s.last_hour.rules, "rule");
     table("shadow", s.last_hour.shadow, "shadow rule");
+    engines(s.last_hour.engines, s.last_hour.dns_lists);
   } catch (error) {
     $("policy-load").textContent = "cannot read the summary: " + error;
   }
@@ -160,6 +162,26 @@ async function refresh() {
 
 // The final reply's code; for a transaction refused at RCPT, the last recipient's.
 const reply = r => r.reply ? String(r.reply.code) : ((r.rcpts || []).slice(-1).map(x => (x.reply || "").slice(0, 3))[0] || "");
+
+// Each check's answers, failures (errors and timeouts) and mean time; each DNS list's
+// listings and errors (a list that answered "not listed" is not in the records).
+function engines(checks, lists) {
+  const t = $("engines"); t.replaceChildren();
+  if (!checks.length && !lists.length) { const tr = el("tr"); tr.appendChild(el("td", "no engine or DNS list answered in the last hour", "empty")); t.appendChild(tr); return; }
+  const head = el("tr");
+  for (const [text, cls] of [["name"], ["answers", "n"], ["failures", "n"], ["mean ms", "n"]]) head.appendChild(el("th", text, cls));
+  t.appendChild(head);
+  for (const c of checks) {
+    const tr = el("tr"); tr.appendChild(el("td", c.name)); tr.appendChild(el("td", String(c.answers), "n"));
+    const failures = el("td", String(c.failures), "n"); if (c.failures) failures.classList.add("failure"); tr.appendChild(failures);
+    tr.appendChild(el("td", String(c.mean_ms), "n")); t.appendChild(tr);
+  }
+  for (const l of lists) {
+    const tr = el("tr"); tr.appendChild(el("td", "dnsbl " + l.name)); tr.appendChild(el("td", l.listed + " listed", "n"));
+    const errors = el("td", String(l.errors), "n"); if (l.errors) errors.classList.add("failure"); tr.appendChild(errors);
+    tr.appendChild(el("td", "", "n")); t.appendChild(tr);
+  }
+}
 
 let seen = 0;
 function addDecision(r) {

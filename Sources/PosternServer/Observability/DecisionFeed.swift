@@ -40,8 +40,16 @@ public final class DecisionFeed: Sendable {
         var rules: [String: Int] = [:]
         var shadow: [String: Int] = [:]
         var decisions: [String: Int] = [:]
+        /// Per check (milter, policy server, SPF): answers by result, and their milliseconds.
+        var checks: [String: [String: Int]] = [:]
+        var checkMilliseconds: [String: Int] = [:]
+        /// Per DNS list: the records where it listed the client or failed.
+        var lists: [String: [String: Int]] = [:]
 
         mutating func add(_ other: Tops) {
+            checks.merge(other.checks) { $0.merging($1, uniquingKeysWith: +) }
+            checkMilliseconds.merge(other.checkMilliseconds, uniquingKeysWith: +)
+            lists.merge(other.lists) { $0.merging($1, uniquingKeysWith: +) }
             clients.merge(other.clients, uniquingKeysWith: +)
             countries.merge(other.countries, uniquingKeysWith: +)
             senders.merge(other.senders, uniquingKeysWith: +)
@@ -80,6 +88,13 @@ public final class DecisionFeed: Sendable {
                 state.minutes[last].tops.rules[record.rule ?? (record.stage == .rcpt ? "relay control or upstream" : "upstream or defence"), default: 0] += 1
             }
             for hit in record.shadow { state.minutes[last].tops.shadow[hit.rule, default: 0] += 1 }
+            for check in record.checks {
+                state.minutes[last].tops.checks[check.check, default: [:]][check.result, default: 0] += 1
+                state.minutes[last].tops.checkMilliseconds[check.check, default: 0] += check.milliseconds
+            }
+            for list in record.client.dnsLists {
+                state.minutes[last].tops.lists[list.name, default: [:]][list.result, default: 0] += 1
+            }
             if let first = state.minutes.first, first.minute <= minute - Int64(Self.minutesKept) {
                 state.minutes.removeAll { $0.minute <= minute - Int64(Self.minutesKept) }
             }
@@ -112,8 +127,10 @@ public final class DecisionFeed: Sendable {
     }
 
     /// The page's numbers, as one JSON object: `per_second` (the last ten minutes, each
-    /// second's counts by decision), `last_hour` (counts by decision, and the top refused
-    /// `clients`, `countries`, `senders`, `rules`, and `shadow` hits by rule, at most 10 each).
+    /// second's counts by decision), `last_hour` (counts by decision, the top refused
+    /// `clients`, `countries`, `senders`, `rules`, and `shadow` hits by rule, at most 10 each;
+    /// `engines`: each check's answers by result and mean time; `dns_lists`: each list's
+    /// listings and errors).
     public func summary() -> [String: Any] {
         let nowSecond = now() / 1000
         let (seconds, minutes) = state.withLock { ($0.seconds, $0.minutes) }
@@ -134,6 +151,16 @@ public final class DecisionFeed: Sendable {
             "last_hour": [
                 "decisions": hour.decisions, "clients": top(hour.clients), "countries": top(hour.countries),
                 "senders": top(hour.senders), "rules": top(hour.rules), "shadow": top(hour.shadow),
+                "engines": hour.checks.keys.sorted().map { name -> [String: Any] in
+                    let results = hour.checks[name] ?? [:]
+                    let answers = results.values.reduce(0, +)
+                    let failures = (results["error"] ?? 0) + (results["timeout"] ?? 0)
+                    return ["name": name, "answers": answers, "failures": failures, "results": results,
+                            "mean_ms": answers == 0 ? 0 : (hour.checkMilliseconds[name] ?? 0) / answers]
+                },
+                "dns_lists": hour.lists.keys.sorted().map { name -> [String: Any] in
+                    ["name": name, "listed": hour.lists[name]?["listed"] ?? 0, "errors": hour.lists[name]?["error"] ?? 0]
+                },
             ] as [String: Any],
         ]
     }
