@@ -126,6 +126,8 @@ final class DashboardTests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertFalse(id.isEmpty, "no record of the new mail")
         try id.write(to: idFile, atomically: true, encoding: .utf8)
         try browser.waitForOutput(containing: "SEEN id=\(id)", timeout: 45)
+        // The script quits the browser and chromedriver, then exits: nothing is left running.
+        XCTAssertEqual(browser.waitForExit(timeout: 30), 0, browser.output)
         XCTAssertTrue(browser.stdout.contains("accepted=1->2"), browser.output)
         XCTAssertTrue(browser.stdout.contains("chart=1"), browser.output)
         XCTAssertTrue(FileManager.default.fileExists(atPath: screenshot.path), "the screenshot")

@@ -9,6 +9,7 @@ that id is in the latest decisions, streamed over /events, and the last hour's a
 is above N; it saves a screenshot to SCREENSHOT and prints "SEEN id=… accepted=N->M chart=…". Any failure prints "FAILED …" with the page's text and exits 1.
 """
 import os
+import signal
 import sys
 import time
 
@@ -40,6 +41,8 @@ def main():
         options.add_argument(argument)
     options.binary_location = "/usr/bin/chromium"
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    # Stopped by the test harness (SIGTERM): quit the browser and chromedriver first.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         driver.get(url)
         wait(lambda: driver.find_element(By.ID, "policy-version").text not in ("", "…"), 15, "the summary", driver)
