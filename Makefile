@@ -68,12 +68,13 @@ bench: deps
 # comes first; prints executions, exec/s and seconds per target; fails on any crash.
 # See Fuzz/README.md.
 #   make fuzz FUZZ_TIME=30 FUZZ_TARGETS="parser proxy"
-#   make fuzz FUZZ_TIME=0 FUZZ_RUNS=10000000 FUZZ_TARGETS=resp
+#   make fuzz FUZZ_TIME=0 FUZZ_RUNS=10000000 FUZZ_MAX_LEN=1024 FUZZ_TARGETS=resp
 FUZZ_TIME ?= 60
 FUZZ_RUNS ?=
+FUZZ_MAX_LEN ?=
 FUZZ_TARGETS ?= parser session proxy mime policy resp config milter
 fuzz: deps
-	SWIFT="$(SWIFT)" FUZZ_TIME="$(FUZZ_TIME)" FUZZ_RUNS="$(FUZZ_RUNS)" FUZZ_TARGETS="$(FUZZ_TARGETS)" Fuzz/run.sh
+	SWIFT="$(SWIFT)" FUZZ_TIME="$(FUZZ_TIME)" FUZZ_RUNS="$(FUZZ_RUNS)" FUZZ_MAX_LEN="$(FUZZ_MAX_LEN)" FUZZ_TARGETS="$(FUZZ_TARGETS)" Fuzz/run.sh
 
 # The chaos run (not part of `make test`; minutes): the release binary, a recording upstream
 # that fsyncs before its 250, clients that retry like MTAs, every fault on; fails unless no

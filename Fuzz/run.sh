@@ -11,6 +11,8 @@
 # working copy .build-fuzz/corpus/<target>. Crash inputs land in .build-fuzz/crashes/<target> (not under artifacts/,
 # which SwiftPM owns and empties when it builds: a second `make fuzz` would wipe a running one's).
 # FUZZ_BUILD=0 uses the fuzzer already built (a long run then survives edits to the sources).
+# FUZZ_MAX_LEN=N: inputs of at most N octets (the RESP target slows down on the 50 KB inputs its
+# corpus grows to: a reply read in 1-64-octet pieces is parsed again from its start each time).
 # Exits non-zero when any target crashed (or the build failed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +60,8 @@ for target in $FUZZ_TARGETS; do
     [ -f "$dict" ] && dict_flag=("-dict=$dict")
     runs_flag=()
     [ -n "$FUZZ_RUNS" ] && runs_flag=("-runs=$FUZZ_RUNS")
+    # FUZZ_MAX_LEN: no input longer than this (libFuzzer's -max_len; longer corpus inputs are cut).
+    [ -n "${FUZZ_MAX_LEN:-}" ] && runs_flag+=("-max_len=$FUZZ_MAX_LEN")
     echo "==> fuzzing $target for ${FUZZ_TIME}s${FUZZ_RUNS:+ or $FUZZ_RUNS executions} (log: $log)"
     before=$(ls "$artifacts" | wc -l)
     status=0
