@@ -282,7 +282,10 @@ public struct PolicyReplayRun {
         let stage = record.stage.flatMap(PolicyStage.init(rawValue:)) ?? .connect
         let details = record.details
         let replies = details.recipientReplies.map { $0.flatMap(Self.reply) }
-        let relayControlRefusedAll = !record.recipients.isEmpty && replies.allSatisfy { $0.map(Self.isRelayControl) ?? false }
+        // Relay control's refusal is the reply `RelayControl.reply(for:)` makes for that recipient.
+        let relayControlRefusedAll = !record.recipients.isEmpty && zip(record.recipients, details.recipientReplies).allSatisfy { address, reply in
+            ForwardPath(text: address).map { RelayControl.reply(for: $0).description } == reply
+        } && details.recipientReplies.count == record.recipients.count
         var transaction = PolicyReplay.Transaction(
             timestamp: record.timestamp, id: record.id ?? "", session: record.session ?? record.id ?? "", client: client,
             clientPort: details.clientPort, decision: decision, stage: stage, rule: record.rule,
@@ -336,10 +339,6 @@ public struct PolicyReplayRun {
         return SMTPReply(code, nil, rest)
     }
 
-    /// Relay control's refusal (`554 5.7.1 <address>: Relay access denied`).
-    static func isRelayControl(_ reply: SMTPReply) -> Bool {
-        reply.code == 554 && reply.text.hasSuffix(": Relay access denied")
-    }
 }
 
 extension PolicyReplayRun.Report {
