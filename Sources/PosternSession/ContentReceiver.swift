@@ -57,7 +57,7 @@ struct MessageProgress: Sendable {
     /// BDAT: the spool was started for this transaction.
     var spooling = false
 
-    init(textLineLength: Int) {
-        inspector = LineEndingInspector(maximumLineLength: textLineLength)
+    init(textLineLength: Int, bareLineEndings: SMTPInputFramer.BareLineEndingPolicy) {
+        inspector = LineEndingInspector(maximumLineLength: textLineLength, normalising: bareLineEndings == .normalise)
     }
 }

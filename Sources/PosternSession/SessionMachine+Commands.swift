@@ -69,12 +69,12 @@ extension SessionMachine {
         case .receiveData(let reply):
             send(reply)
             framer.beginData()
-            message = MessageProgress(textLineLength: smtp.configuration.maximumTextLineLength)
+            message = MessageProgress(textLineLength: smtp.configuration.maximumTextLineLength, bareLineEndings: configuration.bareLineEndings)
             emit(.spool(.begin))
             state = .content(ContentReceiver(.data, at: now.uptime))
         case .receiveChunk(let size, let last, let accept, let refusal):
             if accept && !(message?.spooling ?? false) {
-                message = MessageProgress(textLineLength: smtp.configuration.maximumTextLineLength)
+                message = MessageProgress(textLineLength: smtp.configuration.maximumTextLineLength, bareLineEndings: configuration.bareLineEndings)
                 message?.spooling = true
                 emit(.spool(.begin))
             }

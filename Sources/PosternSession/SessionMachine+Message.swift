@@ -33,11 +33,12 @@ extension SessionMachine {
             while remaining > 0, let bytes = framer.nextChunkBytes(maximum: remaining) {
                 remaining -= bytes.readableBytes
                 receiver.octets += bytes.readableBytes
-                if accepted {
-                    message?.size += bytes.readableBytes
-                    message?.inspector.inspect(bytes)
-                    transaction?.headers.feed(bytes)
-                    emit(.spool(.append(bytes)))
+                if accepted, message != nil {
+                    // With bare_line_endings: normalise, the content as normalised.
+                    let content = message!.inspector.inspect(bytes)
+                    message!.size += content.readableBytes
+                    transaction?.headers.feed(content)
+                    emit(.spool(.append(content)))
                 }
             }
             guard remaining == 0 else {
@@ -65,7 +66,12 @@ extension SessionMachine {
         }
         guard last else { return send(smtp.chunkAccepted(size: octets)) }
         guard message != nil else { return }
-        let findings = message!.inspector.finish()
+        let (findings, tail) = message!.inspector.finish()
+        if let tail {
+            message!.size += tail.readableBytes
+            transaction?.headers.feed(tail)
+            emit(.spool(.append(tail)))
+        }
         contentComplete(findings: findings)
     }
 

@@ -243,29 +243,59 @@ public struct SMTPInputFramer: Sendable {
 }
 
 /// Checks BDAT content, which arrives unframed, for what DATA framing catches: bare CR or
-/// LF and over-long lines. Without BINARYMIME, chunked content is still CRLF lines.
+/// LF and over-long lines. Without BINARYMIME, chunked content is still CRLF lines. With
+/// `normalising` (`bare_line_endings: normalise`), each bare CR or LF is made CRLF in what
+/// `inspect` returns, as DATA framing does: the content is then relayed with CRLF lines only.
 public struct LineEndingInspector: Sendable {
     public private(set) var findings = SMTPInputFramer.DataFindings()
     private var lastWasCR = false
     private var lineLength = 0
     private let contentLimit: Int
+    private let normalising: Bool
 
     /// `maximumLineLength` counts the CRLF (RFC 5321 §4.5.3.1.6).
-    public init(maximumLineLength: Int) {
+    public init(maximumLineLength: Int, normalising: Bool = false) {
         contentLimit = maximumLineLength - 2
+        self.normalising = normalising
     }
 
-    public mutating func inspect(_ bytes: ByteBuffer) {
+    /// Inspects the next piece of content; returns it as it is to be kept (`bytes` itself
+    /// unless normalising changed it). A CR at the end of a piece is judged with the next.
+    @discardableResult
+    public mutating func inspect(_ bytes: ByteBuffer) -> ByteBuffer {
+        var output: [UInt8]?
+        var index = 0
+        /// Begins the output (as `bytes` up to `index`) at its first change.
+        func change(_ inserted: UInt8) {
+            if output == nil {
+                var copy: [UInt8] = []
+                copy.reserveCapacity(bytes.readableBytes + 16)
+                copy.append(contentsOf: bytes.readableBytesView.prefix(index))
+                output = copy
+            }
+            output!.append(inserted)
+        }
         for byte in bytes.readableBytesView {
+            defer { index += 1 }
             if lastWasCR {
                 lastWasCR = false
-                if byte == UInt8(ascii: "\n") { lineLength = 0; continue }
+                if byte == UInt8(ascii: "\n") {
+                    output?.append(byte)
+                    lineLength = 0
+                    continue
+                }
                 findings.bareCarriageReturn = true
                 lineLength = 0
+                // The CR is already out (in this piece or the one before): its LF goes now.
+                if normalising { change(UInt8(ascii: "\n")) }
             }
             switch byte {
-            case UInt8(ascii: "\r"): lastWasCR = true
-            case UInt8(ascii: "\n"): findings.bareLineFeed = true; lineLength = 0
+            case UInt8(ascii: "\r"):
+                lastWasCR = true
+            case UInt8(ascii: "\n"):
+                findings.bareLineFeed = true
+                lineLength = 0
+                if normalising { change(UInt8(ascii: "\r")) }
             case 0:
                 findings.nul = true
                 lineLength += 1
@@ -274,13 +304,20 @@ public struct LineEndingInspector: Sendable {
                 lineLength += 1
                 if lineLength > contentLimit { findings.overlongLine = true }
             }
+            output?.append(byte)
         }
+        return output.map { ByteBuffer(bytes: $0) } ?? bytes
     }
 
-    /// Call at the end of the content: a trailing CR is bare.
-    public mutating func finish() -> SMTPInputFramer.DataFindings {
-        if lastWasCR { findings.bareCarriageReturn = true }
+    /// Call at the end of the content: a trailing CR is bare. `tail`: what normalising adds
+    /// after the last piece (the LF of that CR), to be kept after it.
+    public mutating func finish() -> (findings: SMTPInputFramer.DataFindings, tail: ByteBuffer?) {
+        var tail: ByteBuffer?
+        if lastWasCR {
+            findings.bareCarriageReturn = true
+            if normalising { tail = ByteBuffer(bytes: [UInt8(ascii: "\n")]) }
+        }
         lastWasCR = false
-        return findings
+        return (findings, tail)
     }
 }

@@ -71,6 +71,28 @@ final class SmugglingTests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertEqual(sink.messageCount, 0, sink.transcript)
     }
 
+    func testNormaliseModeRepairsBDATChunksBeforeTheUpstreamSeesThem() throws {
+        let (postern, sink) = try startPosternWithSink { $0.extra = "bare_line_endings: normalise\n" }
+        let client = try RawSMTPClient.greeted(port: postern.port)
+        let first = "Subject: innocent\nX-A: 1\r"
+        let last = "\n\r\nline\n.\nMAIL FROM:<evil@attacker.test>\r\n"
+        try client.send("MAIL FROM:<sender@client.test>\r\nRCPT TO:<rcpt@example.test>\r\n"
+            + "BDAT \(first.utf8.count)\r\n\(first)BDAT \(last.utf8.count) LAST\r\n\(last)QUIT\r\n")
+        var codes: [Int] = []
+        while let reply = try? client.readReply(timeout: 10) {
+            codes.append(reply.code)
+            if reply.code == 221 { break }
+        }
+        XCTAssertEqual(codes, [250, 250, 250, 250, 221])
+        XCTAssertTrue(waitUntil(timeout: 10) { sink.messageCount == 1 }, sink.transcript)
+        let message = try XCTUnwrap(sink.messages().first)
+        XCTAssertEqual(message.mailFrom, "sender@client.test")
+        XCTAssertTrue(message.text.hasSuffix("Subject: innocent\r\nX-A: 1\r\n\r\nline\r\n.\r\nMAIL FROM:<evil@attacker.test>\r\n"),
+                      message.text.debugDescription)
+        XCTAssertFalse(message.text.replacingOccurrences(of: "\r\n", with: "").contains { $0 == "\r" || $0 == "\n" },
+                       "a bare line ending reached the upstream: \(message.text.debugDescription)")
+    }
+
     func testNormaliseModeNeverSplitsAMessage() throws {
         let (postern, sink) = try startPosternWithSink { $0.extra = "bare_line_endings: normalise\n" }
         for (name, sequence) in Self.sequences {

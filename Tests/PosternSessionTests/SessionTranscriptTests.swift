@@ -301,6 +301,21 @@ final class SessionTranscriptTests: XCTestCase {
         XCTAssertTrue(session.relayed.first?.text.hasSuffix("\r\none\r\ntwo\r\n.\r\nthree\r\n") ?? false, session.relayed.first?.text ?? "")
     }
 
+    /// Found by the session fuzzer: with normalise, BDAT content was spooled as it came, so a
+    /// bare LF in a chunk reached the upstream (Fuzz/regressions/session/bdat-bare-lf-with-normalise).
+    func testNormaliseModeRepairsBareLineEndingsInBDATChunksToo() async {
+        var session = await SessionFixture.session(SessionFixture.configuration { $0.bareLineEndings = .normalise })
+        _ = session.replyLines()
+        // A bare LF in the header section; a CR ending one chunk that the next does not
+        // complete; a bare CR ending the last chunk.
+        await session.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nBDAT 12\r\nSu SMTPUTF8\nBDAT 6\r\n\r\none\rBDAT 5 LAST\r\ntwo\n\r")
+        XCTAssertEqual(session.replyLines(), ["250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.0.0 12 octets received", "250 2.0.0 6 octets received",
+                                              "250 2.0.0 Ok: queued as SIM1"])
+        let text = session.relayed.first?.text ?? ""
+        XCTAssertTrue(text.hasSuffix("\r\nSu SMTPUTF8\r\n\r\none\r\ntwo\r\n\r\n"), text.debugDescription)
+        XCTAssertFalse(text.replacingOccurrences(of: "\r\n", with: "").contains { $0 == "\r" || $0 == "\n" }, text.debugDescription)
+    }
+
     func testABareLFInsideACommandLineDoesNotEndIt() async {
         var session = await SessionFixture.session()
         _ = session.replyLines()

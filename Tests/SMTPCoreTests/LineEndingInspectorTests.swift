@@ -9,7 +9,47 @@ final class LineEndingInspectorTests: XCTestCase {
     func findings(_ bytes: [UInt8], maximumLineLength: Int = 1000, pieces: [[UInt8]]? = nil) -> Findings {
         var inspector = LineEndingInspector(maximumLineLength: maximumLineLength)
         for piece in pieces ?? [bytes] { inspector.inspect(ByteBuffer(bytes: piece)) }
-        return inspector.finish()
+        return inspector.finish().findings
+    }
+
+    /// The content as the normalising inspector keeps it, fed in `pieces`.
+    func normalised(_ pieces: [String]) -> (String, Findings) {
+        var inspector = LineEndingInspector(maximumLineLength: 1000, normalising: true)
+        var kept = ByteBuffer()
+        for piece in pieces {
+            var out = inspector.inspect(ByteBuffer(string: piece))
+            kept.writeBuffer(&out)
+        }
+        let (findings, tail) = inspector.finish()
+        if var tail { kept.writeBuffer(&tail) }
+        return (String(buffer: kept), findings)
+    }
+
+    func testNormalisingMakesEveryBareLineEndingCRLFAcrossChunks() {
+        let table: [(String, String)] = [
+            ("a\r\nb\r\n", "a\r\nb\r\n"),
+            ("a\nb\n", "a\r\nb\r\n"),
+            ("a\rb\r", "a\r\nb\r\n"),
+            ("\n.\n", "\r\n.\r\n"),
+            ("a\r\r\n", "a\r\n\r\n"),
+            ("a\n\r", "a\r\n\r\n"),
+            ("Su SMTPUTF8\n", "Su SMTPUTF8\r\n"),
+        ]
+        for (input, expected) in table {
+            XCTAssertEqual(normalised([input]).0, expected, input.debugDescription)
+            let bytes = input.map { String($0) }
+            XCTAssertEqual(normalised(input.unicodeScalars.map { String($0) }).0, expected, "byte by byte: \(input.debugDescription) \(bytes.count)")
+        }
+        // A CRLF split across chunks is left alone; a CR that ends a chunk and is not followed
+        // by LF gets its LF at the start of the next one.
+        XCTAssertEqual(normalised(["a\r", "\nb\r\n"]).0, "a\r\nb\r\n")
+        XCTAssertEqual(normalised(["a\r", "b\r\n"]).0, "a\r\nb\r\n")
+        // What was normalised is still found (and logged), but the content has CRLF only.
+        XCTAssertEqual(normalised(["a\nb"]).1, make(lf: true))
+        // Without normalising, the bytes are kept as they are.
+        var plain = LineEndingInspector(maximumLineLength: 1000)
+        XCTAssertEqual(String(buffer: plain.inspect(ByteBuffer(string: "a\nb\r"))), "a\nb\r")
+        XCTAssertNil(plain.finish().tail)
     }
 
     func make(cr: Bool = false, lf: Bool = false, overlong: Bool = false) -> Findings {

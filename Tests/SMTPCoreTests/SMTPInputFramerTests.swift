@@ -279,7 +279,7 @@ final class SMTPInputFramerTests: XCTestCase {
         XCTAssertEqual(readData([bytes("clean\r\n.\r\n")]).findings?.nul, false)
         var inspector = LineEndingInspector(maximumLineLength: 1000)
         inspector.inspect(ByteBuffer(bytes: [0x61, 0x00, 0x0D, 0x0A]))
-        XCTAssertEqual(inspector.finish().nul, true, "BDAT content too")
+        XCTAssertEqual(inspector.finish().findings.nul, true, "BDAT content too")
     }
 
     /// RFC 5321 §4.1.1.4 and the 2023 SMTP smuggling advisories: only CRLF.CRLF ends a message.
