@@ -483,6 +483,11 @@ final class ConfigurationLoaderTests: XCTestCase {
         XCTAssertEqual(YAMLReader.parseDuration("250ms"), .milliseconds(250))
         XCTAssertEqual(YAMLReader.parseDuration("5m"), .minutes(5))
         XCTAssertEqual(YAMLReader.parseDuration("2h"), .hours(2))
+        XCTAssertEqual(YAMLReader.parseDuration("7d"), .hours(7 * 24))
+        // Longer than TimeAmount holds (about 292 years): refused, not a crash.
+        XCTAssertNil(YAMLReader.parseDuration("999999999h"))
+        XCTAssertNil(YAMLReader.parseDuration("999999d"))
+        XCTAssertEqual(YAMLReader.parseDuration("106751d"), .hours(106_751 * 24))
         XCTAssertNil(YAMLReader.parseDuration("5 minutes"))
         XCTAssertNil(YAMLReader.parseDuration("-5s"))
         XCTAssertNil(YAMLReader.parseDuration(""))

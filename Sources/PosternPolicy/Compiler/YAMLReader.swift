@@ -97,7 +97,7 @@ public struct YAMLReader {
         return value
     }
 
-    /// `30s`, `5m`, `1h`, `250ms`, or a plain number of seconds.
+    /// `30s`, `5m`, `1h`, `7d`, `250ms`, or a plain number of seconds.
     public mutating func duration(_ node: Node, _ what: String) -> TimeAmount? {
         guard let text = node.scalar?.string, let value = Self.parseDuration(text) else {
             fail(node, "\(what) must be a duration such as 30s, 5m, 1h or 250ms")
@@ -119,13 +119,18 @@ public struct YAMLReader {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
         let digits = trimmed.prefix { $0.isNumber }
         guard !digits.isEmpty, digits.count <= 9, let value = Int64(digits) else { return nil }
+        let nanosecondsPerUnit: Int64
         switch trimmed.dropFirst(digits.count).lowercased() {
-        case "", "s": return .seconds(value)
-        case "ms": return .milliseconds(value)
-        case "m": return .minutes(value)
-        case "h": return .hours(value)
+        case "", "s": nanosecondsPerUnit = 1_000_000_000
+        case "ms": nanosecondsPerUnit = 1_000_000
+        case "m": nanosecondsPerUnit = 60_000_000_000
+        case "h": nanosecondsPerUnit = 3_600_000_000_000
+        case "d": nanosecondsPerUnit = 86_400_000_000_000
         default: return nil
         }
+        // 999999999h is longer than TimeAmount holds (about 292 years): not a duration.
+        let (nanoseconds, overflow) = value.multipliedReportingOverflow(by: nanosecondsPerUnit)
+        return overflow ? nil : .nanoseconds(nanoseconds)
     }
 
     public static func parseSize(_ text: String) -> Int? {
