@@ -283,10 +283,15 @@ final class ExamplePoliciesTests: XCTestCase {
 
     // MARK: - default.yaml
 
-    func testDefaultPolicyTrustsLoopbackAndNotesPlaintext() async throws {
+    func testDefaultPolicyTrustsNoNetworkShadowsHELOsAndNotesPlaintext() async throws {
         let policy = try compile("Policies/default.yaml")
+        // Nothing is trusted until the operator lists it: a test mail from loopback goes
+        // through every rule, and a bare HELO name is a shadow hit.
         let loopback = await PolicyEngine.evaluate(policy, stage: .connect, facts: facts(client: "127.0.0.1"))
-        XCTAssertEqual(loopback.outcome, .accept)
+        XCTAssertEqual(loopback.outcome, .pass)
+        let bareName = await PolicyEngine.evaluate(policy, stage: .helo, facts: facts(client: "127.0.0.1", helo: "vm"))
+        XCTAssertEqual(bareName.outcome, .pass)
+        XCTAssertEqual(bareName.shadowHits.map(\.rule), ["helo-not-fqdn"])
         let data = await PolicyEngine.evaluate(policy, stage: .data, facts: facts(tls: false, sender: "a@b.example"))
         XCTAssertEqual(data.headerActions, [.addHeader(name: "X-Postern-TLS", value: "none")])
     }
