@@ -96,12 +96,43 @@ public struct DecisionLogPrivacy: Hashable, Sendable {
         }
     }
 
-    func subjectText(_ subject: String?) -> String? {
+    /// A subject as the log may keep it: itself, its pseudonym, or nil.
+    public func subjectText(_ subject: String?) -> String? {
         guard let subject else { return nil }
         switch self.subject {
         case .on: return subject
         case .hashed: return pseudonym(subject)
         case .off: return nil
+        }
+    }
+
+    /// `text` (a header field's value, such as `To:`) with the local part of every address in
+    /// it treated as `local_parts` says: `"Ann" <ann@example.org>` becomes
+    /// `"Ann" <h:…@example.org>` (hashed) or `"Ann" <@example.org>` (off). Display names and
+    /// comments are left as they are.
+    public func addresses(in text: String) -> String {
+        guard localParts != .on, text.utf8.contains(0x40) else { return text }
+        var bytes = Array(text.utf8)
+        var at = bytes.count - 1
+        while at > 0 {
+            defer { at -= 1 }
+            guard bytes[at] == 0x40 else { continue }
+            var start = at
+            while start > 0, Self.isLocalPartOctet(bytes[start - 1]) { start -= 1 }
+            guard start < at else { continue }
+            let local = String(decoding: bytes[start..<at], as: UTF8.self)
+            let replacement: [UInt8] = localParts == .hashed ? Array(pseudonym(local.lowercased()).utf8) : []
+            bytes.replaceSubrange(start..<at, with: replacement)
+            at = start
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// RFC 5322 atext and the dot of a dot-atom: what an unquoted local part is made of.
+    private static func isLocalPartOctet(_ octet: UInt8) -> Bool {
+        switch octet {
+        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A, 0x80...0xFF: return true
+        default: return Array("!#$%&'*+-/=?^_`{|}~.".utf8).contains(octet)
         }
     }
 

@@ -27,6 +27,8 @@ public final class PosternServer: Service, Sendable {
     private let limiter: ConnectionLimiter
     private let tlsContext: NIOSSLContext?
     private let decisionLog: DecisionLogWriter?
+    /// Message samples for `postern replay` (`samples:`).
+    private let samples: SampleStore?
     /// The resolver (`dns:`); nil: no DNS.
     private let resolver: DNSResolver?
     /// AUTH credentials and lockout, when `auth` is configured.
@@ -89,6 +91,7 @@ public final class PosternServer: Service, Sendable {
         tlsContext = prepared.tlsContext
         policy = prepared.policy
         decisionLog = prepared.decisionLog
+        samples = prepared.samples
         resolver = prepared.resolver
     }
 
@@ -212,6 +215,7 @@ public final class PosternServer: Service, Sendable {
         await pool.closeIdle()
         for service in policyServices { service.close() }
         decisionLog?.close()
+        samples?.flush()
         logger.notice("stopped")
     }
 
@@ -241,7 +245,7 @@ public final class PosternServer: Service, Sendable {
                 configuration.dns?.verifyClientNames == true ? ClientNameVerifier(resolver: resolver, timeout: resolver.configuration.timeout) : nil
             },
             dnsLists: resolver.map { DNSListChecker(resolver: $0, logger: logger) },
-            feed: feed, logger: logger, unsafeEarlyAck: unsafeEarlyAck)
+            feed: feed, samples: samples, logger: logger, unsafeEarlyAck: unsafeEarlyAck)
     }
 
     /// The stage checks of every session: SPF (with `dns:`), then the policy servers, in configured order.

@@ -16,7 +16,8 @@ import PosternUpstream
 /// every Maildir (upstream `maildir:` targets and `quarantine`) is, or can be made, a
 /// writable directory with `tmp`, `new` and `cur`; the policy compiles, with the rate-limit
 /// store `limits_store` names; quarantine rules have a `quarantine:` Maildir; the decision
-/// log can be opened for appending. Every problem found is reported, one per line.
+/// log can be opened for appending; the sample store's directory is, or can be made, a
+/// writable directory. Every problem found is reported, one per line.
 public struct ServerPreparation: Sendable {
     /// The STARTTLS context, when `tls:` is configured.
     public let tlsContext: NIOSSLContext?
@@ -27,6 +28,9 @@ public struct ServerPreparation: Sendable {
     public let decisionLog: DecisionLogWriter?
     /// The resolver, when `dns:` is configured.
     public let resolver: DNSResolver?
+    /// The sample store, when `samples:` is configured; always nil when `createDirectories`
+    /// is false.
+    public let samples: SampleStore?
 
     /// Runs every check. With `createDirectories`, missing Maildir directories are created
     /// and the decision log is opened (created when missing), as `serve` needs them; without
@@ -89,10 +93,23 @@ public struct ServerPreparation: Sendable {
                 }
             }
         }
+        var samples: SampleStore?
+        if let sampling = configuration.samples {
+            if !createDirectories {
+                if let problem = directoryProblem(sampling.directory) { problems.append("samples.directory: \(problem)") }
+            } else if problems.isEmpty {
+                do {
+                    samples = try SampleStore(sampling, privacy: configuration.decisionLogPrivacy, logger: logger,
+                                              counted: { metrics.sample($0) })
+                } catch {
+                    problems.append("samples.directory: \(error.description)")
+                }
+            }
+        }
         guard problems.isEmpty, let policy else {
             throw PosternServer.StartupError(description: problems.joined(separator: "\n"))
         }
-        return ServerPreparation(tlsContext: tlsContext, policy: policy, decisionLog: decisionLog, resolver: resolver)
+        return ServerPreparation(tlsContext: tlsContext, policy: policy, decisionLog: decisionLog, resolver: resolver, samples: samples)
     }
 
     /// A problem, as text, for `Result`.

@@ -16,7 +16,9 @@ extension Postern {
                 serve does, relay control from --config first. Rate limits are replayed in time order on the records' \
                 clock, in memory (a configured Redis is never touched). What a record does not hold is not guessed: \
                 a content rule that needs more of the message than its Subject and Message-ID, or a transaction the \
-                logged policy refused before it was complete, counts as not evaluable. \
+                logged policy refused before it was complete, counts as not evaluable. With a sample store \
+                (the configuration's samples.directory, or --samples), a sampled transaction is replayed with its \
+                message, and the content rules read it (except what the sample's privacy treatment withheld). \
                 Exit status: 0 when it ran (whatever changed); 2 for bad arguments, policy errors or unreadable logs. \
                 A malformed line is skipped, counted and named (file:line) on standard error.
                 """)
@@ -32,6 +34,9 @@ extension Postern {
 
         @Option(help: ArgumentHelp("Only records before then: a duration ago (2h) or an RFC 3339 time.", valueName: "when"))
         var until: String?
+
+        @Option(help: ArgumentHelp("The sample store's directory (default: the configuration's samples.directory; 'none': read no samples).", valueName: "dir"))
+        var samples: String?
 
         @Flag(help: "Print one JSON object (records, replayed, changed, not_evaluable, by_change, by_rule, changes).")
         var json = false
@@ -93,8 +98,15 @@ extension Postern {
             }
             let run = PolicyReplayRun(policy: candidate, relayControl: RelayControl(relayDomains: configuration.relayDomains,
                                                                                  trustedNetworks: configuration.trustedNetworks),
-                                      clock: clock, since: window.since, until: window.until, examples: examples)
+                                      clock: clock, since: window.since, until: window.until, examples: examples,
+                                      samples: samples == "none" ? nil : samples ?? configuration.samples?.directory)
+            if let directory = run.samples, !FileManager.default.fileExists(atPath: directory) {
+                // Named on the command line: a mistake. Configured: serve has not kept a sample yet.
+                if samples != nil { throw fail("--samples \(directory): no such directory") }
+                FileHandle.standardError.write(Data("replay: the sample store \(directory) does not exist yet; replaying without samples\n".utf8))
+            }
             await run.run(records, report: &report)
+            for line in report.unreadableSamples.prefix(20) { FileHandle.standardError.write(Data("replay: sample skipped: \(line)\n".utf8)) }
             print(json ? report.json(policy: policyPath, version: candidate.version) : report.text(policy: policyPath, version: candidate.version))
         }
     }

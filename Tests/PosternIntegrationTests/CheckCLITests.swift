@@ -95,10 +95,12 @@ final class CheckCLITests: IntegrationTestCase, @unchecked Sendable {
     func testMaildirsUnderAFileAreRefusedAndEveryProblemIsReported() throws {
         let file = workDir.appendingPathComponent("plain-file")
         try "not a directory\n".write(to: file, atomically: true, encoding: .utf8)
-        let result = try check(config("quarantine: \(file.path)/quarantine\ndecision_log: \(file.path)/logs/decisions.log\n",
+        let result = try check(config("quarantine: \(file.path)/quarantine\ndecision_log: \(file.path)/logs/decisions.log\n"
+                                      + "samples: { directory: \(file.path)/samples }\n",
                                       upstreams: ["maildir:\(file.path)/box"]))
         XCTAssertEqual(result.status, 2, result.description)
         for line in [
+            "samples.directory: cannot create \(file.path)/samples: \(file.path) is not a directory",
             "upstream maildir:\(file.path)/box: cannot create \(file.path)/box: \(file.path) is not a directory",
             "quarantine: cannot create \(file.path)/quarantine: \(file.path) is not a directory",
             "decision_log \(file.path)/logs/decisions.log: cannot create \(file.path)/logs/decisions.log: \(file.path) is not a directory",

@@ -36,16 +36,20 @@ final class ReplayCLITests: IntegrationTestCase, @unchecked Sendable {
         var postern: PosternServer
         var config: URL
         var decisionLog: URL
+        var metricsPort: Int
     }
 
-    /// Postern (plain listener, recording sink) deciding under `livePolicy`, with a decision log.
-    private func startLive() throws -> Live {
+    /// Postern (plain listener, recording sink) deciding under `livePolicy`, with a decision log;
+    /// `extra` is more configuration.
+    private func startLive(_ extra: String = "") throws -> Live {
         let sink = try startRecordingSink()
         let policyURL = try writeConfig(Self.livePolicy, name: "live.yaml")
         let decisionLog = workDir.appendingPathComponent("decisions.log")
         let port = try Net.freePort()
+        let metricsPort = try Net.freePort()
         let config = try writeConfig("""
             hostname: postern.test
+            metrics: 127.0.0.1:\(metricsPort)
             listen:
               - address: 127.0.0.1:\(port)
             upstreams:
@@ -55,10 +59,11 @@ final class ReplayCLITests: IntegrationTestCase, @unchecked Sendable {
             relay_domains: [example.test]
             # The test's client is 127.0.0.1: not trusted, so relay control applies to it.
             trusted_networks: []
+            \(extra)
 
             """, name: "postern.yaml")
         let postern = try startPostern(arguments: ["serve", "--config", config.path], port: port, configURL: config)
-        return Live(postern: postern, config: config, decisionLog: decisionLog)
+        return Live(postern: postern, config: config, decisionLog: decisionLog, metricsPort: metricsPort)
     }
 
     /// swaks's transcript (standard output and error).
@@ -191,6 +196,76 @@ final class ReplayCLITests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertEqual(report["unchanged"] as? Int, 1, result.stdout)
         XCTAssertEqual((report["not_evaluable_reasons"] as? [String: Int])?[
             "a content rule reads more of the message than the record keeps (Subject, Message-ID)"], 5, result.stdout)
+    }
+
+    func testSampledMessagesLetReplayRunTheCandidatesContentRules() throws {
+        let samples = workDir.appendingPathComponent("samples")
+        let live = try startLive("samples: { directory: \(samples.path), fraction: 1, max_size: 4KB }")
+        let spam = try runSwaks(port: live.postern.port, ["--from", "s@good.example", "--to", "alice@example.test", "--body", "buy viagra today"])
+        XCTAssertTrue(spam.stdout.contains("250 2.0.0"), spam.description)
+        let ham = try runSwaks(port: live.postern.port, ["--from", "h@good.example", "--to", "alice@example.test", "--body", "lunch at noon?"])
+        XCTAssertTrue(ham.stdout.contains("250 2.0.0"), ham.description)
+        let large = try runSwaks(port: live.postern.port, ["--from", "l@good.example", "--to", "alice@example.test",
+                                                          "--body", String(repeating: "viagra and more words\r\n", count: 300)])
+        XCTAssertTrue(large.stdout.contains("250 2.0.0"), large.description)
+        let refused = try runSwaks(port: live.postern.port, ["--from", "b@bad.example", "--to", "alice@example.test"])
+        XCTAssertTrue(refused.stdout.contains("550"), refused.description)
+        let records = waitForRecords(live.decisionLog, count: 4)
+        let id = { (sender: String) in records.first { $0["mail_from"] as? String == sender }?["id"] as? String ?? "?" }
+
+        // Kept after the decision, in the record's day, readable by the owner only; the
+        // message over max_size and the one refused at MAIL are not kept.
+        var files: [String] = []
+        XCTAssertTrue(waitUntil(timeout: 10) {
+            files = (FileManager.default.enumerator(atPath: samples.path)?.allObjects as? [String] ?? []).filter { $0.hasSuffix(".eml") }
+            return files.count == 2
+        }, "samples: \(files)")
+        let day = String((records.first?["ts"] as? String ?? "").prefix(10))
+        XCTAssertEqual(Set(files), ["\(day)/\(id("s@good.example")).eml", "\(day)/\(id("h@good.example")).eml"])
+        let spamSample = samples.appendingPathComponent("\(day)/\(id("s@good.example")).eml")
+        let text = try String(contentsOf: spamSample, encoding: .utf8)
+        XCTAssertTrue(text.hasPrefix("X-Postern-Sample: id=\(id("s@good.example")); decision=accepted; received="), text)
+        XCTAssertTrue(text.contains("withheld=none\r\n"), text)
+        XCTAssertTrue(text.contains("\r\n\r\nbuy viagra today\r\n"), text)
+        let mode = try FileManager.default.attributesOfItem(atPath: spamSample.path)[.posixPermissions] as? Int
+        XCTAssertEqual(mode, 0o600)
+        let metrics = try Metrics.scrape(port: live.metricsPort)
+        XCTAssertEqual(Metrics.value(metrics, "postern_samples_total", ["result": "written"]), 2, metrics)
+        XCTAssertEqual(Metrics.value(metrics, "postern_samples_total", ["result": "too_large"]), 1, metrics)
+
+        // The candidate's body rule reads the samples (the configuration's samples.directory):
+        // the spam it would refuse, the ham it would not; the unsampled large message stays
+        // not evaluable.
+        let candidate = try writeConfig("""
+            version: 1
+            rules:
+              - id: body-check
+                stage: data
+                if: { body: { regex: viagra } }
+                then: reject
+
+            """, name: "content.yaml")
+        let result = try replay(["--policy", candidate.path, "--json", live.decisionLog.path], config: live.config)
+        XCTAssertEqual(result.status, 0, result.description)
+        let report = json(result)
+        XCTAssertEqual(report["sampled"] as? Int, 2, result.stdout)
+        XCTAssertEqual(report["changed"] as? Int, 1, result.stdout)
+        XCTAssertEqual(report["unchanged"] as? Int, 1, result.stdout)
+        // The large message (not sampled), and b@bad.example's MAIL (its recipients are not in the log).
+        XCTAssertEqual(report["not_evaluable"] as? Int, 2, result.stdout)
+        XCTAssertEqual(report["by_change"] as? [String: Int], ["accepted->rejected": 1], result.stdout)
+        let changes = (report["changes"] as? [[String: Any]] ?? []).map { "\($0["id"] ?? "") \($0["was"] ?? "")->\($0["now"] ?? "")" }
+        XCTAssertTrue(changes.contains("\(id("s@good.example")) accepted->rejected"), result.stdout)
+
+        // Without the samples, the body rule cannot be decided.
+        let without = try replay(["--policy", candidate.path, "--json", "--samples", "none", live.decisionLog.path], config: live.config)
+        XCTAssertEqual(json(without)["sampled"] as? Int, 0, without.stdout)
+        XCTAssertEqual((json(without)["not_evaluable_reasons"] as? [String: Int])?[
+            "a content rule reads more of the message than the record keeps (Subject, Message-ID)"], 3, without.stdout)
+        let missing = try replay(["--policy", candidate.path, "--samples", workDir.appendingPathComponent("none-here").path, live.decisionLog.path],
+                                 config: live.config)
+        XCTAssertEqual(missing.status, 2, missing.description)
+        XCTAssertTrue(missing.stderr.contains("none-here: no such directory"), missing.stderr)
     }
 
     func testBadArgumentsPoliciesAndLogsExitWithStatusTwo() throws {

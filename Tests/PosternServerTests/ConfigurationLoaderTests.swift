@@ -477,6 +477,46 @@ final class ConfigurationLoaderTests: XCTestCase {
         ])
     }
 
+    func testSamples() throws {
+        let configuration = try load("""
+            upstreams: [{ url: "smtp://127.0.0.1:25" }]
+            samples: { directory: /var/lib/postern/samples, fraction: 0.05, max_size: 1MiB, keep: 3d, decisions: [rejected, quarantined], body: false }
+            """)
+        var expected = SampleStore.Configuration(directory: "/var/lib/postern/samples")
+        expected.fraction = 0.05
+        expected.maximumSize = 1 << 20
+        expected.keep = .hours(72)
+        expected.decisions = [.rejected, .quarantined]
+        expected.body = false
+        XCTAssertEqual(configuration.samples, expected)
+        // The defaults: one in a hundred, 256 KB, a week, every decision a message exists for.
+        let defaults = try XCTUnwrap(try load("upstreams: [{ url: \"smtp://127.0.0.1:25\" }]\nsamples: { directory: /tmp/s }\n").samples)
+        XCTAssertEqual(defaults, SampleStore.Configuration(directory: "/tmp/s"))
+        XCTAssertEqual(defaults.fraction, 0.01)
+        XCTAssertEqual(defaults.maximumSize, 256_000)
+        XCTAssertEqual(defaults.keep, .hours(24 * 7))
+        XCTAssertEqual(defaults.decisions, [.accepted, .rejected, .tempfailed, .discarded, .quarantined])
+        XCTAssertNil(try load("upstreams: [{ url: \"smtp://127.0.0.1:25\" }]\n").samples)
+
+        XCTAssertEqual(errors("""
+            upstreams: [{ url: "smtp://127.0.0.1:25" }]
+            samples: { fraction: 2, max_size: 0, keep: 0, decisions: [accepted, aborted], body: maybe, every: 1 }
+            """), [
+            "test.yaml:2:92: unknown key 'every' in samples (expected one of: body, decisions, directory, fraction, keep, max_size)",
+            "test.yaml:2:10: samples needs directory: (where the message samples are kept)",
+        ])
+        XCTAssertEqual(errors("""
+            upstreams: [{ url: "smtp://127.0.0.1:25" }]
+            samples: { directory: /tmp/s, fraction: 2, max_size: 0, keep: 0, decisions: [accepted, aborted], body: maybe }
+            """), [
+            "test.yaml:2:41: samples.fraction must be a number from 0 to 1 (0.01: one message in a hundred)",
+            "test.yaml:2:54: samples.max_size must be a size such as 25MiB, 100KB or 1048576",
+            "test.yaml:2:63: samples.keep must be longer than 0",
+            "test.yaml:2:88: samples.decisions: 'aborted' is not one of accepted, rejected, tempfailed, discarded, quarantined",
+            "test.yaml:2:104: samples.body must be true or false",
+        ])
+    }
+
     func testDurations() {
         XCTAssertEqual(YAMLReader.parseDuration("30s"), .seconds(30))
         XCTAssertEqual(YAMLReader.parseDuration("30"), .seconds(30))

@@ -9,8 +9,9 @@ import SMTPCore
 /// What a record does not hold is never guessed. A transaction the logged policy refused
 /// before its recipients (or its message) were sent, that the candidate lets through, cannot
 /// go on: what the client would have sent next is not in the log. A content rule that reads
-/// more of the message than the record keeps (its Subject and Message-ID) cannot be decided.
-/// Both are reported as not evaluable, with the reason.
+/// more of the message than the record keeps (its Subject and Message-ID) cannot be decided,
+/// unless the sample store kept the message (`Transaction.sample`), and then only what the
+/// sample did not withhold. Both are reported as not evaluable, with the reason.
 public struct PolicyReplay: Sendable {
     /// One logged transaction, as the replay needs it.
     public struct Transaction: Sendable {
@@ -42,6 +43,8 @@ public struct PolicyReplay: Sendable {
         public var size: Int?
         public var subject: String?
         public var messageID: String?
+        /// The message, when the sample store kept it: content rules then read it.
+        public var sample: SampledMessage?
         /// The logged outcome.
         public var decision: Decision
         public var stage: PolicyStage
@@ -184,10 +187,13 @@ public struct PolicyReplay: Sendable {
         var dataFacts = facts
         dataFacts.recipients = accepted
         dataFacts.size = transaction.size
-        let message = RecordedMessage(subject: transaction.subject, messageID: transaction.messageID)
+        let message: any ReplayMessage = transaction.sample ?? RecordedMessage(subject: transaction.subject, messageID: transaction.messageID)
         dataFacts.message = message
         let refused = await point(.data, facts: dataFacts, walk: &state.walk, scores: &scores)
         if message.askedForMissing {
+            if let sample = transaction.sample {
+                return .notEvaluable("a content rule reads what the message's sample withholds (\(sample.withheld.sorted().joined(separator: ", ")))")
+            }
             return .notEvaluable("a content rule reads more of the message than the record keeps (Subject, Message-ID)")
         }
         if let refused { return refused }
@@ -254,10 +260,81 @@ public struct PolicyReplay: Sendable {
     }
 }
 
+/// A message as replay has it: a rule's asking for what it lacks is noted.
+protocol ReplayMessage: PolicyMessage {
+    /// A rule asked for something the message does not have.
+    var askedForMissing: Bool { get }
+}
+
+/// A message the sample store kept, minus what its privacy treatment withheld (see
+/// `Withheld`): a rule that reads a withheld part makes the transaction not evaluable.
+public final class SampledMessage: ReplayMessage, @unchecked Sendable {
+    /// What a sample withholds, by the names its `X-Postern-Sample` line gives.
+    public enum Withheld: String, Sendable, CaseIterable {
+        /// The Subject (`decision_log.subject: hashed` or `off`).
+        case subject
+        /// The address fields' local parts (`decision_log.local_parts: hashed` or `off`):
+        /// every field of `addressFields`.
+        case addresses
+        /// Everything after the header section (`samples.body: false`).
+        case body
+    }
+
+    /// The header fields whose addresses the local-parts treatment rewrites.
+    public static let addressFields: Set<String> = [
+        "from", "to", "cc", "bcc", "reply-to", "sender", "return-path", "delivered-to", "x-original-to",
+        "resent-from", "resent-to", "resent-cc", "resent-bcc", "resent-sender", "disposition-notification-to",
+    ]
+
+    private let message: any PolicyMessage
+    public let withheld: Set<String>
+    private let missing = Atomic<Bool>(false)
+
+    public init(_ message: any PolicyMessage, withheld: Set<Withheld>) {
+        self.message = message
+        self.withheld = Set(withheld.map(\.rawValue))
+    }
+
+    var askedForMissing: Bool { missing.load(ordering: .relaxed) }
+
+    private func noteMissing() { missing.store(true, ordering: .relaxed) }
+
+    private func has(_ part: Withheld) -> Bool { withheld.contains(part.rawValue) }
+
+    public func headerValues(named name: String) -> [String] {
+        let lowercased = name.lowercased()
+        if (lowercased == "subject" && has(.subject)) || (has(.addresses) && Self.addressFields.contains(lowercased)) { noteMissing() }
+        return message.headerValues(named: name)
+    }
+
+    public var subjectText: String? {
+        if has(.subject) { noteMissing() }
+        return message.subjectText
+    }
+
+    public var bodyTexts: [String] {
+        if has(.body) { noteMissing() }
+        return message.bodyTexts
+    }
+
+    public var attachmentList: [(name: String?, type: String)] {
+        if has(.body) { noteMissing() }
+        return message.attachmentList
+    }
+
+    public var rawBytes: [UInt8] {
+        if !withheld.isEmpty { noteMissing() }
+        return message.rawBytes
+    }
+
+    public var derivedValues: (any AnyObject & Sendable)? { message.derivedValues }
+    public var scanLength: Int { message.scanLength }
+}
+
 /// The message as the record keeps it: its Subject and Message-ID. Anything else a rule asks
 /// for (another header, a body, an attachment, the raw message) is missing, and noted, so the
 /// replay reports the transaction as not evaluable rather than guess.
-final class RecordedMessage: PolicyMessage, @unchecked Sendable {
+final class RecordedMessage: ReplayMessage, @unchecked Sendable {
     private let subject: String?
     private let messageID: String?
     private let missing = Atomic<Bool>(false)

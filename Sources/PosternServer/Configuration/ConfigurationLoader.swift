@@ -66,7 +66,7 @@ extension YAMLReader {
         }
         let top = mapping(root, "the configuration", keys: [
             "hostname", "listen", "proxy_trusted_networks", "relay_domains", "trusted_networks", "auth", "tls", "upstreams", "upstream_retry_after", "upstream_probe", "dns", "policy_services", "milters", "limits",
-            "timeouts", "bare_line_endings", "forbid_improper_pipelining", "spool", "shutdown_grace_period", "log_level", "log_format", "decision_log", "metrics", "policy", "quarantine", "limits_store",
+            "timeouts", "bare_line_endings", "forbid_improper_pipelining", "spool", "shutdown_grace_period", "log_level", "log_format", "decision_log", "metrics", "policy", "quarantine", "limits_store", "samples",
         ])
         if let node = top["hostname"], let value = string(node, "hostname") {
             if value.isEmpty || value.contains(" ") { fail(node, "hostname must be a domain name") } else { configuration.hostname = value }
@@ -187,6 +187,7 @@ extension YAMLReader {
                 if path.isEmpty { fail(node, "decision_log must be a file path or -") } else { configuration.decisionLog = path == "-" ? path : resolvedPath(path) }
             }
         }
+        if let node = top["samples"] { configuration.samples = samples(node) }
         if let node = top["log_format"], let text = string(node, "log_format") {
             if ["logfmt", "json"].contains(text) { configuration.logFormat = text } else { fail(node, "log_format must be logfmt or json") }
         }
@@ -293,6 +294,41 @@ extension YAMLReader {
             fail(node, "\(what) must be enforce or shadow, not '\(other)'")
             return false
         }
+    }
+
+    /// `samples: { directory: PATH, fraction: 0.01, max_size: 256KB, keep: 7d, decisions: [accepted, …], body: true }`.
+    mutating func samples(_ node: Node) -> SampleStore.Configuration? {
+        let entries = mapping(node, "samples", keys: ["directory", "fraction", "max_size", "keep", "decisions", "body"])
+        guard let entry = entries["directory"], let directory = string(entry, "samples.directory"), !directory.isEmpty else {
+            fail(node, "samples needs directory: (where the message samples are kept)")
+            return nil
+        }
+        var samples = SampleStore.Configuration(directory: resolvedPath(directory))
+        if let entry = entries["fraction"] {
+            if let text = string(entry, "samples.fraction"), let value = Double(text), (0...1).contains(value) {
+                samples.fraction = value
+            } else {
+                fail(entry, "samples.fraction must be a number from 0 to 1 (0.01: one message in a hundred)")
+            }
+        }
+        if let entry = entries["max_size"], let value = size(entry, "samples.max_size") { samples.maximumSize = value }
+        if let entry = entries["keep"], let value = duration(entry, "samples.keep") {
+            if value > .zero { samples.keep = value } else { fail(entry, "samples.keep must be longer than 0") }
+        }
+        if let entry = entries["decisions"] {
+            var decisions: Set<DecisionRecord.Decision> = []
+            for item in sequence(entry, "samples.decisions") {
+                guard let text = string(item, "samples.decisions") else { continue }
+                if let decision = DecisionRecord.Decision(rawValue: text), SampleStore.Configuration.keepable.contains(decision) {
+                    decisions.insert(decision)
+                } else {
+                    fail(item, "samples.decisions: '\(text)' is not one of accepted, rejected, tempfailed, discarded, quarantined")
+                }
+            }
+            samples.decisions = decisions
+        }
+        if let entry = entries["body"], let value = bool(entry, "samples.body") { samples.body = value }
+        return samples
     }
 
     /// `{ name, address: inet:HOST:PORT | unix:PATH, stages, timeouts: {connect, command, content},

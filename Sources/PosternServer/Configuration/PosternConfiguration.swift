@@ -152,6 +152,8 @@ public struct PosternConfiguration: Sendable {
     public var policy: String?
     /// Where `limit:` rules count (`limits_store`): memory (default) or a shared Redis.
     public var limitsStore: LimitsStore = .memory
+    /// The sample store (`samples:`): messages kept for `postern replay`'s content rules; off when nil.
+    public var samples: SampleStore.Configuration?
     /// The Maildir that `quarantine` rules keep messages in.
     public var quarantine: String?
     /// Where `/metrics`, `/healthz` and `/readyz` are served; off when nil.

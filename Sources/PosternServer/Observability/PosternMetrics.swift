@@ -16,6 +16,7 @@ public final class PosternMetrics: Sendable {
     let sessionsTotal: Counter
     private let upstreamLatency: DurationHistogram
     private let decisionLogWriteErrors: Counter
+    private let samples: LabelledMetric<Counter>
     private let relayDeniedTotal: Counter
     private let transactions: LabelledMetric<Counter>
     private let connectionsRefused: LabelledMetric<Counter>
@@ -69,6 +70,9 @@ public final class PosternMetrics: Sendable {
         upstreamFailures = counter(
             "upstream_failures_total", "Upstream connections, probes and exchanges that failed without a reply, by kind.",
             labels: ["upstream", "kind"])
+        samples = counter(
+            "samples_total", "Message samples (samples:) by result: written, too_large, dropped (the writer was behind), failed.",
+            labels: ["result"])
         tlsSessions = counter("tls_sessions_total", "STARTTLS handshakes completed, by TLS version.", labels: ["version"])
         policyReloads = counter("policy_reloads_total", "Policy loads and reloads by result.", labels: ["result"])
         policyInfo = gauge("policy_info", "The policy in force.", labels: ["version"])
@@ -186,6 +190,11 @@ public final class PosternMetrics: Sendable {
 
     func decisionLogWriteError() {
         decisionLogWriteErrors.increment()
+    }
+
+    /// A message sample's result (written, too_large, dropped, failed).
+    func sample(_ result: String) {
+        samples(result).increment()
     }
 
     /// One evaluation of a pipeline check, by its result (pass, accept, reject, tempfail, timeout, error…).

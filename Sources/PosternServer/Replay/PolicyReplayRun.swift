@@ -3,12 +3,16 @@ import Glibc
 #endif
 import Foundation
 import NIOPosix
+import PosternFilters
 import PosternLog
+import PosternMIME
 import PosternPolicy
 import SMTPCore
 
 /// `postern replay`: reads decision logs, rebuilds each transaction from its record, replays
-/// them in timestamp order through a candidate policy and counts what would change.
+/// them in timestamp order through a candidate policy and counts what would change. With a
+/// sample store (`samples`), a transaction whose message was sampled is replayed with it, so
+/// the candidate's content rules read the message itself.
 public struct PolicyReplayRun {
     /// One transaction the candidate decides differently.
     public struct Change: Sendable, Equatable {
@@ -34,6 +38,10 @@ public struct PolicyReplayRun {
         public var unchanged = 0
         public var changed = 0
         public var notEvaluable = 0
+        /// Replayed transactions whose message came from the sample store.
+        public var sampled = 0
+        /// Samples that could not be read (the transaction is replayed without its message).
+        public var unreadableSamples: [String] = []
         /// Why records were not evaluable, with how many.
         public var notEvaluableReasons: [String: Int] = [:]
         /// `"WAS->NOW"` → how many.
@@ -54,14 +62,18 @@ public struct PolicyReplayRun {
     public var until: Int64?
     /// Changes kept per direction (0: all).
     public var examples: Int
+    /// The sample store's directory (`samples.directory`), when there is one.
+    public var samples: String?
 
-    public init(policy: Policy, relayControl: RelayControl, clock: ManualRateLimitClock, since: Int64? = nil, until: Int64? = nil, examples: Int = 10) {
+    public init(policy: Policy, relayControl: RelayControl, clock: ManualRateLimitClock, since: Int64? = nil, until: Int64? = nil, examples: Int = 10,
+                samples: String? = nil) {
         self.policy = policy
         self.relayControl = relayControl
         self.clock = clock
         self.since = since
         self.until = until
         self.examples = examples
+        self.samples = samples
     }
 
     /// A log that cannot be read.
@@ -234,6 +246,7 @@ public struct PolicyReplayRun {
     public func run(_ records: [LoggedDecision], report: inout Report) async {
         var replay = PolicyReplay(policy: policy, relayControl: relayControl, clock: clock)
         var kept: [String: Int] = [:]
+        let sampleFiles = samples.map(SampleStore.index) ?? [:]
         // Stable: records written in the same millisecond keep their order.
         let order = records.indices.sorted { (records[$0].timestamp, $0) < (records[$1].timestamp, $1) }
         for index in order {
@@ -243,7 +256,18 @@ public struct PolicyReplayRun {
             report.replayed += 1
             let outcome: PolicyReplay.Outcome
             switch Self.transaction(from: record) {
-            case .success(let transaction): outcome = await replay.replay(transaction)
+            case .success(var transaction):
+                if transaction.stage == .data, let id = record.id, let path = sampleFiles[id] {
+                    do {
+                        let sample = try SampleStore.read(path)
+                        let message = MIMEMessage.parse(Array(sample.message.prefix(Policy.contentScanLimit)))
+                        transaction.sample = SampledMessage(message, withheld: sample.withheld)
+                        report.sampled += 1
+                    } catch {
+                        report.unreadableSamples.append(error.description)
+                    }
+                }
+                outcome = await replay.replay(transaction)
             case .failure(let why): outcome = .notEvaluable(why.description)
             }
             switch outcome {
@@ -346,6 +370,8 @@ extension PolicyReplayRun.Report {
     public func text(policy: String, version: String) -> String {
         var lines = ["Replay of \(records) record\(records == 1 ? "" : "s") against \(policy) (version \(version))"]
         var totals = "  replayed \(replayed): unchanged \(unchanged), changed \(changed), not evaluable \(notEvaluable)"
+        if sampled > 0 { totals += "; \(sampled) with the message from the sample store" }
+        if !unreadableSamples.isEmpty { totals += "; \(unreadableSamples.count) sample\(unreadableSamples.count == 1 ? "" : "s") unreadable" }
         if records > replayed { totals += "; \(records - replayed) outside the time window" }
         if !malformed.isEmpty { totals += "; \(malformed.count) malformed line\(malformed.count == 1 ? "" : "s") skipped" }
         lines.append(totals)
@@ -383,6 +409,7 @@ extension PolicyReplayRun.Report {
             "policy": policy, "policy_version": version,
             "records": records, "replayed": replayed, "unchanged": unchanged, "changed": changed, "not_evaluable": notEvaluable,
             "malformed": malformed.count, "not_evaluable_reasons": notEvaluableReasons,
+            "sampled": sampled, "unreadable_samples": unreadableSamples.count,
             "by_change": byChange, "by_rule": byRule,
             "changes": changes.map { change -> [String: Any] in
                 var entry: [String: Any] = ["id": change.id, "ts": DecisionRecord.rfc3339(milliseconds: change.timestamp),

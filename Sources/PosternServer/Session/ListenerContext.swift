@@ -19,6 +19,8 @@ final class ListenerContext: Sendable {
     let decisionLog: DecisionLogWriter?
     /// The dashboard's view of the decisions, when the status endpoint serves one.
     let feed: DecisionFeed?
+    /// Where sampled messages are kept after their decision (`samples:`).
+    let samples: SampleStore?
     let metrics: PosternMetrics
     let policy: PolicyStore
     let authenticator: Authenticator?
@@ -44,9 +46,10 @@ final class ListenerContext: Sendable {
         tlsContext: NIOSSLContext?, decisionLog: DecisionLogWriter?, metrics: PosternMetrics, policy: PolicyStore,
         authenticator: Authenticator?, quarantine: String?, hostname: String, spool: PosternConfiguration.Spool,
         checks: [any StageCheck] = [], milters: [MilterFilter] = [], clientNames: ClientNameVerifier? = nil,
-        dnsLists: DNSListChecker? = nil, feed: DecisionFeed? = nil, logger: Logger, unsafeEarlyAck: Bool = false
+        dnsLists: DNSListChecker? = nil, feed: DecisionFeed? = nil, samples: SampleStore? = nil, logger: Logger, unsafeEarlyAck: Bool = false
     ) {
         self.feed = feed
+        self.samples = samples
         self.checks = checks
         self.clientNames = clientNames
         self.dnsLists = dnsLists

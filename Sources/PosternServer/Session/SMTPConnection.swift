@@ -288,6 +288,7 @@ final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
             return []
         case .record(let record):
             context.record(record)
+            if let samples = context.samples { work.offerSample(record, to: samples) }
             return []
         case .count(let event):
             context.count(event)

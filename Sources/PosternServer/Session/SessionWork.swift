@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import PosternFilters
+import PosternLog
 import PosternMIME
 import PosternPolicy
 import PosternSession
@@ -135,6 +136,13 @@ final class SessionWork {
     }
 
     // MARK: The spool
+
+    /// After a decision record: the sample store may keep the transaction's message (still
+    /// in the spool: the machine discards it after the record).
+    func offerSample(_ record: DecisionRecord, to samples: SampleStore) {
+        guard let spool, spoolFailure == nil else { return }
+        samples.offer(record, spool: spool)
+    }
 
     /// What an action gives at once, or that it must wait (for the thread pool).
     enum Immediate<Value> {
