@@ -18,7 +18,7 @@ TEST_PACKAGES := cmd:swaks=swaks perl:Net::SSLeay=libnet-ssleay-perl cmd:smtp-si
 	cmd:rspamd=rspamd cmd:opendkim=opendkim cmd:opendkim-genkey=opendkim-tools cmd:opendkim-testmsg=opendkim-tools \
 	cmd:opendmarc=opendmarc cmd:clamav-milter=clamav-milter cmd:clamd=clamav-daemon cmd:unshare=util-linux \
 	cmd:nsd=nsd cmd:ldns-signzone=ldnsutils cmd:ldns-keygen=ldnsutils \
-	cmd:chromium=chromium cmd:chromedriver=chromium-driver
+	cmd:chromium=chromium cmd:chromedriver=chromium-driver cmd:testssl=testssl.sh
 
 .PHONY: all build run test check deps test-deps clean bench-policy bench fuzz chaos chaos-broken
 

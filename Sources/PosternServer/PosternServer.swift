@@ -25,7 +25,8 @@ public final class PosternServer: Service, Sendable {
     private let pool: UpstreamPool
     private let registry = SessionRegistry()
     private let limiter: ConnectionLimiter
-    private let tlsContext: NIOSSLContext?
+    /// The STARTTLS certificate, reloaded in place (SIGHUP, file changes).
+    private let certificates: CertificateStore?
     private let decisionLog: DecisionLogWriter?
     /// Message samples for `postern replay` (`samples:`).
     private let samples: SampleStore?
@@ -88,7 +89,11 @@ public final class PosternServer: Service, Sendable {
         signal(SIGUSR1, SIG_IGN)
         // What `postern check` checks too (TLS files, maildirs, the policy, the decision log).
         let prepared = try ServerPreparation.validate(configuration, createDirectories: true, logger: logger, metrics: metrics)
-        tlsContext = prepared.tlsContext
+        if let files = configuration.tls, let context = prepared.tlsContext {
+            certificates = CertificateStore(files: files, context: context, logger: logger, counted: { metrics.certificateReload($0) })
+        } else {
+            certificates = nil
+        }
         policy = prepared.policy
         decisionLog = prepared.decisionLog
         samples = prepared.samples
@@ -139,7 +144,7 @@ public final class PosternServer: Service, Sendable {
         for (listener, server) in servers {
             let port = server.localAddress?.port ?? listener.port
             logger.notice("listening on \(listener.host.contains(":") ? "[\(listener.host)]" : listener.host):\(port)", metadata: [
-                "proxy_protocol": "\(listener.proxyProtocol)", "starttls": "\(tlsContext != nil)",
+                "proxy_protocol": "\(listener.proxyProtocol)", "starttls": "\(certificates != nil)",
             ])
         }
         var statusServer: StatusServer?
@@ -157,15 +162,18 @@ public final class PosternServer: Service, Sendable {
         }
         onListening?(addresses)
 
-        // SIGHUP (systemctl reload) rereads the policy and the AUTH credentials.
+        // SIGHUP (systemctl reload) rereads the policy, the AUTH credentials and the TLS certificate.
         let sighup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
-        sighup.setEventHandler { [policy, authenticator, logger] in
-            logger.notice("SIGHUP: reloading the policy\(authenticator == nil ? "" : " and the credentials")")
+        sighup.setEventHandler { [policy, authenticator, certificates, logger] in
+            let what = ["the policy"] + (authenticator == nil ? [] : ["the credentials"]) + (certificates == nil ? [] : ["the TLS certificate"])
+            logger.notice("SIGHUP: reloading \(what.joined(separator: ", "))")
             policy.reload()
             authenticator?.reload()
+            certificates?.reload()
         }
         sighup.resume()
         let credentialWatch = authenticator?.watchFile()
+        let certificateWatch = certificates?.watchFiles()
         let fileWatch = configuration.policy != nil ? policy.watchFiles() : nil
         // SIGUSR1: reopen the decision log (logrotate's postrotate).
         let sigusr1 = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
@@ -178,6 +186,7 @@ public final class PosternServer: Service, Sendable {
             sighup.cancel()
             fileWatch?.cancel()
             credentialWatch?.cancel()
+            certificateWatch?.cancel()
             sigusr1.cancel()
         }
         let serverChannels = servers.map { $0.1 }
@@ -238,7 +247,7 @@ public final class PosternServer: Service, Sendable {
                 .union(milters.reduce(into: Set<PolicyStage>()) { $0.formUnion($1.configuration.stages) }),
             authservID: resolver != nil && configuration.dns?.spf == true ? configuration.dns?.authservID ?? configuration.hostname : nil)
         return ListenerContext(
-            session: session, pool: pool, limiter: limiter, registry: registry, tlsContext: tlsContext, decisionLog: decisionLog,
+            session: session, pool: pool, limiter: limiter, registry: registry, certificates: certificates, decisionLog: decisionLog,
             metrics: metrics, policy: policy, authenticator: authenticator, quarantine: configuration.quarantine,
             hostname: configuration.hostname, spool: configuration.spool, checks: checks, milters: milters,
             clientNames: resolver.flatMap { resolver in

@@ -135,8 +135,9 @@ public struct ServerPreparation: Sendable {
         } catch {
             return .failure(Problem(description: "tls.private_key \(files.privateKey): not a PEM private key (\(error))"))
         }
-        let tls = TLSConfiguration.makeServerConfiguration(
+        var tls = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain.map { NIOSSLCertificateSource.certificate($0) }, privateKey: .privateKey(key))
+        files.policy.apply(to: &tls)
         do {
             return .success(try NIOSSLContext(configuration: tls))
         } catch NIOSSLError.failedToLoadPrivateKey {

@@ -161,6 +161,7 @@ public final class SMTPUpstreamSession: UpstreamConnection {
 
     private func startTLS(host: String) async throws(UpstreamError) {
         var tls = TLSConfiguration.makeClientConfiguration()
+        configuration.tlsPolicy.apply(to: &tls)
         if !configuration.verifyCertificate { tls.certificateVerification = .none }
         do {
             let context = try NIOSSLContext(configuration: tls)

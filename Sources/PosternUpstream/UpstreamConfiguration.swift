@@ -163,6 +163,8 @@ public struct UpstreamConfiguration: Hashable, Sendable {
     public var tls: UpstreamTLSMode = .opportunistic
     /// Verify the upstream's certificate chain and name (off only for lab setups).
     public var verifyCertificate = true
+    /// The TLS versions, suites and groups offered to the upstream (`tls_policy:`).
+    public var tlsPolicy = TLSPolicy()
     /// The name Postern gives in EHLO; the server's hostname when nil.
     public var heloName: String?
     public var credentials: UpstreamCredentials?

@@ -46,6 +46,24 @@ final class UpstreamTLSTests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertEqual(sink.messageCount, 0)
     }
 
+    func testTheUpstreamTLSPolicySetsTheOldestVersionPosternAccepts() throws {
+        let (cert, key) = try makeSelfSignedCertificate()
+        let sinkOptions = ["--tls-cert", cert.path, "--tls-key", key.path, "--tls-max-version", "1.2"]
+        // The default policy (TLS 1.2 and newer) takes an upstream that stops at TLS 1.2.
+        let (postern, sink) = try startPosternWithSink(sinkOptions: sinkOptions) {
+            $0.upstreamExtra = ["tls: require", "verify_certificate: false"]
+        }
+        XCTAssertEqual(try send(to: postern).code, 250)
+        XCTAssertEqual(sink.waitForMessages(1).first?.tlsVersion, "TLSv1.2")
+        // tls_policy: TLS 1.3 only: the same upstream's handshake fails, and the mail is tempfailed.
+        let strictSink = try startRecordingSink(sinkOptions, name: "strict-sink")
+        var config = PosternConfig(port: try Net.freePort(), upstreams: ["smtp://127.0.0.1:\(strictSink.port)"])
+        config.upstreamExtra = ["tls: require", "verify_certificate: false", "tls_policy: { min_version: \"1.3\" }"]
+        let reply = try send(to: try startPostern(config, name: "strict"))
+        XCTAssertTrue((400..<500).contains(reply.code), "TLS 1.2 upstream accepted under min_version 1.3: \(reply.text)")
+        XCTAssertEqual(strictSink.messageCount, 0)
+    }
+
     func testOpportunisticUpstreamTLSIsUsedWhenOffered() throws {
         let (cert, key) = try makeSelfSignedCertificate()
         let (postern, sink) = try startPosternWithSink(sinkOptions: ["--tls-cert", cert.path, "--tls-key", key.path]) {

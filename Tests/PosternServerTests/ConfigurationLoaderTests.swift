@@ -477,6 +477,37 @@ final class ConfigurationLoaderTests: XCTestCase {
         ])
     }
 
+    func testTLSPolicies() throws {
+        // A fixed path: the error columns below depend on its length.
+        let certificate = "/tmp/postern-tls-policy.pem"
+        XCTAssertTrue(FileManager.default.createFile(atPath: certificate, contents: Data("x".utf8)))
+        defer { try? FileManager.default.removeItem(atPath: certificate) }
+        let configuration = try load("""
+            upstreams:
+              - { url: "smtp://127.0.0.1:25", tls_policy: { min_version: "1.3" } }
+              - { url: "smtp://127.0.0.1:26" }
+            tls: { certificate: \(certificate), private_key: \(certificate), min_version: 1.0, ciphers: [ECDHE-RSA-AES128-GCM-SHA256, ECDHE-RSA-AES128-SHA], curves: [X25519, prime256v1] }
+            """)
+        let policy = try XCTUnwrap(configuration.tls?.policy)
+        XCTAssertEqual(policy, TLSPolicy(minimumVersion: .tls10, ciphers: ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA"], curves: ["X25519", "prime256v1"]))
+        XCTAssertEqual(configuration.upstreams.map(\.tlsPolicy.minimumVersion), [.tls13, .tls12])
+        // The defaults: TLS 1.2, Mozilla's intermediate suites; below 1.2 the CBC suites those versions need join.
+        XCTAssertEqual(TLSPolicy().effectiveCiphers, TLSPolicy.intermediateCiphers)
+        XCTAssertEqual(TLSPolicy(minimumVersion: .tls11).effectiveCiphers, TLSPolicy.intermediateCiphers + TLSPolicy.legacyCiphers)
+        XCTAssertTrue(TLSPolicy.intermediateCiphers.allSatisfy { $0.hasPrefix("ECDHE-") && !$0.hasSuffix("-SHA") })
+
+        XCTAssertEqual(errors("""
+            upstreams: [{ url: "smtp://127.0.0.1:25", tls_policy: { min_version: "2", ciphers: [] } }]
+            tls: { certificate: \(certificate), private_key: \(certificate), min_version: ssl3, ciphers: [RC4-MD5], curves: [X448] }
+            """), [
+            "test.yaml:2:105: tls.min_version must be \"1.0\", \"1.1\", \"1.2\" or \"1.3\"",
+            "test.yaml:2:120: tls.ciphers 'RC4-MD5' is not a TLS 1.2 cipher suite this build supports (one of: \(TLSPolicy.supportedCiphers.sorted().joined(separator: ", ")))",
+            "test.yaml:2:139: tls.curves 'X448' is not a group this build supports (one of: X25519, P-256, P-384, P-521, X25519MLKEM768)",
+            "test.yaml:1:70: tls_policy.min_version must be \"1.0\", \"1.1\", \"1.2\" or \"1.3\"",
+            "test.yaml:1:84: tls_policy.ciphers names no cipher suite",
+        ])
+    }
+
     func testSamples() throws {
         let configuration = try load("""
             upstreams: [{ url: "smtp://127.0.0.1:25" }]

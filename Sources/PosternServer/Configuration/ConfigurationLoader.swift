@@ -90,7 +90,7 @@ extension YAMLReader {
         }
         if let node = top["auth"] { configuration.authentication = authentication(node) }
         if let node = top["tls"] {
-            let entries = mapping(node, "tls", keys: ["certificate", "private_key"])
+            let entries = mapping(node, "tls", keys: ["certificate", "private_key", "min_version", "ciphers", "curves"])
             let certificate = entries["certificate"].flatMap { string($0, "tls.certificate") }.map { resolvedPath($0) }
             let key = entries["private_key"].flatMap { string($0, "tls.private_key") }.map { resolvedPath($0) }
             if let certificate, let key {
@@ -98,7 +98,7 @@ extension YAMLReader {
                 where !FileManager.default.isReadableFile(atPath: path) {
                     fail(entry, "cannot read \(path)")
                 }
-                configuration.tls = .init(certificate: certificate, privateKey: key)
+                configuration.tls = .init(certificate: certificate, privateKey: key, policy: tlsPolicy(entries, "tls"))
             } else {
                 fail(node, "tls needs both certificate and private_key")
             }
@@ -296,6 +296,25 @@ extension YAMLReader {
         }
     }
 
+    /// `min_version: "1.2", ciphers: [NAME…], curves: [X25519, P-256…]` of `tls:` or an upstream's `tls_policy:`.
+    mutating func tlsPolicy(_ entries: [String: Node], _ prefix: String) -> TLSPolicy {
+        var policy = TLSPolicy()
+        if let entry = entries["min_version"], let text = string(entry, "\(prefix).min_version") {
+            if let version = TLSPolicy.Version(rawValue: text) { policy.minimumVersion = version } else {
+                fail(entry, "\(prefix).min_version must be \"1.0\", \"1.1\", \"1.2\" or \"1.3\"")
+            }
+        }
+        if let entry = entries["ciphers"] {
+            let names = sequence(entry, "\(prefix).ciphers").compactMap { string($0, "\(prefix).ciphers") }
+            if let problem = TLSPolicy.cipherProblem(names) { fail(entry, "\(prefix).ciphers \(problem)") } else { policy.ciphers = names }
+        }
+        if let entry = entries["curves"] {
+            let names = sequence(entry, "\(prefix).curves").compactMap { string($0, "\(prefix).curves") }
+            if let problem = TLSPolicy.curveProblem(names) { fail(entry, "\(prefix).curves \(problem)") } else { policy.curves = names }
+        }
+        return policy
+    }
+
     /// `samples: { directory: PATH, fraction: 0.01, max_size: 256KB, keep: 7d, decisions: [accepted, …], body: true }`.
     mutating func samples(_ node: Node) -> SampleStore.Configuration? {
         let entries = mapping(node, "samples", keys: ["directory", "fraction", "max_size", "keep", "decisions", "body"])
@@ -478,6 +497,7 @@ extension YAMLReader {
     private mutating func upstream(_ node: Node) -> UpstreamConfiguration? {
         let entries = mapping(node, "an upstream", keys: [
             "url", "tls", "verify_certificate", "helo_name", "auth", "timeouts", "forward_client", "idle_connections", "idle_timeout",
+            "tls_policy",
         ])
         guard let urlNode = entries["url"] else {
             fail(node, "an upstream needs a url (smtp://HOST:PORT or maildir:PATH)")
@@ -493,6 +513,9 @@ extension YAMLReader {
             if let mode = UpstreamTLSMode(rawValue: text) { upstream.tls = mode } else { fail(entry, "tls must be require, opportunistic or off") }
         }
         if let entry = entries["verify_certificate"], let value = bool(entry, "verify_certificate") { upstream.verifyCertificate = value }
+        if let entry = entries["tls_policy"] {
+            upstream.tlsPolicy = tlsPolicy(mapping(entry, "tls_policy", keys: ["min_version", "ciphers", "curves"]), "tls_policy")
+        }
         if let entry = entries["forward_client"], let text = string(entry, "forward_client") {
             if let mode = ForwardClientMode(rawValue: text) { upstream.forwardClient = mode } else {
                 fail(entry, "forward_client must be auto, xclient, xforward or off")

@@ -49,9 +49,12 @@ public struct PosternConfiguration: Sendable {
     public struct TLSFiles: Hashable, Sendable {
         public var certificate: String
         public var privateKey: String
-        public init(certificate: String, privateKey: String) {
+        /// What STARTTLS negotiates (`min_version`, `ciphers`, `curves`).
+        public var policy: TLSPolicy
+        public init(certificate: String, privateKey: String, policy: TLSPolicy = TLSPolicy()) {
             self.certificate = certificate
             self.privateKey = privateKey
+            self.policy = policy
         }
     }
 

@@ -17,6 +17,7 @@ public final class PosternMetrics: Sendable {
     private let upstreamLatency: DurationHistogram
     private let decisionLogWriteErrors: Counter
     private let samples: LabelledMetric<Counter>
+    private let certificateReloads: LabelledMetric<Counter>
     private let relayDeniedTotal: Counter
     private let transactions: LabelledMetric<Counter>
     private let connectionsRefused: LabelledMetric<Counter>
@@ -72,6 +73,9 @@ public final class PosternMetrics: Sendable {
             labels: ["upstream", "kind"])
         samples = counter(
             "samples_total", "Message samples (samples:) by result: written, too_large, dropped (the writer was behind), failed.",
+            labels: ["result"])
+        certificateReloads = counter(
+            "tls_certificate_reloads_total", "Reloads of the STARTTLS certificate and key (SIGHUP, file changes), by result: success, failure.",
             labels: ["result"])
         tlsSessions = counter("tls_sessions_total", "STARTTLS handshakes completed, by TLS version.", labels: ["version"])
         policyReloads = counter("policy_reloads_total", "Policy loads and reloads by result.", labels: ["result"])
@@ -190,6 +194,11 @@ public final class PosternMetrics: Sendable {
 
     func decisionLogWriteError() {
         decisionLogWriteErrors.increment()
+    }
+
+    /// A reload of the STARTTLS certificate: success, failure (the old one stays).
+    func certificateReload(_ result: String) {
+        certificateReloads(result).increment()
     }
 
     /// A message sample's result (written, too_large, dropped, failed).

@@ -15,7 +15,8 @@ final class ListenerContext: Sendable {
     let pool: UpstreamPool
     let limiter: ConnectionLimiter
     let registry: SessionRegistry
-    let tlsContext: NIOSSLContext?
+    /// The STARTTLS certificate in force, when `tls:` is configured.
+    let certificates: CertificateStore?
     let decisionLog: DecisionLogWriter?
     /// The dashboard's view of the decisions, when the status endpoint serves one.
     let feed: DecisionFeed?
@@ -43,7 +44,7 @@ final class ListenerContext: Sendable {
 
     init(
         session: SessionConfiguration, pool: UpstreamPool, limiter: ConnectionLimiter, registry: SessionRegistry,
-        tlsContext: NIOSSLContext?, decisionLog: DecisionLogWriter?, metrics: PosternMetrics, policy: PolicyStore,
+        certificates: CertificateStore?, decisionLog: DecisionLogWriter?, metrics: PosternMetrics, policy: PolicyStore,
         authenticator: Authenticator?, quarantine: String?, hostname: String, spool: PosternConfiguration.Spool,
         checks: [any StageCheck] = [], milters: [MilterFilter] = [], clientNames: ClientNameVerifier? = nil,
         dnsLists: DNSListChecker? = nil, feed: DecisionFeed? = nil, samples: SampleStore? = nil, logger: Logger, unsafeEarlyAck: Bool = false
@@ -58,7 +59,7 @@ final class ListenerContext: Sendable {
         self.pool = pool
         self.limiter = limiter
         self.registry = registry
-        self.tlsContext = tlsContext
+        self.certificates = certificates
         self.decisionLog = decisionLog
         self.metrics = metrics
         self.policy = policy

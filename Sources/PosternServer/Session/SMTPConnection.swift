@@ -438,7 +438,7 @@ final class SMTPConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// before it has read the 220.
     private func startTLS() -> [SessionAction] {
         flush()
-        guard let tlsContext = context.tlsContext, let handlerContext else { return machine.clientClosed(now: Self.now()) }
+        guard let tlsContext = context.certificates?.context, let handlerContext else { return machine.clientClosed(now: Self.now()) }
         do {
             try handlerContext.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext), position: .first)
             return []

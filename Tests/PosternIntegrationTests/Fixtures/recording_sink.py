@@ -45,6 +45,8 @@ class Config:
         if args.tls_cert:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(args.tls_cert, args.tls_key or args.tls_cert)
+            if args.tls_max_version:
+                ctx.maximum_version = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[args.tls_max_version]
             self.tls_context = ctx
         self.seq = 0
         self.conn_seq = 0
@@ -416,6 +418,7 @@ class Handler(socketserver.BaseRequestHandler):
             "helo": self.helo,
             "via": via,
             "tls": self.tls,
+            "tls_version": self.request.version() if self.tls else None,
             "size": len(body),
             "connection": self.cid,
             "client": "%s:%d" % self.client_address,
@@ -457,6 +460,7 @@ def main():
     ap.add_argument("--greeting-code", type=int, choices=[220, 421, 554], default=220)
     ap.add_argument("--tls-cert", default=None, help="advertise STARTTLS with this cert (PEM)")
     ap.add_argument("--tls-key", default=None)
+    ap.add_argument("--tls-max-version", default=None, choices=["1.2", "1.3"], help="the newest TLS version to negotiate")
     ap.add_argument("--vulnerable-starttls", action="store_true",
                     help="keep plaintext pipelined after STARTTLS (test-the-test only)")
     args = ap.parse_args()

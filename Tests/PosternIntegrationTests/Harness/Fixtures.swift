@@ -17,6 +17,8 @@ struct RecordedMessage {
     var helo: String? { envelope["helo"] as? String }
     var via: String? { envelope["via"] as? String }
     var tls: Bool { envelope["tls"] as? Bool ?? false }
+    /// The TLS version the upstream transaction negotiated (`TLSv1.3`), when it used STARTTLS.
+    var tlsVersion: String? { envelope["tls_version"] as? String }
     var text: String { String(decoding: data, as: UTF8.self) }
 
     /// The message split into the `Received:` block Postern prepends and the rest.
