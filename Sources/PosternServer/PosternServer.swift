@@ -111,10 +111,14 @@ public final class PosternServer: Service, Sendable {
         // (only while its actions wait) runs on its connection's loop.
         let executors = Dictionary(uniqueKeysWithValues: group.makeIterator().map { (ObjectIdentifier($0), EventLoopTaskExecutor($0)) })
         var servers: [(PosternConfiguration.Listener, Channel)] = []
+        // Sockets systemd holds for us (socket activation): a listener bound to the same
+        // address and port takes its socket instead of binding, so a restart refuses nothing.
+        let inherited = Systemd.takeListeningSockets()
+        var taken: Set<Int32> = []
         for listener in configuration.listeners {
             let context = makeContext(for: listener)
             do {
-                let server = try await ServerBootstrap(group: group)
+                let bootstrap = ServerBootstrap(group: group)
                     .serverChannelOption(.backlog, value: 512)
                     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                     .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -132,12 +136,28 @@ public final class PosternServer: Service, Sendable {
                                 SMTPInboundEventHandler(), SMTPConnection(channel: channel, peer: peer, context: context, executor: executor))
                         }
                     }
-                    .bind(host: listener.host, port: listener.port).get()
+                let server: Channel
+                if let socket = Systemd.socket(for: listener.host, port: listener.port, in: inherited) {
+                    server = try await bootstrap.withBoundSocket(socket.descriptor).get()
+                    taken.insert(socket.descriptor)
+                    logger.info("listener on a socket from systemd", metadata: [
+                        "address": "\(listener.host):\(listener.port)", "fd": "\(socket.descriptor)", "name": "\(socket.name)",
+                    ])
+                } else {
+                    server = try await bootstrap.bind(host: listener.host, port: listener.port).get()
+                }
                 servers.append((listener, server))
             } catch {
                 for (_, server) in servers { try? await server.close() }
                 throw StartupError(description: "cannot listen on \(listener.description): \(error)")
             }
+        }
+        for socket in inherited where !taken.contains(socket.descriptor) {
+            logger.warning("systemd passed a socket that no listener is configured for; it is closed", metadata: [
+                "fd": "\(socket.descriptor)", "name": "\(socket.name)",
+                "address": "\(socket.address.map { "\($0)" } ?? "?"):\(socket.port.map(String.init) ?? "?")",
+            ])
+            close(socket.descriptor)
         }
         let addresses = servers.compactMap { $0.1.localAddress }
         bound.withLock { $0 = addresses }
@@ -161,15 +181,21 @@ public final class PosternServer: Service, Sendable {
             statusServer = server
         }
         onListening?(addresses)
+        // Type=notify: ready once every listener (and the status endpoint) is up; the policy
+        // was compiled and the upstream probes started before.
+        Systemd.notify("READY=1\nSTATUS=listening on \(configuration.listeners.map(\.description).joined(separator: ", ")); "
+            + "\(configuration.upstreams.count) upstream(s)")
 
         // SIGHUP (systemctl reload) rereads the policy, the AUTH credentials and the TLS certificate.
         let sighup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
         sighup.setEventHandler { [policy, authenticator, certificates, logger] in
             let what = ["the policy"] + (authenticator == nil ? [] : ["the credentials"]) + (certificates == nil ? [] : ["the TLS certificate"])
             logger.notice("SIGHUP: reloading \(what.joined(separator: ", "))")
+            Systemd.notify("RELOADING=1\nMONOTONIC_USEC=\(Systemd.monotonicMicroseconds())")
             policy.reload()
             authenticator?.reload()
             certificates?.reload()
+            Systemd.notify("READY=1\nSTATUS=reloaded; policy \(policy.policy.version)")
         }
         sighup.resume()
         let credentialWatch = authenticator?.watchFile()
@@ -210,6 +236,7 @@ public final class PosternServer: Service, Sendable {
                 registry.closeAll()
             }
         } onGracefulShutdown: { [registry, logger, configuration, group] in
+            Systemd.notify("STOPPING=1\nSTATUS=shutting down: sessions finish their transactions")
             logger.notice("shutting down: no new connections; sessions finish their transactions", metadata: [
                 "sessions": "\(registry.count)", "grace_period_s": "\(configuration.shutdownGracePeriod.nanoseconds / 1_000_000_000)",
             ])

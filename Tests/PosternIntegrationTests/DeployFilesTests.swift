@@ -48,6 +48,22 @@ final class DeployFilesTests: IntegrationTestCase, @unchecked Sendable {
         XCTAssertEqual(complaints, [], "systemd-analyze verify complained about the unit")
     }
 
+    /// The socket unit, verified beside its service; its address is the example configuration's
+    /// listener, so Postern takes the socket instead of binding.
+    func testSystemdSocketUnitPassesVerifyAndMatchesTheExampleListener() throws {
+        let service = try unitCopy()
+        let socket = service.deletingLastPathComponent().appendingPathComponent("postern.socket")
+        let text = try deployFile("systemd/postern.socket")
+        try text.write(to: socket, atomically: true, encoding: .utf8)
+        let (status, complaints) = try verify(socket)
+        XCTAssertEqual(status, 0, complaints.joined(separator: "\n"))
+        XCTAssertEqual(complaints, [], "systemd-analyze verify complained about the socket unit")
+        let listens = text.split(separator: "\n").filter { $0.hasPrefix("ListenStream=") }.map { String($0.dropFirst("ListenStream=".count)) }
+        XCTAssertEqual(listens, ["0.0.0.0:25"])
+        XCTAssertTrue(try deployFile("postern.yaml").contains("  - address: 0.0.0.0:25"))
+        XCTAssertTrue(text.contains("Service=postern.service"))
+    }
+
     /// The check above can fail: an unknown directive and a bad value are reported.
     func testSystemdAnalyzeVerifyCatchesAMistakeInTheUnit() throws {
         let broken = try unitCopy {
@@ -65,6 +81,8 @@ final class DeployFilesTests: IntegrationTestCase, @unchecked Sendable {
         func value(_ key: String) -> String? {
             directives.first { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) }
         }
+        XCTAssertEqual(value("Type"), "notify")
+        XCTAssertEqual(value("NotifyAccess"), "main")
         XCTAssertEqual(value("User"), "postern")
         XCTAssertEqual(value("AmbientCapabilities"), "CAP_NET_BIND_SERVICE")
         XCTAssertEqual(value("CapabilityBoundingSet"), "CAP_NET_BIND_SERVICE")
