@@ -32,6 +32,17 @@ final class ReplayCLITests: IntegrationTestCase, @unchecked Sendable {
 
         """
 
+    /// A candidate with one body rule: the record alone cannot answer it.
+    private static let bodyCandidate = """
+        version: 1
+        rules:
+          - id: body-check
+            stage: data
+            if: { body: { regex: viagra } }
+            then: reject
+
+        """
+
     private struct Live {
         var postern: PosternServer
         var config: URL
@@ -178,15 +189,7 @@ final class ReplayCLITests: IntegrationTestCase, @unchecked Sendable {
     func testContentRulesTheRecordCannotAnswerAreNotEvaluable() throws {
         let live = try startLive()
         _ = try liveTraffic(live)
-        let candidate = try writeConfig("""
-            version: 1
-            rules:
-              - id: body-check
-                stage: data
-                if: { body: { regex: viagra } }
-                then: reject
-
-            """, name: "content.yaml")
+        let candidate = try writeConfig(Self.bodyCandidate, name: "content.yaml")
         let result = try replay(["--policy", candidate.path, "--json", live.decisionLog.path], config: live.config)
         XCTAssertEqual(result.status, 0, result.description)
         let report = json(result)
@@ -236,15 +239,7 @@ final class ReplayCLITests: IntegrationTestCase, @unchecked Sendable {
         // The candidate's body rule reads the samples (the configuration's samples.directory):
         // the spam it would refuse, the ham it would not; the unsampled large message stays
         // not evaluable.
-        let candidate = try writeConfig("""
-            version: 1
-            rules:
-              - id: body-check
-                stage: data
-                if: { body: { regex: viagra } }
-                then: reject
-
-            """, name: "content.yaml")
+        let candidate = try writeConfig(Self.bodyCandidate, name: "content.yaml")
         let result = try replay(["--policy", candidate.path, "--json", live.decisionLog.path], config: live.config)
         XCTAssertEqual(result.status, 0, result.description)
         let report = json(result)
