@@ -19,10 +19,21 @@ import Synchronization
 /// shutdown stops accepting, lets transactions in flight finish, says 421 to idle sessions,
 /// and closes what is left after the grace period.
 public final class PosternServer: Service, Sendable {
+    /// The configuration the server started with (see `live` for what a reload changed).
     public let configuration: PosternConfiguration
     private let group: EventLoopGroup
     private let logger: Logger
-    private let pool: UpstreamPool
+    /// What a configuration reload replaces in one swap: new sessions take their listener's
+    /// context from here; sessions in flight keep the one they started with.
+    private struct Live: Sendable {
+        var configuration: PosternConfiguration
+        var pool: UpstreamPool
+        /// One per listener, in `configuration.listeners` order (filled when listening).
+        var contexts: [ListenerContext] = []
+    }
+    private let live: Mutex<Live>
+    /// Reads the configuration again for a reload (SIGHUP); nil: nothing to reread.
+    private let configurationSource: (@Sendable () throws -> PosternConfiguration)?
     private let registry = SessionRegistry()
     private let limiter: ConnectionLimiter
     /// The STARTTLS certificate, reloaded in place (SIGHUP, file changes).
@@ -34,7 +45,6 @@ public final class PosternServer: Service, Sendable {
     private let resolver: DNSResolver?
     /// AUTH credentials and lockout, when `auth` is configured.
     private let authenticator: Authenticator?
-    private let relayControl: RelayControl
     /// The policy servers, asked at their stages by every session.
     private let policyServices: [PolicyServiceClient]
     /// The milter filters; each session has its own connection to each.
@@ -60,9 +70,11 @@ public final class PosternServer: Service, Sendable {
         configuration: PosternConfiguration, logger: Logger,
         group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         version: String = "dev",
-        onListening: (@Sendable ([SocketAddress]) -> Void)? = nil
+        onListening: (@Sendable ([SocketAddress]) -> Void)? = nil,
+        configurationSource: (@Sendable () throws -> PosternConfiguration)? = nil
     ) throws {
         self.configuration = configuration
+        self.configurationSource = configurationSource
         let metrics = PosternMetrics(version: version)
         self.metrics = metrics
         feed = configuration.metrics == nil ? nil : DecisionFeed(privacy: configuration.decisionLogPrivacy)
@@ -73,16 +85,12 @@ public final class PosternServer: Service, Sendable {
         if unsafeEarlyAck {
             logger.critical("POSTERN_TEST_UNSAFE_EARLY_ACK=1: TEST ONLY, UNSAFE: messages are answered 250 before the upstream has them")
         }
-        self.relayControl = RelayControl(relayDomains: configuration.relayDomains, trustedNetworks: configuration.trustedNetworks)
         self.authenticator = configuration.authentication.map { Authenticator(settings: $0, logger: logger) }
         self.limiter = ConnectionLimiter(
             maximumTotal: configuration.limits.maxConnections, maximumPerAddress: configuration.limits.maxConnectionsPerIP)
         self.policyServices = configuration.policyServices.map { PolicyServiceClient(configuration: $0, group: group, logger: logger) }
         self.milters = configuration.milters.map { MilterFilter(configuration: $0, hostname: configuration.hostname, group: group, logger: logger) }
-        self.pool = UpstreamPool(
-            upstreams: configuration.upstreams, retryAfter: configuration.upstreamRetryAfter, probe: configuration.upstreamProbe,
-            heloName: configuration.hostname, group: group, logger: logger,
-            events: UpstreamEvents(failed: { metrics.upstreamFailure(upstream: $0, kind: $1.rawValue) }))
+        live = Mutex(Live(configuration: configuration, pool: Self.makePool(configuration, group: group, logger: logger, metrics: metrics)))
         // SIGHUP would end the process until its handler is installed in run(): ignore it from
         // the start (a reload that early has nothing to reload).
         signal(SIGHUP, SIG_IGN)
@@ -115,8 +123,12 @@ public final class PosternServer: Service, Sendable {
         // address and port takes its socket instead of binding, so a restart refuses nothing.
         let inherited = Systemd.takeListeningSockets()
         var taken: Set<Int32> = []
-        for listener in configuration.listeners {
-            let context = makeContext(for: listener)
+        let contexts = live.withLock { live in
+            live.contexts = live.configuration.listeners.map { makeContext(for: $0, in: live.configuration, pool: live.pool) }
+            return live.contexts
+        }
+        for (index, listener) in configuration.listeners.enumerated() {
+            let initial = contexts[index]
             do {
                 let bootstrap = ServerBootstrap(group: group)
                     .serverChannelOption(.backlog, value: 512)
@@ -130,6 +142,8 @@ public final class PosternServer: Service, Sendable {
                         channel.eventLoop.makeCompletedFuture {
                             let remote = channel.remoteAddress
                             let peer = ClientEndpoint(address: remote?.ipAddress.flatMap(IPAddress.init) ?? .v4(0), port: remote?.port ?? 0)
+                            // The context in force when the connection arrives (a reload may have swapped it).
+                            let context = self.live.withLock { $0.contexts.indices.contains(index) ? $0.contexts[index] : initial }
                             let loop = channel.eventLoop
                             let executor = executors[ObjectIdentifier(loop)] ?? EventLoopTaskExecutor(loop)
                             try channel.pipeline.syncOperations.addHandlers(
@@ -169,7 +183,7 @@ public final class PosternServer: Service, Sendable {
         }
         var statusServer: StatusServer?
         if let address = configuration.metrics {
-            let server = StatusServer(host: address.host, port: address.port, metrics: metrics, pool: pool, policy: policy,
+            let server = StatusServer(host: address.host, port: address.port, metrics: metrics, pool: { self.live.withLock { $0.pool } }, policy: policy,
                                       feed: feed ?? DecisionFeed(), group: group, logger: logger)
             do {
                 let bound = try await server.bind()
@@ -189,9 +203,10 @@ public final class PosternServer: Service, Sendable {
         // SIGHUP (systemctl reload) rereads the policy, the AUTH credentials and the TLS certificate.
         let sighup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
         sighup.setEventHandler { [policy, authenticator, certificates, logger] in
-            let what = ["the policy"] + (authenticator == nil ? [] : ["the credentials"]) + (certificates == nil ? [] : ["the TLS certificate"])
+            let what = (self.configurationSource == nil ? [] : ["the configuration"]) + ["the policy"] + (authenticator == nil ? [] : ["the credentials"]) + (certificates == nil ? [] : ["the TLS certificate"])
             logger.notice("SIGHUP: reloading \(what.joined(separator: ", "))")
             Systemd.notify("RELOADING=1\nMONOTONIC_USEC=\(Systemd.monotonicMicroseconds())")
+            self.reloadConfiguration()
             policy.reload()
             authenticator?.reload()
             certificates?.reload()
@@ -247,6 +262,7 @@ public final class PosternServer: Service, Sendable {
                 registry.closeAll()
             }
         }
+        let pool = live.withLock { $0.pool }
         pool.stopProbing()
         await pool.closeIdle()
         for service in policyServices { service.close() }
@@ -256,7 +272,64 @@ public final class PosternServer: Service, Sendable {
     }
 
     /// What `listener`'s sessions share.
-    private func makeContext(for listener: PosternConfiguration.Listener) -> ListenerContext {
+    private static func makePool(_ configuration: PosternConfiguration, group: EventLoopGroup, logger: Logger, metrics: PosternMetrics) -> UpstreamPool {
+        UpstreamPool(
+            upstreams: configuration.upstreams, retryAfter: configuration.upstreamRetryAfter, probe: configuration.upstreamProbe,
+            heloName: configuration.hostname, group: group, logger: logger,
+            events: UpstreamEvents(failed: { metrics.upstreamFailure(upstream: $0, kind: $1.rawValue) }))
+    }
+
+    /// SIGHUP: reads the configuration again and applies, in one swap, what can change without
+    /// a new listener (`ConfigurationChanges`); what needs a restart is logged and left as it
+    /// is. A configuration with errors changes nothing. Returns what changed.
+    @discardableResult
+    func reloadConfiguration() -> ConfigurationChanges? {
+        guard let configurationSource else { return nil }
+        let new: PosternConfiguration
+        do {
+            new = try configurationSource()
+        } catch {
+            metrics.configurationReload("failure")
+            logger.error("configuration not reloaded; the one in force stays", metadata: ["error": "\(error)"])
+            return nil
+        }
+        let old = live.withLock { $0.configuration }
+        let changes = ConfigurationChanges(from: old, to: new)
+        if !changes.needRestart.isEmpty {
+            logger.warning("configuration changes that need a restart were not applied", metadata: ["keys": "\(changes.needRestart.joined(separator: ", "))"])
+        }
+        guard !changes.applied.isEmpty else {
+            metrics.configurationReload(changes.needRestart.isEmpty ? "unchanged" : "restart_needed")
+            return changes
+        }
+        let applied = ConfigurationChanges.applying(new, to: old)
+        for upstream in applied.upstreams {
+            guard case .maildir(let path) = upstream.target, let problem = ServerPreparation.maildirProblem(path, create: true) else { continue }
+            metrics.configurationReload("failure")
+            logger.error("configuration not reloaded; the one in force stays", metadata: ["error": "upstream maildir:\(path): \(problem)"])
+            return nil
+        }
+        let replaced: UpstreamPool? = live.withLock { live in
+            let previous = live.pool
+            if changes.upstreamsChanged { live.pool = Self.makePool(applied, group: group, logger: logger, metrics: metrics) }
+            live.configuration = applied
+            live.contexts = applied.listeners.map { makeContext(for: $0, in: applied, pool: live.pool) }
+            return live.pool === previous ? nil : previous
+        }
+        limiter.setLimits(maximumTotal: applied.limits.maxConnections, maximumPerAddress: applied.limits.maxConnectionsPerIP)
+        if let replaced {
+            // Its kept connections go to upstreams no longer configured, or under old settings;
+            // those still serving a session close when it ends (they are not kept again).
+            replaced.stopProbing()
+            Task { await replaced.closeIdle() }
+        }
+        metrics.configurationReload("success")
+        logger.notice("configuration reloaded", metadata: ["changed": "\(changes.applied.joined(separator: ", "))"])
+        return changes
+    }
+
+    private func makeContext(for listener: PosternConfiguration.Listener, in configuration: PosternConfiguration, pool: UpstreamPool) -> ListenerContext {
+        let relayControl = RelayControl(relayDomains: configuration.relayDomains, trustedNetworks: configuration.trustedNetworks)
         var timeouts = SessionTimeouts()
         timeouts.command = configuration.timeouts.command
         timeouts.data = configuration.timeouts.data

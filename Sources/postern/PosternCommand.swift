@@ -129,7 +129,9 @@ extension Postern {
             let logger = Logger(label: "postern")
             let server: PosternServer
             do {
-                server = try PosternServer(configuration: configuration, logger: logger, version: PosternVersion.current)
+                // SIGHUP reads the same file with the same command-line overrides.
+                server = try PosternServer(configuration: configuration, logger: logger, version: PosternVersion.current,
+                                           configurationSource: { [options] in try options.load() })
             } catch {
                 logger.critical("cannot start: \(error)")
                 throw ExitCode(1)

@@ -18,6 +18,7 @@ public final class PosternMetrics: Sendable {
     private let decisionLogWriteErrors: Counter
     private let samples: LabelledMetric<Counter>
     private let certificateReloads: LabelledMetric<Counter>
+    private let configurationReloads: LabelledMetric<Counter>
     private let relayDeniedTotal: Counter
     private let transactions: LabelledMetric<Counter>
     private let connectionsRefused: LabelledMetric<Counter>
@@ -73,6 +74,10 @@ public final class PosternMetrics: Sendable {
             labels: ["upstream", "kind"])
         samples = counter(
             "samples_total", "Message samples (samples:) by result: written, too_large, dropped (the writer was behind), failed.",
+            labels: ["result"])
+        configurationReloads = counter(
+            "config_reloads_total",
+            "Reloads of the configuration file (SIGHUP), by result: success, unchanged, restart_needed (only keys that need a restart changed), failure.",
             labels: ["result"])
         certificateReloads = counter(
             "tls_certificate_reloads_total", "Reloads of the STARTTLS certificate and key (SIGHUP, file changes), by result: success, failure.",
@@ -194,6 +199,11 @@ public final class PosternMetrics: Sendable {
 
     func decisionLogWriteError() {
         decisionLogWriteErrors.increment()
+    }
+
+    /// A reload of the configuration file: success, unchanged, restart_needed, failure.
+    func configurationReload(_ result: String) {
+        configurationReloads(result).increment()
     }
 
     /// A reload of the STARTTLS certificate: success, failure (the old one stays).

@@ -16,14 +16,15 @@ final class StatusServer: Service, Sendable {
     private let host: String
     private let port: Int
     private let metrics: PosternMetrics
-    private let pool: UpstreamPool
+    /// The pool in force (a configuration reload may replace it).
+    private let pool: @Sendable () -> UpstreamPool
     private let policy: PolicyStore
     private let feed: DecisionFeed
     private let logger: Logger
     private let group: EventLoopGroup
     private let channel = Mutex<Channel?>(nil)
 
-    init(host: String, port: Int, metrics: PosternMetrics, pool: UpstreamPool, policy: PolicyStore, feed: DecisionFeed,
+    init(host: String, port: Int, metrics: PosternMetrics, pool: @escaping @Sendable () -> UpstreamPool, policy: PolicyStore, feed: DecisionFeed,
          group: EventLoopGroup, logger: Logger) {
         self.host = host
         self.port = port
@@ -46,7 +47,7 @@ final class StatusServer: Service, Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(StatusHandler(metrics: metrics, pool: pool, policy: policy, feed: feed))
+                    try channel.pipeline.syncOperations.addHandler(StatusHandler(metrics: metrics, pool: pool(), policy: policy, feed: feed))
                 }
             }
             .bind(host: host, port: port).get()
@@ -108,7 +109,6 @@ private final class StatusHandler: ChannelInboundHandler {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "text/event-stream; charset=utf-8")
         headers.add(name: "Cache-Control", value: "no-cache")
-        context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: .ok, headers: headers))), promise: nil)
         let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
         let eventLoop = context.eventLoop
         let handler = NIOLoopBound(self, eventLoop: eventLoop)
@@ -121,6 +121,9 @@ private final class StatusHandler: ChannelInboundHandler {
                 context.writeAndFlush(handler.value.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "data: \(line)\n\n")))), promise: nil)
             }
         }
+        // Subscribed before the client hears 200: a stream it sees open is counted against
+        // the limit (another connection may be handled on another event loop at once).
+        context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: .ok, headers: headers))), promise: nil)
         keepAlive = eventLoop.scheduleRepeatedTask(initialDelay: .seconds(15), delay: .seconds(15)) { _ in
             let context = loopBound.value
             context.writeAndFlush(handler.value.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: ": keep-alive\n\n")))), promise: nil)

@@ -8,21 +8,27 @@ public final class ConnectionLimiter: Sendable {
         case perAddress(Int)
     }
 
-    private let maximumTotal: Int
-    private let maximumPerAddress: Int
-    private let state = Mutex<(total: Int, perAddress: [IPAddress: Int])>((0, [:]))
+    private let state: Mutex<(total: Int, perAddress: [IPAddress: Int], maximumTotal: Int, maximumPerAddress: Int)>
 
     public init(maximumTotal: Int, maximumPerAddress: Int) {
-        self.maximumTotal = maximumTotal
-        self.maximumPerAddress = maximumPerAddress
+        state = Mutex((0, [:], maximumTotal, maximumPerAddress))
+    }
+
+    /// New limits (a configuration reload): sessions already open keep their slots; new ones
+    /// are judged by these.
+    public func setLimits(maximumTotal: Int, maximumPerAddress: Int) {
+        state.withLock {
+            $0.maximumTotal = maximumTotal
+            $0.maximumPerAddress = maximumPerAddress
+        }
     }
 
     /// Takes a slot for `address`, or says which limit refuses it. A taken slot must be released.
     public func acquire(_ address: IPAddress) -> Refusal? {
         state.withLock { state in
-            if state.total >= maximumTotal { return .total(maximumTotal) }
+            if state.total >= state.maximumTotal { return .total(state.maximumTotal) }
             let current = state.perAddress[address, default: 0]
-            if current >= maximumPerAddress { return .perAddress(maximumPerAddress) }
+            if current >= state.maximumPerAddress { return .perAddress(state.maximumPerAddress) }
             state.total += 1
             state.perAddress[address] = current + 1
             return nil

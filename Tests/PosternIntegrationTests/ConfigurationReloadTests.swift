@@ -1,0 +1,102 @@
+import Foundation
+import XCTest
+
+/// SIGHUP rereads the configuration file: what can change without a new listener applies to
+/// new sessions at once, under load, with nothing dropped; a file with errors changes nothing;
+/// a change that needs a new listener is reported and the rest still applies.
+final class ConfigurationReloadTests: IntegrationTestCase, @unchecked Sendable {
+    private func config(port: Int, metricsPort: Int, upstream: Int, domains: [String], messageSize: String, listenPort: Int? = nil,
+                        commandTimeout: String = "5m") -> String {
+        """
+        listen: [{ address: 127.0.0.1:\(listenPort ?? port) }]
+        metrics: 127.0.0.1:\(metricsPort)
+        upstreams: [{ url: "smtp://127.0.0.1:\(upstream)", idle_connections: 4 }]
+        relay_domains: [\(domains.joined(separator: ", "))]
+        # The test's client is 127.0.0.1: not trusted, so relay control applies to it.
+        trusted_networks: []
+        limits: { message_size: \(messageSize) }
+        timeouts: { command: \(commandTimeout) }
+
+        """
+    }
+
+    func testAReloadUnderLoadAppliesToNewSessionsAndDropsNothing() throws {
+        let first = try startRecordingSink(name: "first")
+        let second = try startRecordingSink(name: "second")
+        let port = try Net.freePort(), metricsPort = try Net.freePort()
+        let file = try writeConfig(config(port: port, metricsPort: metricsPort, upstream: first.port, domains: ["example.test"], messageSize: "25MiB"),
+                                   name: "postern.yaml")
+        let postern = try startPostern(arguments: ["serve", "--config", file.path], port: port, configURL: file)
+        let refused = try runSwaks(port: port, ["--from", "a@client.test", "--to", "r@new.test"])
+        XCTAssertTrue(refused.output.contains("554 5.7.1"), refused.description)
+
+        // 20 sessions sending; the reload comes while they are at it.
+        let python = try requirePython()
+        let out = try makeDirectory("sent")
+        let bulk = try launch("bulk", python, [Paths.fixture("send_bulk.py").path, "--port", "\(port)", "--count", "600",
+                                               "--connections", "20", "--out", out.path, "--to", "r@example.test"])
+        XCTAssertTrue(waitUntil(timeout: 60) { first.messageCount >= 50 }, first.transcript)
+        try config(port: port, metricsPort: metricsPort, upstream: second.port, domains: ["example.test", "new.test"], messageSize: "1MB",
+                   commandTimeout: "4m").write(to: file, atomically: true, encoding: .utf8)
+        postern.process.signal(SIGHUP)
+        XCTAssertTrue(waitUntil(timeout: 10) { postern.process.output.contains("msg=\"configuration reloaded\"") }, postern.process.tail())
+        XCTAssertTrue(postern.process.output.contains("changed=\"relay_domains, upstreams, limits, timeouts\""), postern.process.tail())
+
+        // New sessions see it: the new domain is relayed, to the new upstream; the new size limit holds.
+        let accepted = try runSwaks(port: port, ["--from", "a@client.test", "--to", "r@new.test", "--header", "Subject: after the reload"])
+        XCTAssertEqual(accepted.status, 0, accepted.description)
+        XCTAssertTrue(waitUntil(timeout: 10) { second.messages().contains { $0.rcpts == ["r@new.test"] } }, second.transcript)
+        let large = try runSwaks(port: port, ["--from", "a@client.test", "--to", "r@new.test", "--body", String(repeating: "x", count: 900) + "\n",
+                                              "--add-header", "X-Pad: " + String(repeating: "y", count: 900),
+                                              "--attach", "@" + (try writeConfig(String(repeating: "z\n", count: 600_000), name: "big.txt")).path])
+        XCTAssertTrue(large.output.contains("552"), "a message over the new 1 MB limit: \(large.output.suffix(400))")
+
+        // Nothing dropped: every message of the 20 sessions got 250 and reached an upstream (the
+        // sessions already open keep the upstream they started with).
+        XCTAssertEqual(bulk.waitForExit(timeout: 120), 0, bulk.output)
+        let summary = (try? JSONSerialization.jsonObject(with: Data(bulk.stdout.utf8)) as? [String: Any]) ?? [:]
+        XCTAssertEqual(summary["sent"] as? Int, 600, bulk.output)
+        let relayed = { (sink: RecordingSink) in sink.messages().filter { $0.rcpts == ["r@example.test"] }.count }
+        XCTAssertTrue(waitUntil(timeout: 20) { relayed(first) + relayed(second) == 600 }, "\(relayed(first)) + \(relayed(second))")
+
+        let metrics = try Metrics.scrape(port: metricsPort)
+        XCTAssertEqual(Metrics.value(metrics, "postern_config_reloads_total", ["result": "success"]), 1, metrics)
+    }
+
+    func testABrokenFileChangesNothingAndAListenerChangeIsReportedAsNeedingARestart() throws {
+        let sink = try startRecordingSink()
+        let port = try Net.freePort(), metricsPort = try Net.freePort()
+        let good = config(port: port, metricsPort: metricsPort, upstream: sink.port, domains: ["example.test"], messageSize: "25MiB")
+        let file = try writeConfig(good, name: "postern.yaml")
+        let postern = try startPostern(arguments: ["serve", "--config", file.path], port: port, configURL: file)
+
+        try (good + "relay_domains: [oops\n").write(to: file, atomically: true, encoding: .utf8)
+        postern.process.signal(SIGHUP)
+        XCTAssertTrue(waitUntil(timeout: 10) { postern.process.output.contains("configuration not reloaded; the one in force stays") },
+                      postern.process.tail())
+        XCTAssertTrue(postern.process.output.contains("postern.yaml:"), "the error names the file and line: \(postern.process.tail())")
+        XCTAssertEqual(try runSwaks(port: port, ["--from", "a@client.test", "--to", "r@example.test"]).status, 0)
+
+        // Another listener address and a new domain: the domain applies, the address waits for a restart.
+        let other = try Net.freePort()
+        try config(port: port, metricsPort: metricsPort, upstream: sink.port, domains: ["example.test", "new.test"], messageSize: "25MiB",
+                   listenPort: other).write(to: file, atomically: true, encoding: .utf8)
+        postern.process.signal(SIGHUP)
+        XCTAssertTrue(waitUntil(timeout: 10) { postern.process.output.contains("configuration changes that need a restart were not applied") },
+                      postern.process.tail())
+        XCTAssertTrue(postern.process.output.contains("keys=listen"), postern.process.tail())
+        XCTAssertTrue(postern.process.output.contains("changed=relay_domains"), postern.process.tail())
+        XCTAssertEqual(try runSwaks(port: port, ["--from", "a@client.test", "--to", "r@new.test"]).status, 0, "still on the old port, with the new domain")
+        XCTAssertFalse(Net.canConnect(port: other))
+
+        // The same file again: unchanged but for what needs a restart.
+        postern.process.signal(SIGHUP)
+        let metrics = try Metrics.scrape(port: metricsPort)
+        XCTAssertTrue(waitUntil(timeout: 10) {
+            (Metrics.value((try? Metrics.scrape(port: metricsPort)) ?? "", "postern_config_reloads_total", ["result": "restart_needed"]) ?? 0) == 1
+        }, metrics)
+        let final = try Metrics.scrape(port: metricsPort)
+        XCTAssertEqual(Metrics.value(final, "postern_config_reloads_total", ["result": "failure"]), 1, final)
+        XCTAssertEqual(Metrics.value(final, "postern_config_reloads_total", ["result": "success"]), 1, final)
+    }
+}
