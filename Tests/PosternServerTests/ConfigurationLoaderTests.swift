@@ -581,3 +581,41 @@ final class ConfigurationLoaderTests: XCTestCase {
         XCTAssertNil(PosternConfiguration.Listener(address: "127.0.0.1:70000"))
     }
 }
+
+/// What a reload applies and what it leaves for a restart.
+final class ConfigurationChangesTests: XCTestCase {
+    private func base() -> PosternConfiguration {
+        PosternConfiguration(hostname: "mx.test", listeners: [PosternConfiguration.Listener(host: "127.0.0.1", port: 2525)],
+                             upstreams: [UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: 10025))])
+    }
+
+    func testReloadableKeysApplyAndTheOthersWaitForARestart() {
+        let old = base()
+        XCTAssertTrue(ConfigurationChanges(from: old, to: old).isEmpty)
+        var new = old
+        new.relayDomains = ["example.org"]
+        new.limits.maxConnections = 10
+        new.upstreams = [UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: 10026))]
+        new.listeners[0].requireTLS = true
+        new.logLevel = .debug
+        new.listeners[0].port = 2526
+        let changes = ConfigurationChanges(from: old, to: new)
+        XCTAssertEqual(changes.applied, ["listen (require_tls, auth)", "relay_domains", "upstreams", "limits"])
+        XCTAssertEqual(changes.needRestart, ["listen", "log_level"])
+        XCTAssertTrue(changes.upstreamsChanged)
+
+        // What is then in force: the reloadable keys from the file, the others as they were.
+        let applied = ConfigurationChanges.applying(new, to: old)
+        XCTAssertEqual(applied.relayDomains, ["example.org"])
+        XCTAssertEqual(applied.limits.maxConnections, 10)
+        XCTAssertEqual(applied.upstreams, new.upstreams)
+        XCTAssertEqual(applied.logLevel, old.logLevel)
+        XCTAssertEqual(applied.listeners, old.listeners, "a moved listener keeps its old address and flags until a restart")
+
+        // A listener that stays where it is takes its new require_tls.
+        var flagOnly = old
+        flagOnly.listeners[0].requireTLS = true
+        XCTAssertEqual(ConfigurationChanges.applying(flagOnly, to: old).listeners[0].requireTLS, true)
+        XCTAssertFalse(ConfigurationChanges(from: old, to: flagOnly).upstreamsChanged)
+    }
+}
