@@ -113,6 +113,8 @@ public struct DecisionRecord: Sendable, Equatable {
     public var id: String
     public var session: String
     public var policyVersion: String?
+    /// The version of the configuration the session ran under (written when known).
+    public var configVersion: String?
     public var client: Client
     /// The reverse-path without brackets; empty for the null sender.
     public var mailFrom: String?
@@ -210,6 +212,7 @@ public struct DecisionRecord: Sendable, Equatable {
         json.field("id", id)
         json.field("session", session)
         json.field("policy_version", policyVersion)
+        if let configVersion { json.field("config_version", configVersion) }
         json.object("client") { object in
             object.field("ip", client.ip)
             object.field("port", client.port)

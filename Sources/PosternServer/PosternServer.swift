@@ -91,6 +91,7 @@ public final class PosternServer: Service, Sendable {
         self.policyServices = configuration.policyServices.map { PolicyServiceClient(configuration: $0, group: group, logger: logger) }
         self.milters = configuration.milters.map { MilterFilter(configuration: $0, hostname: configuration.hostname, group: group, logger: logger) }
         live = Mutex(Live(configuration: configuration, pool: Self.makePool(configuration, group: group, logger: logger, metrics: metrics)))
+        metrics.configurationLoaded(version: configuration.version)
         // SIGHUP would end the process until its handler is installed in run(): ignore it from
         // the start (a reload that early has nothing to reload).
         signal(SIGHUP, SIG_IGN)
@@ -323,7 +324,7 @@ public final class PosternServer: Service, Sendable {
             replaced.stopProbing()
             Task { await replaced.closeIdle() }
         }
-        metrics.configurationReload("success")
+        metrics.configurationReload("success", version: applied.version)
         logger.notice("configuration reloaded", metadata: ["changed": "\(changes.applied.joined(separator: ", "))"])
         return changes
     }
@@ -354,7 +355,7 @@ public final class PosternServer: Service, Sendable {
                 configuration.dns?.verifyClientNames == true ? ClientNameVerifier(resolver: resolver, timeout: resolver.configuration.timeout) : nil
             },
             dnsLists: resolver.map { DNSListChecker(resolver: $0, logger: logger) },
-            feed: feed, samples: samples, logger: logger, unsafeEarlyAck: unsafeEarlyAck)
+            feed: feed, samples: samples, configurationVersion: configuration.version, logger: logger, unsafeEarlyAck: unsafeEarlyAck)
     }
 
     /// The stage checks of every session: SPF (with `dns:`), then the policy servers, in configured order.

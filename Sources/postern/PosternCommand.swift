@@ -94,6 +94,14 @@ struct ConfigurationOptions: ParsableArguments {
             }
             configuration.metrics = address
         }
+        // The overrides are part of what runs: mixed into the version.
+        let overrides = listen.map { "--listen \($0)" } + upstream.map { "--upstream \($0)" } + [
+            hostname.map { "--hostname \($0)" }, decisionLog.map { "--decision-log \($0)" }, policy.map { "--policy \($0)" },
+            metrics.map { "--metrics \($0)" },
+        ].compactMap { $0 }
+        if !overrides.isEmpty {
+            configuration.version = PosternConfiguration.version(of: ([configuration.version ?? ""] + overrides).joined(separator: "\n"))
+        }
         return configuration
     }
 }

@@ -16,6 +16,7 @@ final class ConfigurationReloadTests: IntegrationTestCase, @unchecked Sendable {
         trusted_networks: []
         limits: { message_size: \(messageSize) }
         timeouts: { command: \(commandTimeout) }
+        decision_log: \(workDir.appendingPathComponent("decisions.log").path)
 
         """
     }
@@ -24,8 +25,8 @@ final class ConfigurationReloadTests: IntegrationTestCase, @unchecked Sendable {
         let first = try startRecordingSink(name: "first")
         let second = try startRecordingSink(name: "second")
         let port = try Net.freePort(), metricsPort = try Net.freePort()
-        let file = try writeConfig(config(port: port, metricsPort: metricsPort, upstream: first.port, domains: ["example.test"], messageSize: "25MiB"),
-                                   name: "postern.yaml")
+        let firstText = config(port: port, metricsPort: metricsPort, upstream: first.port, domains: ["example.test"], messageSize: "25MiB")
+        let file = try writeConfig(firstText, name: "postern.yaml")
         let postern = try startPostern(arguments: ["serve", "--config", file.path], port: port, configURL: file)
         let refused = try runSwaks(port: port, ["--from", "a@client.test", "--to", "r@new.test"])
         XCTAssertTrue(refused.output.contains("554 5.7.1"), refused.description)
@@ -61,6 +62,21 @@ final class ConfigurationReloadTests: IntegrationTestCase, @unchecked Sendable {
 
         let metrics = try Metrics.scrape(port: metricsPort)
         XCTAssertEqual(Metrics.value(metrics, "postern_config_reloads_total", ["result": "success"]), 1, metrics)
+
+        // The version is the file's SHA-256 prefix: in /metrics, and in each record as the
+        // session that wrote it ran under (the 20 sessions, the old one; swaks after, the new).
+        let versions = try [firstText, try String(contentsOf: file, encoding: .utf8)].map {
+            try XCTUnwrap(Command.run(try requireTool("sha256sum"), [], stdin: Data($0.utf8), timeout: 10).stdout.split(separator: " ").first)
+                .prefix(16)
+        }.map(String.init)
+        XCTAssertEqual(Metrics.value(metrics, "postern_config_info", ["version": versions[1]]), 1, metrics)
+        XCTAssertEqual(Metrics.value(metrics, "postern_config_info", ["version": versions[0]]), 0, metrics)
+        let records = ((try? String(contentsOf: workDir.appendingPathComponent("decisions.log"), encoding: .utf8)) ?? "")
+            .split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        XCTAssertEqual(records.first?["config_version"] as? String, versions[0])
+        let afterReload = records.filter { ($0["rcpts"] as? [[String: Any]])?.first?["address"] as? String == "r@new.test" }
+        XCTAssertEqual(afterReload.compactMap { $0["config_version"] as? String }, [versions[0], versions[1], versions[1]],
+                       "refused before the reload; relayed and over the size after it")
     }
 
     func testABrokenFileChangesNothingAndAListenerChangeIsReportedAsNeedingARestart() throws {

@@ -73,6 +73,8 @@ struct ConfigurationChanges: Equatable {
         result.timeouts = new.timeouts
         result.bareLineEndings = new.bareLineEndings
         result.forbidImproperPipelining = new.forbidImproperPipelining
+        // The file's version now in force (its restart-only keys aside).
+        result.version = new.version
         return result
     }
 

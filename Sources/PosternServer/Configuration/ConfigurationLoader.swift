@@ -46,8 +46,9 @@ public enum ConfigurationLoader {
     public static func load(yaml: String, file: String) throws(ConfigurationErrors) -> PosternConfiguration {
         let root = try YAMLReader.compose(yaml, file: file)
         var reader = YAMLReader(file: file)
-        let configuration = reader.configuration(root)
+        var configuration = reader.configuration(root)
         if !reader.errors.isEmpty { throw ConfigurationErrors(errors: reader.errors) }
+        configuration.version = PosternConfiguration.version(of: yaml)
         return configuration
     }
 }

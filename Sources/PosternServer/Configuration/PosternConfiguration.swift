@@ -155,6 +155,15 @@ public struct PosternConfiguration: Sendable {
     public var policy: String?
     /// Where `limit:` rules count (`limits_store`): memory (default) or a shared Redis.
     public var limitsStore: LimitsStore = .memory
+    /// The configuration file's version: the first 16 hex digits of its SHA-256 (with any
+    /// command-line overrides mixed in), in `/metrics` and in every decision record.
+    public var version: String?
+
+    /// The version of a configuration's text (and of what overrides it).
+    public static func version(of text: String) -> String {
+        String(SHA256.hex(Array(text.utf8)).prefix(16))
+    }
+
     /// The sample store (`samples:`): messages kept for `postern replay`'s content rules; off when nil.
     public var samples: SampleStore.Configuration?
     /// The Maildir that `quarantine` rules keep messages in.

@@ -19,6 +19,8 @@ public final class PosternMetrics: Sendable {
     private let samples: LabelledMetric<Counter>
     private let certificateReloads: LabelledMetric<Counter>
     private let configurationReloads: LabelledMetric<Counter>
+    private let configurationInfo: LabelledMetric<Gauge>
+    private let configurationVersion = Mutex<String?>(nil)
     private let relayDeniedTotal: Counter
     private let transactions: LabelledMetric<Counter>
     private let connectionsRefused: LabelledMetric<Counter>
@@ -79,6 +81,7 @@ public final class PosternMetrics: Sendable {
             "config_reloads_total",
             "Reloads of the configuration file (SIGHUP), by result: success, unchanged, restart_needed (only keys that need a restart changed), failure.",
             labels: ["result"])
+        configurationInfo = gauge("config_info", "The configuration in force: 1 for its version (the file's SHA-256 prefix).", labels: ["version"])
         certificateReloads = counter(
             "tls_certificate_reloads_total", "Reloads of the STARTTLS certificate and key (SIGHUP, file changes), by result: success, failure.",
             labels: ["result"])
@@ -202,8 +205,19 @@ public final class PosternMetrics: Sendable {
     }
 
     /// A reload of the configuration file: success, unchanged, restart_needed, failure.
-    func configurationReload(_ result: String) {
+    func configurationReload(_ result: String, version: String? = nil) {
         configurationReloads(result).increment()
+        if let version { configurationLoaded(version: version) }
+    }
+
+    /// The configuration version in force (`postern_config_info{version}` 1; the previous 0).
+    func configurationLoaded(version: String?) {
+        guard let version else { return }
+        configurationVersion.withLock { previous in
+            if let previous, previous != version { configurationInfo(previous).set(Int64(0)) }
+            configurationInfo(version).set(Int64(1))
+            previous = version
+        }
     }
 
     /// A reload of the STARTTLS certificate: success, failure (the old one stays).

@@ -22,6 +22,8 @@ final class ListenerContext: Sendable {
     let feed: DecisionFeed?
     /// Where sampled messages are kept after their decision (`samples:`).
     let samples: SampleStore?
+    /// The version of the configuration this context was built from, in each record.
+    let configurationVersion: String?
     let metrics: PosternMetrics
     let policy: PolicyStore
     let authenticator: Authenticator?
@@ -47,8 +49,10 @@ final class ListenerContext: Sendable {
         certificates: CertificateStore?, decisionLog: DecisionLogWriter?, metrics: PosternMetrics, policy: PolicyStore,
         authenticator: Authenticator?, quarantine: String?, hostname: String, spool: PosternConfiguration.Spool,
         checks: [any StageCheck] = [], milters: [MilterFilter] = [], clientNames: ClientNameVerifier? = nil,
-        dnsLists: DNSListChecker? = nil, feed: DecisionFeed? = nil, samples: SampleStore? = nil, logger: Logger, unsafeEarlyAck: Bool = false
+        dnsLists: DNSListChecker? = nil, feed: DecisionFeed? = nil, samples: SampleStore? = nil, configurationVersion: String? = nil, logger: Logger,
+        unsafeEarlyAck: Bool = false
     ) {
+        self.configurationVersion = configurationVersion
         self.feed = feed
         self.samples = samples
         self.checks = checks
@@ -149,6 +153,8 @@ final class ListenerContext: Sendable {
 
     /// A decision record: counted, and written when there is a decision log.
     func record(_ record: DecisionRecord) {
+        var record = record
+        record.configVersion = configurationVersion
         metrics.transaction(decision: record.decision.rawValue)
         decisionLog?.record(record)
         feed?.publish(record)
