@@ -32,6 +32,13 @@ final class DecisionRecordTests: XCTestCase {
         XCTAssertEqual(object["decision"] as? String, "accepted")
     }
 
+    func testTheConfigurationVersionFollowsThePolicyVersionWhenKnown() throws {
+        var record = sample()
+        XCTAssertFalse(record.jsonLine().contains("config_version"), "not written when unknown")
+        record.configVersion = "5d41402abc4b2a76"
+        XCTAssertTrue(record.jsonLine().contains(#""policy_version":null,"config_version":"5d41402abc4b2a76","client":{"#), record.jsonLine())
+    }
+
     func testStringsAreEscaped() throws {
         var record = sample()
         record.client.helo = "evil\"\\\r\n\u{01}héllo"
