@@ -34,6 +34,9 @@ public final class PosternServer: Service, Sendable {
     private let live: Mutex<Live>
     /// Reads the configuration again for a reload (SIGHUP); nil: nothing to reread.
     private let configurationSource: (@Sendable () throws -> PosternConfiguration)?
+    /// The configuration file, watched: a change reloads it as SIGHUP does.
+    private let configurationFile: String?
+    private let reloading = Mutex<Void>(())
     private let registry = SessionRegistry()
     private let limiter: ConnectionLimiter
     /// The STARTTLS certificate, reloaded in place (SIGHUP, file changes).
@@ -71,10 +74,12 @@ public final class PosternServer: Service, Sendable {
         group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         version: String = "dev",
         onListening: (@Sendable ([SocketAddress]) -> Void)? = nil,
-        configurationSource: (@Sendable () throws -> PosternConfiguration)? = nil
+        configurationSource: (@Sendable () throws -> PosternConfiguration)? = nil,
+        configurationFile: String? = nil
     ) throws {
         self.configuration = configuration
         self.configurationSource = configurationSource
+        self.configurationFile = configurationSource == nil ? nil : configurationFile
         let metrics = PosternMetrics(version: version)
         self.metrics = metrics
         feed = configuration.metrics == nil ? nil : DecisionFeed(privacy: configuration.decisionLogPrivacy)
@@ -216,6 +221,12 @@ public final class PosternServer: Service, Sendable {
         sighup.resume()
         let credentialWatch = authenticator?.watchFile()
         let certificateWatch = certificates?.watchFiles()
+        let configurationWatch = configurationFile.map { file in
+            FileWatch.watch({ [file] }) { [logger] in
+                logger.notice("configuration file changed: reloading it")
+                self.reloadConfiguration()
+            }
+        }
         let fileWatch = configuration.policy != nil ? policy.watchFiles() : nil
         // SIGUSR1: reopen the decision log (logrotate's postrotate).
         let sigusr1 = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
@@ -229,6 +240,7 @@ public final class PosternServer: Service, Sendable {
             fileWatch?.cancel()
             credentialWatch?.cancel()
             certificateWatch?.cancel()
+            configurationWatch?.cancel()
             sigusr1.cancel()
         }
         let serverChannels = servers.map { $0.1 }
@@ -285,6 +297,11 @@ public final class PosternServer: Service, Sendable {
     /// is. A configuration with errors changes nothing. Returns what changed.
     @discardableResult
     func reloadConfiguration() -> ConfigurationChanges? {
+        // One reload at a time (SIGHUP and the file watch may both ask).
+        reloading.withLock { _ in reloadConfigurationNow() }
+    }
+
+    private func reloadConfigurationNow() -> ConfigurationChanges? {
         guard let configurationSource else { return nil }
         let new: PosternConfiguration
         do {

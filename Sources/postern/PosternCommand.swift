@@ -139,7 +139,7 @@ extension Postern {
             do {
                 // SIGHUP reads the same file with the same command-line overrides.
                 server = try PosternServer(configuration: configuration, logger: logger, version: PosternVersion.current,
-                                           configurationSource: { [options] in try options.load() })
+                                           configurationSource: { [options] in try options.load() }, configurationFile: options.config)
             } catch {
                 logger.critical("cannot start: \(error)")
                 throw ExitCode(1)
