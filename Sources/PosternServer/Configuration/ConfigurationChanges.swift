@@ -9,70 +9,85 @@ struct ConfigurationChanges: Equatable {
 
     var isEmpty: Bool { applied.isEmpty && needRestart.isEmpty }
 
-    /// One top-level key: its name, whether a reload applies it, and its value for comparing.
+    /// One top-level key: its name, its value for comparing, and for a key a reload applies,
+    /// how it is taken from the new configuration (nil: it needs a restart).
     private struct Key: Sendable {
         var name: String
-        var reloadable: Bool
         var value: @Sendable (PosternConfiguration) -> AnyHashable
+        var apply: (@Sendable (inout PosternConfiguration, PosternConfiguration) -> Void)?
+
+        /// A key that needs a restart.
+        init(_ name: String, _ value: @escaping @Sendable (PosternConfiguration) -> AnyHashable) {
+            self.name = name
+            self.value = value
+            apply = nil
+        }
+
+        /// A key a reload applies by taking the new value of `field`.
+        init<Value: Hashable & Sendable>(_ name: String, reloads field: WritableKeyPath<PosternConfiguration, Value> & Sendable) {
+            self.name = name
+            value = { AnyHashable($0[keyPath: field]) }
+            apply = { $0[keyPath: field] = $1[keyPath: field] }
+        }
+
+        init(_ name: String, value: @escaping @Sendable (PosternConfiguration) -> AnyHashable,
+             apply: @escaping @Sendable (inout PosternConfiguration, PosternConfiguration) -> Void) {
+            self.name = name
+            self.value = value
+            self.apply = apply
+        }
+    }
+
+    /// Where and how a listener listens: changing it needs a new socket.
+    private static func sockets(_ configuration: PosternConfiguration) -> AnyHashable {
+        configuration.listeners.map { [AnyHashable($0.host), AnyHashable($0.port), AnyHashable($0.proxyProtocol)] }
     }
 
     private static let keys: [Key] = [
-        Key(name: "hostname", reloadable: false) { $0.hostname },
-        // Where and how each listener listens needs a new socket; its require_tls and auth do not.
-        Key(name: "listen", reloadable: false) { $0.listeners.map { [AnyHashable($0.host), AnyHashable($0.port), AnyHashable($0.proxyProtocol)] } },
-        Key(name: "listen (require_tls, auth)", reloadable: true) { $0.listeners.map { [AnyHashable($0.requireTLS), AnyHashable($0.auth)] } },
-        Key(name: "proxy_trusted_networks", reloadable: true) { $0.proxyTrustedNetworks },
-        Key(name: "relay_domains", reloadable: true) { $0.relayDomains },
-        Key(name: "trusted_networks", reloadable: true) { $0.trustedNetworks },
-        Key(name: "auth", reloadable: false) { $0.authentication },
-        Key(name: "tls", reloadable: false) { $0.tls },
-        Key(name: "upstreams", reloadable: true) { $0.upstreams },
-        Key(name: "upstream_retry_after", reloadable: true) { $0.upstreamRetryAfter },
-        Key(name: "upstream_probe", reloadable: true) { $0.upstreamProbe },
-        Key(name: "dns", reloadable: false) { $0.dns },
-        Key(name: "policy_services", reloadable: false) { $0.policyServices },
-        Key(name: "milters", reloadable: false) { $0.milters },
-        Key(name: "limits", reloadable: true) { $0.limits },
-        Key(name: "timeouts", reloadable: true) { $0.timeouts },
-        Key(name: "bare_line_endings", reloadable: true) { $0.bareLineEndings },
-        Key(name: "forbid_improper_pipelining", reloadable: true) { $0.forbidImproperPipelining },
-        Key(name: "spool", reloadable: false) { $0.spool },
-        Key(name: "shutdown_grace_period", reloadable: false) { $0.shutdownGracePeriod },
-        Key(name: "log_level", reloadable: false) { $0.logLevel.rawValue },
-        Key(name: "log_format", reloadable: false) { $0.logFormat },
-        Key(name: "decision_log", reloadable: false) {
+        Key("hostname") { $0.hostname },
+        Key("listen", sockets),
+        // A listener's require_tls and auth apply, when the listeners stay where they are.
+        Key("listen (require_tls, auth)", value: { $0.listeners.map { [AnyHashable($0.requireTLS), AnyHashable($0.auth)] } },
+            apply: { if sockets($0) == sockets($1) { $0.listeners = $1.listeners } }),
+        Key("proxy_trusted_networks", reloads: \.proxyTrustedNetworks),
+        Key("relay_domains", reloads: \.relayDomains),
+        Key("trusted_networks", reloads: \.trustedNetworks),
+        Key("auth") { $0.authentication },
+        Key("tls") { $0.tls },
+        Key("upstreams", reloads: \.upstreams),
+        Key("upstream_retry_after", reloads: \.upstreamRetryAfter),
+        Key("upstream_probe", reloads: \.upstreamProbe),
+        Key("dns") { $0.dns },
+        Key("policy_services") { $0.policyServices },
+        Key("milters") { $0.milters },
+        Key("limits", reloads: \.limits),
+        Key("timeouts", reloads: \.timeouts),
+        Key("bare_line_endings", reloads: \.bareLineEndings),
+        Key("forbid_improper_pipelining", reloads: \.forbidImproperPipelining),
+        Key("spool") { $0.spool },
+        Key("shutdown_grace_period") { $0.shutdownGracePeriod },
+        Key("log_level") { $0.logLevel.rawValue },
+        Key("log_format") { $0.logFormat },
+        Key("decision_log") {
             [AnyHashable($0.decisionLog), AnyHashable($0.decisionLogRotation.map { [$0.maximumSize, $0.keep] }), AnyHashable($0.decisionLogPrivacy)]
         },
-        Key(name: "metrics", reloadable: false) { $0.metrics },
-        Key(name: "policy", reloadable: false) { $0.policy },
-        Key(name: "quarantine", reloadable: false) { $0.quarantine },
-        Key(name: "limits_store", reloadable: false) { $0.limitsStore },
-        Key(name: "samples", reloadable: false) { $0.samples },
+        Key("metrics") { $0.metrics },
+        Key("policy") { $0.policy },
+        Key("quarantine") { $0.quarantine },
+        Key("limits_store") { $0.limitsStore },
+        Key("samples") { $0.samples },
     ]
 
     init(from old: PosternConfiguration, to new: PosternConfiguration) {
         for key in Self.keys where key.value(old) != key.value(new) {
-            if key.reloadable { applied.append(key.name) } else { needRestart.append(key.name) }
+            if key.apply != nil { applied.append(key.name) } else { needRestart.append(key.name) }
         }
     }
 
     /// `old` with what a reload applies taken from `new`: the configuration then in force.
     static func applying(_ new: PosternConfiguration, to old: PosternConfiguration) -> PosternConfiguration {
         var result = old
-        if zip(old.listeners, new.listeners).allSatisfy({ $0.host == $1.host && $0.port == $1.port && $0.proxyProtocol == $1.proxyProtocol })
-            && old.listeners.count == new.listeners.count {
-            result.listeners = new.listeners
-        }
-        result.proxyTrustedNetworks = new.proxyTrustedNetworks
-        result.relayDomains = new.relayDomains
-        result.trustedNetworks = new.trustedNetworks
-        result.upstreams = new.upstreams
-        result.upstreamRetryAfter = new.upstreamRetryAfter
-        result.upstreamProbe = new.upstreamProbe
-        result.limits = new.limits
-        result.timeouts = new.timeouts
-        result.bareLineEndings = new.bareLineEndings
-        result.forbidImproperPipelining = new.forbidImproperPipelining
+        for key in keys { key.apply?(&result, new) }
         // The file's version now in force (its restart-only keys aside).
         result.version = new.version
         return result
