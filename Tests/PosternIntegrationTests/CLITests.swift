@@ -125,7 +125,14 @@ final class CLITests: IntegrationTestCase, @unchecked Sendable {
             $0.listenerExtra = ["proxy_protocol: true"]
             $0.extra = "shutdown_grace_period: 1s\nproxy_trusted_networks: [127.0.0.0/8]\ntimeouts:\n  proxy_header: 60s\n"
         }
-        let descriptors = { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(postern.process.pid)/fd").count) ?? 0 }
+        // Its sockets only: files it opens and closes meanwhile (the policy and configuration
+        // watches, the decision log) would make the count rise before the connection is accepted.
+        let directory = "/proc/\(postern.process.pid)/fd"
+        let descriptors = {
+            ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter {
+                ((try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + $0)) ?? "").hasPrefix("socket:")
+            }.count
+        }
         let before = descriptors()
         let silent = try RawSMTPClient(port: postern.port)
         // Accepted (a descriptor more), not just queued in the listener's backlog.
