@@ -17,6 +17,19 @@ final class PosternMetricsTests: XCTestCase {
         }
     }
 
+
+    func testAnUpstreamNoLongerConfiguredIsNoLongerReported() {
+        let metrics = PosternMetrics(version: "test")
+        metrics.upstreamHealth([(name: "old.test:25", alive: true, secondsSinceSuccess: 1), (name: "kept.test:25", alive: true, secondsSinceSuccess: 1)])
+        XCTAssertTrue(rendered(metrics).contains("postern_upstream_up{upstream=\"old.test:25\"} 1.0"))
+        // A reload's new pool: old.test is gone.
+        metrics.upstreamHealth([(name: "kept.test:25", alive: false, secondsSinceSuccess: 3), (name: "new.test:25", alive: true, secondsSinceSuccess: 0)])
+        let lines = rendered(metrics)
+        XCTAssertFalse(lines.contains { $0.contains("old.test") }, "\(lines)")
+        XCTAssertTrue(lines.contains("postern_upstream_up{upstream=\"kept.test:25\"} 0.0"))
+        XCTAssertTrue(lines.contains("postern_upstream_up{upstream=\"new.test:25\"} 1.0"))
+        XCTAssertTrue(lines.contains("postern_upstream_seconds_since_success{upstream=\"kept.test:25\"} 3.0"), "\(lines.filter { $0.contains("since") })")
+    }
     func testEveryMetricAfterSomeEvents() {
         let metrics = PosternMetrics(version: "9.9.9")
         let before = rendered(metrics)

@@ -272,6 +272,11 @@ public final class PosternMetrics: Sendable {
             upstreamUp(name).set(Int64(alive ? 1 : 0))
             upstreamSinceSuccess(name).set((since * 1000).rounded() / 1000)
         }
+        // An upstream a reload removed is no longer reported.
+        let configured = Set(health.map { [$0.name] })
+        for gauge in upstreamUp.remove(except: configured) + upstreamSinceSuccess.remove(except: configured) {
+            registry.unregisterGauge(gauge)
+        }
     }
 
     /// `postern_<name>` with its help text.
@@ -298,6 +303,16 @@ final class LabelledMetric<Handle: AnyObject & Sendable>: Sendable {
     init(labels: [String], make: @escaping @Sendable ([(String, String)]) -> Handle) {
         labelNames = labels
         self.make = make
+    }
+
+    /// Forgets the handles whose label values are not in `kept`, and returns them (for the
+    /// registry to unregister).
+    func remove(except kept: Set<[String]>) -> [Handle] {
+        handles.withLock { handles in
+            let gone = handles.filter { !kept.contains($0.key) }
+            for key in gone.keys { handles[key] = nil }
+            return Array(gone.values)
+        }
     }
 
     /// The handle for these label values, in the order of the names given to `init`.
