@@ -201,10 +201,15 @@ public final class PosternServer: Service, Sendable {
             statusServer = server
         }
         onListening?(addresses)
-        // Type=notify: ready once every listener (and the status endpoint) is up; the policy
-        // was compiled and the upstream probes started before.
-        Systemd.notify("READY=1\nSTATUS=listening on \(configuration.listeners.map(\.description).joined(separator: ", ")); "
-            + "\(configuration.upstreams.count) upstream(s)")
+        // Type=notify: ready once every listener (and the status endpoint) is up, the policy
+        // compiled, and each upstream probed once (within the probe timeouts; one that does not
+        // answer is marked down, and probed until it does, as after any failure).
+        if Systemd.isNotifying {
+            let pool = live.withLock { $0.pool }
+            let answering = await pool.probeEach()
+            Systemd.notify("READY=1\nSTATUS=listening on \(configuration.listeners.map(\.description).joined(separator: ", ")); "
+                + "\(answering) of \(configuration.upstreams.count) upstream(s) answering")
+        }
 
         // SIGHUP (systemctl reload) rereads the policy, the AUTH credentials and the TLS certificate.
         let sighup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())

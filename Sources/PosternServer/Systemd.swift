@@ -102,6 +102,11 @@ enum Systemd {
         return sent == message.count
     }
 
+    /// Whether a service manager listens for notifications (`NOTIFY_SOCKET` is set).
+    static var isNotifying: Bool {
+        !(environment("NOTIFY_SOCKET") ?? "").isEmpty
+    }
+
     /// `MONOTONIC_USEC=` for `RELOADING=1` (systemd 253 and later ask for it).
     static func monotonicMicroseconds() -> UInt64 {
         var now = timespec()

@@ -169,18 +169,43 @@ public final class UpstreamPool: Sendable {
     }
 
     /// Connect, greeting, EHLO (STARTTLS and AUTH as configured), QUIT; each step within the probe timeout.
-    private func runProbe(_ index: Int, outage: Int) async {
-        guard state.withLock({ $0.shouldProbe(index, outage: outage) }),
-              !probes.withLock({ $0.stopped }) else { return }
+    private func probeConnection(_ index: Int) async throws(UpstreamError) {
         var configuration = upstreams[index]
         configuration.timeouts.connect = probe.timeout
         configuration.timeouts.greeting = probe.timeout
         configuration.timeouts.ehlo = probe.timeout
         var quiet = logger
         quiet.logLevel = .error  // a failed probe is reported once, by the health lines
+        let session = try await open(configuration, logger: quiet, client: nil, eventLoop: nil)
+        await session.close()
+    }
+
+    /// Probes every upstream once, at the same time (at start, before telling systemd it is
+    /// ready): one that answers is up, one that does not is marked down (and probed until it
+    /// answers, as after any failure). Returns how many answered.
+    public func probeEach() async -> Int {
+        await withTaskGroup(of: Bool.self) { group in
+            for index in upstreams.indices {
+                group.addTask { [self] in
+                    do throws(UpstreamError) {
+                        try await probeConnection(index)
+                        succeeded(index)
+                        return true
+                    } catch {
+                        failed(index, error)
+                        return false
+                    }
+                }
+            }
+            return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+        }
+    }
+
+    private func runProbe(_ index: Int, outage: Int) async {
+        guard state.withLock({ $0.shouldProbe(index, outage: outage) }),
+              !probes.withLock({ $0.stopped }) else { return }
         do {
-            let session = try await open(configuration, logger: quiet, client: nil, eventLoop: nil)
-            await session.close()
+            try await probeConnection(index)
             succeeded(index)
         } catch {
             events.failed(upstreams[index].target.name, error.failure)

@@ -86,5 +86,9 @@ final class SystemdTests: IntegrationTestCase, @unchecked Sendable {
         for generation in 0...5 {
             XCTAssertEqual(notifications[generation], ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], "generation \(generation)")
         }
+        // The first READY=1 comes after each upstream was probed once.
+        let ready = (report.json["notifications"] as? [[Any]] ?? []).compactMap { $0.last as? String }.filter { $0.hasPrefix("READY=1\nSTATUS=listening") }
+        XCTAssertEqual(ready.count, 6, "\(report.json)")
+        XCTAssertTrue(ready.allSatisfy { $0.hasSuffix("; 1 of 1 upstream(s) answering") }, "\(ready)")
     }
 }

@@ -207,6 +207,26 @@ final class DeliveryTargetTests: XCTestCase {
         await pool.closeIdle()
     }
 
+    func testProbeEachMarksTheUpstreamsThatDoNotAnswerDown() async throws {
+        let server = try await FakeSMTPServer(script: FakeSMTPServer.Script(), group: group)
+        servers.append(server)
+        var answering = UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: server.port))
+        answering.tls = .off
+        // A port nothing listens on: the listener is closed before the probe.
+        let closed = try await ServerBootstrap(group: group).bind(host: "127.0.0.1", port: 0).get()
+        let silentPort = try XCTUnwrap(closed.localAddress?.port)
+        try await closed.close()
+        var silent = UpstreamConfiguration(target: .smtp(host: "127.0.0.1", port: silentPort))
+        silent.tls = .off
+        let pool = UpstreamPool(upstreams: [silent, answering], retryAfter: .seconds(60), heloName: "gw.example", group: group)
+        let count = await pool.probeEach()
+        XCTAssertEqual(count, 1)
+        XCTAssertEqual(pool.liveUpstreams, ["127.0.0.1:\(server.port)"])
+        XCTAssertEqual(server.transcript.commands.filter { $0.hasPrefix("EHLO") || $0 == "QUIT" }, ["EHLO gw.example", "QUIT"],
+                       "a probe: greeting, EHLO, QUIT")
+        pool.stopProbing()
+    }
+
     func testAnIdentityChangeOpensANewConnection() async throws {
         let (pool, server) = try await pool()
         let target = pool.makeTarget(logger: logger)
