@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import Logging
+import Synchronization
 
 /// Appends decision records, one JSON line each, from a dedicated thread: a slow or full
 /// disk never delays an SMTP reply. One writer, with O_APPEND, writing whole lines, so lines
@@ -23,7 +24,16 @@ public final class DecisionLogWriter: @unchecked Sendable {
     /// Lines go out in writes of about this many octets at most.
     static let writeSize = 256 * 1024
 
-    public let path: String
+    /// The file written (a configuration reload may move it: see ``reconfigure(path:rotation:privacy:)``).
+    public var path: String {
+        condition.lock()
+        defer { condition.unlock() }
+        return configured.path
+    }
+    /// The writer thread's own path and rotation, taken from `configured` when it reopens.
+    private var writing: (path: String, rotation: (maximumSize: Int, keep: Int)?)
+    /// What the writer is to use from its next reopen on (under `condition`).
+    private var configured: (path: String, rotation: (maximumSize: Int, keep: Int)?)
     private let logger: Logger
     private let onWriteError: (@Sendable () -> Void)?
     private let condition = NSCondition()
@@ -36,34 +46,30 @@ public final class DecisionLogWriter: @unchecked Sendable {
     private var reopenRequested = false
     /// Built-in size-based rotation: past `maximumSize` bytes the file becomes `PATH.1` (older
     /// ones shift to `.2`…) and a new one starts; `keep` files are kept. Off when nil.
-    public let rotation: (maximumSize: Int, keep: Int)?
+    public var rotation: (maximumSize: Int, keep: Int)? {
+        condition.lock()
+        defer { condition.unlock() }
+        return configured.rotation
+    }
     private var currentSize = 0
+
+    /// Applied to every record before it is written.
+    public var privacy: DecisionLogPrivacy { privacySetting.withLock { $0 } }
+    private let privacySetting: Mutex<DecisionLogPrivacy>
 
     /// Opens (creating) `path` for appending; `-` means standard output.
     /// `onWriteError` is called (on the writer's thread) for every line that fails.
-    /// Applied to every record before it is written.
-    public let privacy: DecisionLogPrivacy
-
     public init(path: String, logger: Logger, rotation: (maximumSize: Int, keep: Int)? = nil,
                 privacy: DecisionLogPrivacy = DecisionLogPrivacy(), onWriteError: (@Sendable () -> Void)? = nil) throws(Error) {
-        self.path = path
-        self.privacy = privacy
+        writing = (path, path == "-" ? nil : rotation)
+        configured = writing
+        self.privacySetting = Mutex(privacy)
         self.logger = logger
-        self.rotation = path == "-" ? nil : rotation
         self.onWriteError = onWriteError
         if path == "-" {
             descriptor = STDOUT_FILENO
         } else {
-            // The bundled default logs to var/decisions.log: create the directory when missing.
-            let parent = (path as NSString).deletingLastPathComponent
-            if !parent.isEmpty && !FileManager.default.fileExists(atPath: parent) {
-                try? FileManager.default.createDirectory(
-                    atPath: parent, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
-            }
-            descriptor = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
-            guard descriptor >= 0 else {
-                throw Error(description: "cannot open decision log \(path): \(String(cString: strerror(errno)))")
-            }
+            descriptor = try Self.open(path)
             var info = stat()
             if fstat(descriptor, &info) == 0 { currentSize = Int(info.st_size) }
         }
@@ -72,12 +78,47 @@ public final class DecisionLogWriter: @unchecked Sendable {
         thread.start()
     }
 
+    /// Opens `path` for appending, creating it and its directory when missing (the bundled
+    /// default logs to var/decisions.log).
+    private static func open(_ path: String) throws(Error) -> Int32 {
+        let parent = (path as NSString).deletingLastPathComponent
+        if !parent.isEmpty && !FileManager.default.fileExists(atPath: parent) {
+            try? FileManager.default.createDirectory(
+                atPath: parent, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
+        }
+        let descriptor = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+        guard descriptor >= 0 else {
+            throw Error(description: "cannot open decision log \(path): \(String(cString: strerror(errno)))")
+        }
+        return descriptor
+    }
+
+    /// Whether `path` can be opened for appending (created when missing), as a reload checks
+    /// before it moves the log there.
+    public static func check(path: String) throws(Error) {
+        Glibc.close(try open(path))
+    }
+
+    /// A configuration reload's settings. The privacy options apply to the next record; the
+    /// writer moves to `path` (when it is another file) and its rotation after what is pending
+    /// is written to the file in use, as ``reopen()`` does. Standard output stays standard
+    /// output: moving the log to or from it needs a restart.
+    public func reconfigure(path: String, rotation: (maximumSize: Int, keep: Int)?, privacy: DecisionLogPrivacy) {
+        privacySetting.withLock { $0 = privacy }
+        condition.lock()
+        defer { condition.unlock() }
+        guard configured.path != "-", path != "-" else { return }
+        configured = (path, rotation)
+        reopenRequested = true
+        condition.signal()
+    }
+
     deinit {
         if descriptor > STDERR_FILENO { Glibc.close(descriptor) }
     }
 
     public func record(_ record: DecisionRecord) {
-        let line = privacy.apply(to: record).jsonLine()
+        let line = privacySetting.withLock { $0 }.apply(to: record).jsonLine()
         condition.lock()
         defer { condition.unlock() }
         guard !closed else { return }
@@ -120,6 +161,7 @@ public final class DecisionLogWriter: @unchecked Sendable {
             while pending.isEmpty && !closed && !reopenRequested { condition.wait() }
             let reopenNow = reopenRequested
             reopenRequested = false
+            let next = configured
             if pending.isEmpty && closed {
                 finished = true
                 condition.broadcast()
@@ -131,18 +173,25 @@ public final class DecisionLogWriter: @unchecked Sendable {
             let closing = closed
             condition.unlock()
             write(batch)
-            if reopenNow { reopenFile() }
+            if reopenNow {
+                let moved = next.path != writing.path
+                writing = next
+                reopenFile(moved: moved)
+            }
             if !closing { usleep(Self.gatherInterval) }
         }
     }
 
     /// On the writer thread: a new descriptor for the path (created if missing).
-    private func reopenFile() {
+    private func reopenFile(moved: Bool = false) {
+        let path = writing.path
         guard path != "-" else { return }
-        let fresh = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
-        guard fresh >= 0 else {
+        let fresh: Int32
+        do {
+            fresh = try Self.open(path)
+        } catch {
             logger.error("cannot reopen the decision log; still writing to the old file", metadata: [
-                "path": "\(path)", "error": "\(String(cString: strerror(errno)))",
+                "path": "\(path)", "error": "\(error)",
             ])
             return
         }
@@ -150,12 +199,13 @@ public final class DecisionLogWriter: @unchecked Sendable {
         descriptor = fresh
         var info = stat()
         currentSize = fstat(descriptor, &info) == 0 ? Int(info.st_size) : 0
-        logger.notice("decision log reopened", metadata: ["path": "\(path)"])
+        logger.notice(moved ? "decision log moved" : "decision log reopened", metadata: ["path": "\(path)"])
     }
 
     /// On the writer thread: PATH → PATH.1 → … → PATH.keep (the oldest is removed).
     private func rotateIfNeeded(adding count: Int) {
-        guard let rotation, currentSize > 0, currentSize + count > rotation.maximumSize else { return }
+        let path = writing.path
+        guard let rotation = writing.rotation, currentSize > 0, currentSize + count > rotation.maximumSize else { return }
         if rotation.keep > 0 {
             unlink("\(path).\(rotation.keep)")
             if rotation.keep > 1 {
@@ -182,7 +232,7 @@ public final class DecisionLogWriter: @unchecked Sendable {
         }
         for line in lines {
             let size = line.utf8.count
-            if let rotation, count > 0, currentSize + chunk.count + size > rotation.maximumSize { flush() }
+            if let rotation = writing.rotation, count > 0, currentSize + chunk.count + size > rotation.maximumSize { flush() }
             if count == 0 { rotateIfNeeded(adding: size) }
             chunk.append(contentsOf: line.utf8)
             count += 1
@@ -214,7 +264,7 @@ public final class DecisionLogWriter: @unchecked Sendable {
             for _ in 0..<lines { onWriteError?() }
             if before == 0 || before / 1000 != count / 1000 {
                 logger.error("decision log write failed; mail goes on", metadata: [
-                    "path": "\(path)", "error": "\(String(cString: strerror(Int32(-result))))", "failures": "\(count)",
+                    "path": "\(writing.path)", "error": "\(String(cString: strerror(Int32(-result))))", "failures": "\(count)",
                 ])
             }
         }

@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import Glibc
 import Logging
 import NIOCore
@@ -37,6 +38,9 @@ public final class PosternServer: Service, Sendable {
     /// The configuration file, watched: a change reloads it as SIGHUP does.
     private let configurationFile: String?
     private let reloading = Mutex<Void>(())
+    /// The level of every logger, when the process's logging was bootstrapped with it (a
+    /// reload changes it: `log_level`).
+    private let logLevel: LogLevelSetting?
     private let registry = SessionRegistry()
     private let limiter: ConnectionLimiter
     /// The STARTTLS certificate, reloaded in place (SIGHUP, file changes).
@@ -75,9 +79,11 @@ public final class PosternServer: Service, Sendable {
         version: String = "dev",
         onListening: (@Sendable ([SocketAddress]) -> Void)? = nil,
         configurationSource: (@Sendable () throws -> PosternConfiguration)? = nil,
-        configurationFile: String? = nil
+        configurationFile: String? = nil,
+        logLevel: LogLevelSetting? = nil
     ) throws {
         self.configuration = configuration
+        self.logLevel = logLevel
         self.configurationSource = configurationSource
         self.configurationFile = configurationSource == nil ? nil : configurationFile
         let metrics = PosternMetrics(version: version)
@@ -190,7 +196,7 @@ public final class PosternServer: Service, Sendable {
         var statusServer: StatusServer?
         if let address = configuration.metrics {
             let server = StatusServer(host: address.host, port: address.port, metrics: metrics, pool: { self.live.withLock { $0.pool } }, policy: policy,
-                                      feed: feed ?? DecisionFeed(), group: group, logger: logger)
+                                      feed: feed ?? DecisionFeed(), pendingReload: { self.pendingReloadJSON() }, group: group, logger: logger)
             do {
                 let bound = try await server.bind()
                 statusAddress.withLock { $0 = bound }
@@ -306,6 +312,68 @@ public final class PosternServer: Service, Sendable {
         reloading.withLock { _ in reloadConfigurationNow() }
     }
 
+    /// What a reload would do now, as `postern check` shows it (through the status endpoint):
+    /// the configuration file read again and compared with the one in force, nothing applied.
+    struct PendingReload: Sendable {
+        /// The version in force, and the file's.
+        var inForce: String?
+        var file: String?
+        var changes: ConfigurationChanges
+    }
+
+    /// The configuration file as a reload would read it, against the one in force; an error
+    /// (the file's, or what the reload would refuse) as its message.
+    func pendingReload() -> Result<PendingReload, ReloadRefused> {
+        guard let configurationSource else { return .failure(ReloadRefused(description: "this server has no configuration file to reload")) }
+        let new: PosternConfiguration
+        do {
+            new = try configurationSource()
+        } catch {
+            return .failure(ReloadRefused(description: "\(error)"))
+        }
+        let old = live.withLock { $0.configuration }
+        let changes = ConfigurationChanges(from: old, to: new)
+        if let problem = Self.refusal(of: ConfigurationChanges.applying(new, to: old), changes: changes, from: old) {
+            return .failure(problem)
+        }
+        return .success(PendingReload(inForce: old.version, file: new.version, changes: changes))
+    }
+
+    /// `/api/configuration`: `in_force` and `file` (the versions), `apply` and `restart` (the
+    /// changed keys), or `error`.
+    func pendingReloadJSON() -> [UInt8] {
+        let object: [String: Any]
+        switch pendingReload() {
+        case .success(let pending):
+            object = ["in_force": pending.inForce ?? NSNull(), "file": pending.file ?? NSNull(), "config_file": configurationFile ?? NSNull(),
+                      "apply": pending.changes.applied, "restart": pending.changes.needRestart]
+        case .failure(let refused):
+            object = ["error": refused.description, "config_file": configurationFile ?? NSNull()]
+        }
+        return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8))
+    }
+
+    struct ReloadRefused: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// What the reload checks beyond the loader (which reads the credentials file) before it
+    /// swaps: the maildirs and the decision log the applied keys name can be used.
+    private static func refusal(of applied: PosternConfiguration, changes: ConfigurationChanges, from old: PosternConfiguration) -> ReloadRefused? {
+        for upstream in applied.upstreams {
+            guard case .maildir(let path) = upstream.target, let problem = ServerPreparation.maildirProblem(path, create: true) else { continue }
+            return ReloadRefused(description: "upstream maildir:\(path): \(problem)")
+        }
+        if changes.applied.contains("decision_log"), let path = applied.decisionLog, path != old.decisionLog {
+            do {
+                try DecisionLogWriter.check(path: path)
+            } catch {
+                return ReloadRefused(description: "decision_log.path: \(error)")
+            }
+        }
+        return nil
+    }
+
     private func reloadConfigurationNow() -> ConfigurationChanges? {
         guard let configurationSource else { return nil }
         let new: PosternConfiguration
@@ -326,10 +394,9 @@ public final class PosternServer: Service, Sendable {
             return changes
         }
         let applied = ConfigurationChanges.applying(new, to: old)
-        for upstream in applied.upstreams {
-            guard case .maildir(let path) = upstream.target, let problem = ServerPreparation.maildirProblem(path, create: true) else { continue }
+        if let problem = Self.refusal(of: applied, changes: changes, from: old) {
             metrics.configurationReload("failure")
-            logger.error("configuration not reloaded; the one in force stays", metadata: ["error": "upstream maildir:\(path): \(problem)"])
+            logger.error("configuration not reloaded; the one in force stays", metadata: ["error": "\(problem)"])
             return nil
         }
         let replaced: UpstreamPool? = live.withLock { live in
@@ -340,6 +407,21 @@ public final class PosternServer: Service, Sendable {
             return live.pool === previous ? nil : previous
         }
         limiter.setLimits(maximumTotal: applied.limits.maxConnections, maximumPerAddress: applied.limits.maxConnectionsPerIP)
+        if changes.applied.contains("auth"), let settings = applied.authentication { authenticator?.update(settings: settings) }
+        if changes.applied.contains("decision_log") {
+            if let path = applied.decisionLog {
+                decisionLog?.reconfigure(path: path, rotation: applied.decisionLogRotation, privacy: applied.decisionLogPrivacy)
+            }
+            feed?.setPrivacy(applied.decisionLogPrivacy)
+            samples?.setPrivacy(applied.decisionLogPrivacy)
+        }
+        if changes.applied.contains("log_level") {
+            if let logLevel {
+                logLevel.level = applied.logLevel
+            } else {
+                logger.warning("log_level not applied: this process's logging was not set up by postern serve")
+            }
+        }
         if let replaced {
             // Its kept connections go to upstreams no longer configured, or under old settings;
             // those still serving a session close when it ends (they are not kept again).

@@ -127,19 +127,17 @@ extension Postern {
                 FileHandle.standardError.write(Data("\(error.message)\n".utf8))
                 throw ExitCode(2)
             }
-            let level = configuration.logLevel
+            // One level for every logger, so a reload can change it.
+            let level = LogLevelSetting(configuration.logLevel)
             let format = PosternLogHandler.Format(rawValue: configuration.logFormat) ?? .logfmt
-            LoggingSystem.bootstrap { label in
-                var handler = PosternLogHandler(label: label, format: format)
-                handler.logLevel = level
-                return handler
-            }
+            LoggingSystem.bootstrap { label in PosternLogHandler(label: label, format: format, level: level) }
             let logger = Logger(label: "postern")
             let server: PosternServer
             do {
                 // SIGHUP reads the same file with the same command-line overrides.
                 server = try PosternServer(configuration: configuration, logger: logger, version: PosternVersion.current,
-                                           configurationSource: { [options] in try options.load() }, configurationFile: options.config)
+                                           configurationSource: { [options] in try options.load() }, configurationFile: options.config,
+                                           logLevel: level)
             } catch {
                 logger.critical("cannot start: \(error)")
                 throw ExitCode(1)
@@ -189,6 +187,10 @@ extension Postern {
                     print("policy OK: \(path), \(policy.rules.count) rule(s), version \(policy.version)")
                     for line in Self.contentEngines(policy) { print(line) }
                 }
+                // A Postern running with this status endpoint: what a reload (SIGHUP) would change.
+                if let status = configuration.metrics, !Self.showPendingReload(status: status, file: options.config) {
+                    throw ExitCode(1)
+                }
                 if engines {
                     var unreachable = 0
                     for service in configuration.policyServices {
@@ -225,6 +227,42 @@ extension Postern {
                 FileHandle.standardError.write(Data("\(error.message)\n".utf8))
                 throw ExitCode(2)
             }
+        }
+
+        /// Asks the Postern serving `status` (`/api/configuration`) what a reload would change
+        /// and prints it; false when that Postern would refuse the reload. Nothing answering
+        /// there is not an error: there is nothing to compare with.
+        static func showPendingReload(status: PosternConfiguration.Listener, file: String?) -> Bool {
+            let body: [UInt8]
+            do {
+                body = try StatusQuery.get(host: status.host, port: status.port, path: "/api/configuration")
+            } catch {
+                print("no running Postern answers at \(status.description) (\(error)): no configuration in force to compare with")
+                return true
+            }
+            guard let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] else {
+                print("the Postern at \(status.description) did not say what a reload would change")
+                return true
+            }
+            let running = (object["config_file"] as? String).map { URL(fileURLWithPath: $0).standardizedFileURL.resolvingSymlinksInPath().path }
+            let checked = file.map { URL(fileURLWithPath: $0).standardizedFileURL.resolvingSymlinksInPath().path }
+            if let running, running != checked {
+                print("the Postern at \(status.description) reads \(running), not this file: not compared")
+                return true
+            }
+            if let error = object["error"] as? String {
+                FileHandle.standardError.write(Data("the Postern at \(status.description) would not reload this configuration: \(error)\n".utf8))
+                return false
+            }
+            let apply = object["apply"] as? [String] ?? [], restart = object["restart"] as? [String] ?? []
+            let versions = "(in force \(object["in_force"] as? String ?? "?"), this file \(object["file"] as? String ?? "?"))"
+            if apply.isEmpty && restart.isEmpty {
+                print("reload: the Postern at \(status.description) runs this configuration already \(versions)")
+                return true
+            }
+            if !apply.isEmpty { print("reload: the Postern at \(status.description) would apply \(apply.joined(separator: ", ")) \(versions)") }
+            if !restart.isEmpty { print("reload: these changes need a restart: \(restart.joined(separator: ", "))") }
+            return true
         }
 
         /// How the policy's content patterns are matched: how many body and raw patterns go

@@ -6,7 +6,7 @@ import XCTest
 /// a change that needs a new listener is reported and the rest still applies.
 final class ConfigurationReloadTests: IntegrationTestCase, @unchecked Sendable {
     private func config(port: Int, metricsPort: Int, upstream: Int, domains: [String], messageSize: String, listenPort: Int? = nil,
-                        commandTimeout: String = "5m") -> String {
+                        commandTimeout: String = "5m", decisionLog: String = "decision_log: decisions.log", logLevel: String = "info") -> String {
         """
         listen: [{ address: 127.0.0.1:\(listenPort ?? port) }]
         metrics: 127.0.0.1:\(metricsPort)
@@ -16,7 +16,8 @@ final class ConfigurationReloadTests: IntegrationTestCase, @unchecked Sendable {
         trusted_networks: []
         limits: { message_size: \(messageSize) }
         timeouts: { command: \(commandTimeout) }
-        decision_log: \(workDir.appendingPathComponent("decisions.log").path)
+        \(decisionLog.replacingOccurrences(of: "decisions", with: workDir.appendingPathComponent("decisions").path))
+        log_level: \(logLevel)
 
         """
     }
@@ -37,11 +38,15 @@ final class ConfigurationReloadTests: IntegrationTestCase, @unchecked Sendable {
         let bulk = try launch("bulk", python, [Paths.fixture("send_bulk.py").path, "--port", "\(port)", "--count", "600",
                                                "--connections", "20", "--out", out.path, "--to", "r@example.test"])
         XCTAssertTrue(waitUntil(timeout: 60) { first.messageCount >= 50 }, first.transcript)
+        // The log moves to another file and hashes subjects; the log level goes to debug.
         try config(port: port, metricsPort: metricsPort, upstream: second.port, domains: ["example.test", "new.test"], messageSize: "1MB",
-                   commandTimeout: "4m").write(to: file, atomically: true, encoding: .utf8)
+                   commandTimeout: "4m", decisionLog: "decision_log: { path: decisions-new.log, subject: hashed }", logLevel: "debug")
+            .write(to: file, atomically: true, encoding: .utf8)
+        XCTAssertFalse(postern.process.output.contains("level=debug"))
         postern.process.signal(SIGHUP)
         XCTAssertTrue(waitUntil(timeout: 10) { postern.process.output.contains("msg=\"configuration reloaded\"") }, postern.process.tail())
-        XCTAssertTrue(postern.process.output.contains("changed=\"relay_domains, upstreams, limits, timeouts\""), postern.process.tail())
+        XCTAssertTrue(postern.process.output.contains("changed=\"relay_domains, upstreams, limits, timeouts, log_level, decision_log\""),
+                      postern.process.tail())
 
         // New sessions see it: the new domain is relayed, to the new upstream; the new size limit holds.
         let accepted = try runSwaks(port: port, ["--from", "a@client.test", "--to", "r@new.test", "--header", "Subject: after the reload"])
@@ -51,6 +56,7 @@ final class ConfigurationReloadTests: IntegrationTestCase, @unchecked Sendable {
                                               "--add-header", "X-Pad: " + String(repeating: "y", count: 900),
                                               "--attach", "@" + (try writeConfig(String(repeating: "z\n", count: 600_000), name: "big.txt")).path])
         XCTAssertTrue(large.output.contains("552"), "a message over the new 1 MB limit: \(large.output.suffix(400))")
+        XCTAssertTrue(postern.process.output.contains("level=debug"), "debug lines after the reload: \(postern.process.tail())")
 
         // Nothing dropped: every message of the 20 sessions got 250 and reached an upstream (the
         // sessions already open keep the upstream they started with).
@@ -71,9 +77,20 @@ final class ConfigurationReloadTests: IntegrationTestCase, @unchecked Sendable {
         }.map(String.init)
         XCTAssertEqual(Metrics.value(metrics, "postern_config_info", ["version": versions[1]]), 1, metrics)
         XCTAssertEqual(Metrics.value(metrics, "postern_config_info", ["version": versions[0]]), 0, metrics)
-        let records = ((try? String(contentsOf: workDir.appendingPathComponent("decisions.log"), encoding: .utf8)) ?? "")
-            .split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        let read = { (name: String) in
+            ((try? String(contentsOf: self.workDir.appendingPathComponent(name), encoding: .utf8)) ?? "")
+                .split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        }
+        let before = read("decisions.log"), after = read("decisions-new.log")
+        let records = before + after
+        XCTAssertEqual(records.count, 600 + 3, "every transaction recorded once, in one of the two files")
         XCTAssertEqual(records.first?["config_version"] as? String, versions[0])
+        // After the move, in the new file, the subject hashed; before the reload, as it was.
+        let subjects = after.compactMap { $0["subject"] as? String }
+        XCTAssertFalse(subjects.isEmpty)
+        XCTAssertTrue(subjects.allSatisfy { $0.hasPrefix("h:") }, "\(subjects.prefix(5))")
+        // (Records made after the reload but before the writer moved are hashed in the old file.)
+        XCTAssertTrue(before.compactMap { $0["subject"] as? String }.contains { $0.hasPrefix("bulk message") })
         let afterReload = records.filter { ($0["rcpts"] as? [[String: Any]])?.first?["address"] as? String == "r@new.test" }
         XCTAssertEqual(afterReload.compactMap { $0["config_version"] as? String }, [versions[0], versions[1], versions[1]],
                        "refused before the reload; relayed and over the size after it")
@@ -121,5 +138,43 @@ final class ConfigurationReloadTests: IntegrationTestCase, @unchecked Sendable {
         let final = try Metrics.scrape(port: metricsPort)
         XCTAssertEqual(Metrics.value(final, "postern_config_reloads_total", ["result": "failure"]), 1, final)
         XCTAssertEqual(Metrics.value(final, "postern_config_reloads_total", ["result": "success"]), 2, final)
+    }
+
+    func testCheckShowsWhatAReloadOfTheRunningPosternWouldChange() throws {
+        let sink = try startRecordingSink()
+        let port = try Net.freePort(), metricsPort = try Net.freePort()
+        let good = config(port: port, metricsPort: metricsPort, upstream: sink.port, domains: ["example.test"], messageSize: "25MiB")
+        let file = try writeConfig(good, name: "postern.yaml")
+        let check = { try self.runPostern(["check", "--config", file.path]) }
+        let alone = try check()
+        XCTAssertEqual(alone.status, 0, alone.description)
+        XCTAssertTrue(alone.stdout.contains("no running Postern answers at 127.0.0.1:\(metricsPort)"), alone.description)
+
+        let postern = try startPostern(arguments: ["serve", "--config", file.path], port: port, configURL: file)
+        let same = try check()
+        XCTAssertEqual(same.status, 0, same.description)
+        XCTAssertTrue(same.stdout.contains("runs this configuration already"), same.description)
+
+        // Edited (the file watch would reload it within seconds; check runs first): a new domain,
+        // the log level, and a listener moved.
+        let edited = config(port: port, metricsPort: metricsPort, upstream: sink.port, domains: ["example.test", "new.test"], messageSize: "25MiB",
+                            listenPort: try Net.freePort(), logLevel: "warning")
+        try edited.write(to: file, atomically: true, encoding: .utf8)
+        let changed = try check()
+        XCTAssertEqual(changed.status, 0, changed.description)
+        XCTAssertTrue(changed.stdout.contains("would apply relay_domains, log_level"), changed.description)
+        XCTAssertTrue(changed.stdout.contains("these changes need a restart: listen"), changed.description)
+
+        // Another file with the same status endpoint is not compared.
+        let other = try writeConfig(edited, name: "other.yaml")
+        let elsewhere = try runPostern(["check", "--config", other.path])
+        XCTAssertTrue(elsewhere.stdout.contains("reads \(file.resolvingSymlinksInPath().path), not this file: not compared"), elsewhere.description)
+
+        // What the endpoint says of a file with errors: the error, with file and line.
+        try (good + "relay_domains: [oops\n").write(to: file, atomically: true, encoding: .utf8)
+        let answer = try Metrics.get(port: metricsPort, path: "/api/configuration")
+        let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(answer.utf8)) as? [String: Any], answer)
+        XCTAssertTrue((object["error"] as? String ?? "").contains("postern.yaml:"), answer)
+        XCTAssertTrue(postern.process.isRunning)
     }
 }

@@ -74,6 +74,45 @@ final class PrivacyAndRotationTests: XCTestCase {
         XCTAssertEqual(new.filter { $0.contains("\"id\":\"C") }.count, 50)
     }
 
+    func testReconfigureMovesTheLogAndTakesNewRotationAndPrivacy() throws {
+        let path = directory + "/decisions.log"
+        let moved = directory + "/new/decisions.log"
+        let writer = try DecisionLogWriter(path: path, logger: Logger(label: "test"))
+        for index in 0..<20 { var r = record(); r.id = "A\(index)"; writer.record(r) }
+        let lineSize = record().jsonLine().utf8.count
+        writer.reconfigure(path: moved, rotation: (lineSize * 10, 1), privacy: DecisionLogPrivacy(localParts: .on, subject: .off))
+        XCTAssertEqual(writer.path, moved)
+        XCTAssertEqual(writer.rotation?.keep, 1)
+        // The move waits for what is pending (the writer creates the new file when it moves);
+        // the privacy options apply to the next record at once.
+        let deadline = Date().addingTimeInterval(10)
+        while !FileManager.default.fileExists(atPath: moved) && Date() < deadline { usleep(1000) }
+        for index in 0..<15 { var r = record(); r.id = "B\(index)"; writer.record(r) }
+        writer.close()
+
+        let old = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        let new = try String(contentsOfFile: moved, encoding: .utf8).split(separator: "\n")
+        let rotated = try String(contentsOfFile: moved + ".1", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(old.filter { $0.contains("\"id\":\"A") }.count, 20, "what was written before stays in the old file")
+        XCTAssertEqual(old.count, 20)
+        XCTAssertEqual(new.count + rotated.count, 15, "every later record is in the new place")
+        XCTAssertLessThanOrEqual(new.count, 10, "the new rotation size holds in the new place")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: moved + ".2"), "keep: 1")
+        XCTAssertTrue((old + new + rotated).filter { $0.contains("\"id\":\"B") }.allSatisfy { !$0.contains("Quarterly numbers") },
+                      "the subject is left out of every record after the reconfiguration")
+        XCTAssertTrue(old.filter { $0.contains("\"id\":\"A") }.allSatisfy { $0.contains("Quarterly numbers") })
+    }
+
+    func testStandardOutputStaysStandardOutput() throws {
+        let writer = try DecisionLogWriter(path: "-", logger: Logger(label: "test"))
+        writer.reconfigure(path: directory + "/decisions.log", rotation: nil, privacy: DecisionLogPrivacy(localParts: .off))
+        XCTAssertEqual(writer.path, "-")
+        XCTAssertEqual(writer.privacy.localParts, .off, "the privacy options still apply")
+        writer.close()
+        XCTAssertFalse(FileManager.default.fileExists(atPath: directory + "/decisions.log"))
+        XCTAssertThrowsError(try DecisionLogWriter.check(path: "/dev/null/decisions.log"))
+    }
+
     func testSizeRotationKeepsNFiles() throws {
         let path = directory + "/decisions.log"
         let lineSize = record().jsonLine().utf8.count

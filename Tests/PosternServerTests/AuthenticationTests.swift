@@ -96,6 +96,33 @@ final class AuthenticationTests: XCTestCase {
         XCTAssertEqual(carol, .success)
     }
 
+    func testAReloadsSettingsApplyFromTheNextAttemptAndAnotherFileIsRead() async throws {
+        let first = try temporaryFile("alice:\(sha512)\n")
+        let second = try temporaryFile("bob:\(sha512)\n")
+        var settings = PosternConfiguration.Authentication(credentials: first)
+        settings.lockoutFailures = 5
+        let authenticator = Authenticator(settings: settings, logger: Logger(label: "test"))
+        let client = IPAddress("192.0.2.9")!
+        XCTAssertFalse(authenticator.recordFailure(client))
+        XCTAssertFalse(authenticator.recordFailure(client))
+
+        // Fewer failures allowed: the failures counted so far are kept, so the third locks out.
+        settings.lockoutFailures = 3
+        authenticator.update(settings: settings)
+        XCTAssertEqual(authenticator.settings.lockoutFailures, 3)
+        XCTAssertTrue(authenticator.recordFailure(client))
+        let alice = await authenticator.verify(user: "alice", password: "secret")
+        XCTAssertEqual(alice, .success, "the same file is not read again")
+
+        // Another credentials file: read at once.
+        settings.credentials = second
+        authenticator.update(settings: settings)
+        let aliceGone = await authenticator.verify(user: "alice", password: "secret")
+        XCTAssertEqual(aliceGone, .failure)
+        let bob = await authenticator.verify(user: "bob", password: "secret")
+        XCTAssertEqual(bob, .success)
+    }
+
     func testUnreadableCredentialsMeanUnavailable() async {
         let authenticator = Authenticator(settings: .init(credentials: "/nonexistent/users"), logger: Logger(label: "test"))
         let outcome = await authenticator.verify(user: "alice", password: "x")

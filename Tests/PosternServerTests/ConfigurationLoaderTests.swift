@@ -600,8 +600,8 @@ final class ConfigurationChangesTests: XCTestCase {
         new.logLevel = .debug
         new.listeners[0].port = 2526
         let changes = ConfigurationChanges(from: old, to: new)
-        XCTAssertEqual(changes.applied, ["listen (require_tls, auth)", "relay_domains", "upstreams", "limits"])
-        XCTAssertEqual(changes.needRestart, ["listen", "log_level"])
+        XCTAssertEqual(changes.applied, ["relay_domains", "upstreams", "limits", "log_level"])
+        XCTAssertEqual(changes.needRestart, ["listen", "listen (require_tls, auth)"], "a moved listener's flags wait with it")
         XCTAssertTrue(changes.upstreamsChanged)
 
         // What is then in force: the reloadable keys from the file, the others as they were.
@@ -609,7 +609,7 @@ final class ConfigurationChangesTests: XCTestCase {
         XCTAssertEqual(applied.relayDomains, ["example.org"])
         XCTAssertEqual(applied.limits.maxConnections, 10)
         XCTAssertEqual(applied.upstreams, new.upstreams)
-        XCTAssertEqual(applied.logLevel, old.logLevel)
+        XCTAssertEqual(applied.logLevel, .debug)
         XCTAssertEqual(applied.listeners, old.listeners, "a moved listener keeps its old address and flags until a restart")
 
         // A listener that stays where it is takes its new require_tls.
@@ -617,5 +617,39 @@ final class ConfigurationChangesTests: XCTestCase {
         flagOnly.listeners[0].requireTLS = true
         XCTAssertEqual(ConfigurationChanges.applying(flagOnly, to: old).listeners[0].requireTLS, true)
         XCTAssertFalse(ConfigurationChanges(from: old, to: flagOnly).upstreamsChanged)
+        XCTAssertEqual(ConfigurationChanges(from: old, to: flagOnly).applied, ["listen (require_tls, auth)"])
+    }
+
+    func testAuthAndTheDecisionLogApplyUnlessTheyStartStopOrMoveToStandardOutput() {
+        var old = base()
+        old.authentication = .init(credentials: "/etc/postern/users")
+        old.decisionLog = "/var/log/postern/decisions.log"
+        var new = old
+        new.authentication?.lockoutFailures = 2
+        new.authentication?.credentials = "/etc/postern/users.new"
+        new.decisionLog = "/var/log/postern/other.log"
+        new.decisionLogRotation = (1_000_000, 3)
+        new.decisionLogPrivacy.subject = .hashed
+        var changes = ConfigurationChanges(from: old, to: new)
+        XCTAssertEqual(changes.applied, ["auth", "decision_log"])
+        XCTAssertEqual(changes.needRestart, [])
+        let applied = ConfigurationChanges.applying(new, to: old)
+        XCTAssertEqual(applied.authentication, new.authentication)
+        XCTAssertEqual(applied.decisionLog, "/var/log/postern/other.log")
+        XCTAssertEqual(applied.decisionLogRotation?.keep, 3)
+        XCTAssertEqual(applied.decisionLogPrivacy.subject, .hashed)
+
+        // AUTH offered where it was not, a log started or moved to standard output: a restart.
+        for (name, change) in [("auth", { (c: inout PosternConfiguration) in c.authentication = nil }),
+                               ("decision_log", { (c: inout PosternConfiguration) in c.decisionLog = "-" }),
+                               ("decision_log", { (c: inout PosternConfiguration) in c.decisionLog = nil })] {
+            var other = old
+            change(&other)
+            changes = ConfigurationChanges(from: old, to: other)
+            XCTAssertEqual(changes.needRestart, [name])
+            XCTAssertEqual(changes.applied, [])
+            XCTAssertEqual(ConfigurationChanges.applying(other, to: old).authentication, old.authentication)
+            XCTAssertEqual(ConfigurationChanges.applying(other, to: old).decisionLog, old.decisionLog)
+        }
     }
 }

@@ -1,3 +1,4 @@
+import Logging
 import XCTest
 
 @testable import PosternServer
@@ -15,5 +16,21 @@ final class LogHandlerTests: XCTestCase {
         let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String])
         XCTAssertEqual(object, ["ts": "t", "level": "warning", "msg": "upstream failed", "smtp.session.id": "S"])
         XCTAssertFalse(line.contains("\n"))
+    }
+
+    func testTheSharedLevelChangesEveryHandlerItMadeUnlessOneSetItsOwn() {
+        let setting = LogLevelSetting(.info)
+        let handler = PosternLogHandler(label: "a", format: .logfmt, level: setting, output: { _ in })
+        var own = PosternLogHandler(label: "b", format: .logfmt, level: setting, output: { _ in })
+        own.logLevel = .error
+        XCTAssertEqual(handler.logLevel, .info)
+        setting.level = .debug
+        XCTAssertEqual(handler.logLevel, .debug, "a handler made before the change follows it")
+        XCTAssertEqual(own.logLevel, .error)
+        for level in Logger.Level.allCases {
+            setting.level = level
+            XCTAssertEqual(setting.level, level)
+        }
+        XCTAssertEqual(PosternLogHandler(label: "c", format: .json, output: { _ in }).logLevel, .info, "without a setting: info")
     }
 }

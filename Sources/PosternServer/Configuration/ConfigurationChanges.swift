@@ -10,11 +10,13 @@ struct ConfigurationChanges: Equatable {
     var isEmpty: Bool { applied.isEmpty && needRestart.isEmpty }
 
     /// One top-level key: its name, its value for comparing, and for a key a reload applies,
-    /// how it is taken from the new configuration (nil: it needs a restart).
+    /// how it is taken from the new configuration (nil: it needs a restart), and when a
+    /// reload can apply it (otherwise that change needs a restart too).
     private struct Key: Sendable {
         var name: String
         var value: @Sendable (PosternConfiguration) -> AnyHashable
         var apply: (@Sendable (inout PosternConfiguration, PosternConfiguration) -> Void)?
+        var applies: @Sendable (_ old: PosternConfiguration, _ new: PosternConfiguration) -> Bool = { _, _ in true }
 
         /// A key that needs a restart.
         init(_ name: String, _ value: @escaping @Sendable (PosternConfiguration) -> AnyHashable) {
@@ -31,11 +33,23 @@ struct ConfigurationChanges: Equatable {
         }
 
         init(_ name: String, value: @escaping @Sendable (PosternConfiguration) -> AnyHashable,
-             apply: @escaping @Sendable (inout PosternConfiguration, PosternConfiguration) -> Void) {
+             apply: @escaping @Sendable (inout PosternConfiguration, PosternConfiguration) -> Void,
+             when applies: @escaping @Sendable (_ old: PosternConfiguration, _ new: PosternConfiguration) -> Bool = { _, _ in true }) {
             self.name = name
             self.value = value
             self.apply = apply
+            self.applies = applies
         }
+
+        func canApply(from old: PosternConfiguration, to new: PosternConfiguration) -> Bool {
+            apply != nil && applies(old, new)
+        }
+    }
+
+    /// The decision log's file, rotation and privacy options.
+    private static func decisionLog(_ configuration: PosternConfiguration) -> AnyHashable {
+        [AnyHashable(configuration.decisionLog), AnyHashable(configuration.decisionLogRotation.map { [$0.maximumSize, $0.keep] }),
+         AnyHashable(configuration.decisionLogPrivacy)]
     }
 
     /// Where and how a listener listens: changing it needs a new socket.
@@ -48,11 +62,14 @@ struct ConfigurationChanges: Equatable {
         Key("listen", sockets),
         // A listener's require_tls and auth apply, when the listeners stay where they are.
         Key("listen (require_tls, auth)", value: { $0.listeners.map { [AnyHashable($0.requireTLS), AnyHashable($0.auth)] } },
-            apply: { if sockets($0) == sockets($1) { $0.listeners = $1.listeners } }),
+            apply: { $0.listeners = $1.listeners }, when: { sockets($0) == sockets($1) }),
         Key("proxy_trusted_networks", reloads: \.proxyTrustedNetworks),
         Key("relay_domains", reloads: \.relayDomains),
         Key("trusted_networks", reloads: \.trustedNetworks),
-        Key("auth") { $0.authentication },
+        // The credentials file and the failure and lockout settings; offering AUTH where it was
+        // not (or no longer) needs a restart.
+        Key("auth", value: { $0.authentication }, apply: { $0.authentication = $1.authentication },
+            when: { ($0.authentication == nil) == ($1.authentication == nil) }),
         Key("tls") { $0.tls },
         Key("upstreams", reloads: \.upstreams),
         Key("upstream_retry_after", reloads: \.upstreamRetryAfter),
@@ -66,11 +83,18 @@ struct ConfigurationChanges: Equatable {
         Key("forbid_improper_pipelining", reloads: \.forbidImproperPipelining),
         Key("spool") { $0.spool },
         Key("shutdown_grace_period") { $0.shutdownGracePeriod },
-        Key("log_level") { $0.logLevel.rawValue },
+        Key("log_level", reloads: \.logLevel),
         Key("log_format") { $0.logFormat },
-        Key("decision_log") {
-            [AnyHashable($0.decisionLog), AnyHashable($0.decisionLogRotation.map { [$0.maximumSize, $0.keep] }), AnyHashable($0.decisionLogPrivacy)]
-        },
+        // Another file, rotation or privacy options; starting or stopping the log, or moving it
+        // to or from standard output, needs a restart.
+        Key("decision_log", value: decisionLog, apply: {
+            $0.decisionLog = $1.decisionLog
+            $0.decisionLogRotation = $1.decisionLogRotation
+            $0.decisionLogPrivacy = $1.decisionLogPrivacy
+        }, when: { old, new in
+            guard let before = old.decisionLog, let after = new.decisionLog else { return old.decisionLog == new.decisionLog }
+            return before == after || (before != "-" && after != "-")
+        }),
         Key("metrics") { $0.metrics },
         Key("policy") { $0.policy },
         Key("quarantine") { $0.quarantine },
@@ -80,14 +104,14 @@ struct ConfigurationChanges: Equatable {
 
     init(from old: PosternConfiguration, to new: PosternConfiguration) {
         for key in Self.keys where key.value(old) != key.value(new) {
-            if key.apply != nil { applied.append(key.name) } else { needRestart.append(key.name) }
+            if key.canApply(from: old, to: new) { applied.append(key.name) } else { needRestart.append(key.name) }
         }
     }
 
     /// `old` with what a reload applies taken from `new`: the configuration then in force.
     static func applying(_ new: PosternConfiguration, to old: PosternConfiguration) -> PosternConfiguration {
         var result = old
-        for key in keys { key.apply?(&result, new) }
+        for key in keys where key.canApply(from: old, to: new) { key.apply?(&result, new) }
         // The file's version now in force (its restart-only keys aside).
         result.version = new.version
         return result

@@ -14,7 +14,8 @@ public final class DecisionFeed: Sendable {
     /// Minutes of top counts kept.
     static let minutesKept = 60
 
-    private let privacy: DecisionLogPrivacy
+    /// The decision log's privacy options (a configuration reload may change them: ``setPrivacy(_:)``).
+    private let privacy: Mutex<DecisionLogPrivacy>
     private let state = Mutex(State())
     /// The wall clock in milliseconds (a test sets its own).
     private let now: @Sendable () -> Int64
@@ -60,13 +61,18 @@ public final class DecisionFeed: Sendable {
     }
 
     public init(privacy: DecisionLogPrivacy = DecisionLogPrivacy(), now: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }) {
-        self.privacy = privacy
+        self.privacy = Mutex(privacy)
         self.now = now
+    }
+
+    /// A configuration reload's privacy options, for the records published from now on.
+    public func setPrivacy(_ privacy: DecisionLogPrivacy) {
+        self.privacy.withLock { $0 = privacy }
     }
 
     /// A record, as the decision log gets it.
     public func publish(_ original: DecisionRecord) {
-        let record = privacy.apply(to: original)
+        let record = privacy.withLock { $0 }.apply(to: original)
         let second = record.timestamp / 1000
         let minute = second / 60
         let refused = record.decision == .rejected || record.decision == .tempfailed

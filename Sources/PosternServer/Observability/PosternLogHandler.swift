@@ -4,6 +4,22 @@ import Glibc
 import Foundation
 import Logging
 import PosternLog
+import Synchronization
+
+/// The level of every handler the logging bootstrap makes: one value, so a configuration
+/// reload (`log_level`) changes it for every logger at once, those already made included.
+public final class LogLevelSetting: Sendable {
+    private let index: Atomic<Int>
+
+    public init(_ level: Logger.Level) {
+        index = Atomic(Logger.Level.allCases.firstIndex(of: level) ?? 2)
+    }
+
+    public var level: Logger.Level {
+        get { Logger.Level.allCases[index.load(ordering: .relaxed)] }
+        set { index.store(Logger.Level.allCases.firstIndex(of: newValue) ?? 2, ordering: .relaxed) }
+    }
+}
 
 /// Diagnostic log lines on stderr, one per event: logfmt (`ts=… level=info msg="…" key=value`)
 /// or JSON, with the session and transaction ids as keys (`smtp.session.id`,
@@ -11,15 +27,23 @@ import PosternLog
 public struct PosternLogHandler: LogHandler {
     public enum Format: String, Sendable { case logfmt, json }
 
-    public var logLevel: Logger.Level = .info
+    /// The shared level (see ``LogLevelSetting``), unless this handler's was set.
+    public var logLevel: Logger.Level {
+        get { ownLevel ?? setting?.level ?? .info }
+        set { ownLevel = newValue }
+    }
+    private var ownLevel: Logger.Level?
+    private let setting: LogLevelSetting?
     public var metadata: Logger.Metadata = [:]
     public let label: String
     public let format: Format
     private let output: @Sendable (String) -> Void
 
-    public init(label: String, format: Format, output: @escaping @Sendable (String) -> Void = PosternLogHandler.standardError) {
+    public init(label: String, format: Format, level: LogLevelSetting? = nil,
+                output: @escaping @Sendable (String) -> Void = PosternLogHandler.standardError) {
         self.label = label
         self.format = format
+        self.setting = level
         self.output = output
     }
 

@@ -11,7 +11,8 @@ import Synchronization
 /// The HTTP endpoint for operators: `/metrics` (Prometheus), `/healthz` (the process is
 /// serving), `/readyz` (at least one upstream is believed reachable), and the dashboard:
 /// `/` (the page), `/api/summary` (its numbers) and `/events` (each decision record as it is
-/// made, as Server-Sent Events).
+/// made, as Server-Sent Events); `/api/configuration` says what a reload would change
+/// (`postern check` asks it).
 final class StatusServer: Service, Sendable {
     private let host: String
     private let port: Int
@@ -20,12 +21,16 @@ final class StatusServer: Service, Sendable {
     private let pool: @Sendable () -> UpstreamPool
     private let policy: PolicyStore
     private let feed: DecisionFeed
+    /// What a reload would change, as JSON (read from the file when asked, off the event loop).
+    private let pendingReload: @Sendable () -> [UInt8]
     private let logger: Logger
     private let group: EventLoopGroup
     private let channel = Mutex<Channel?>(nil)
 
     init(host: String, port: Int, metrics: PosternMetrics, pool: @escaping @Sendable () -> UpstreamPool, policy: PolicyStore, feed: DecisionFeed,
+         pendingReload: @escaping @Sendable () -> [UInt8] = { Array(#"{"error":"no configuration file to reload"}"#.utf8) },
          group: EventLoopGroup, logger: Logger) {
+        self.pendingReload = pendingReload
         self.host = host
         self.port = port
         self.metrics = metrics
@@ -42,12 +47,14 @@ final class StatusServer: Service, Sendable {
         let pool = self.pool
         let policy = self.policy
         let feed = self.feed
+        let pendingReload = self.pendingReload
         let bound = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(StatusHandler(metrics: metrics, pool: pool(), policy: policy, feed: feed))
+                    try channel.pipeline.syncOperations.addHandler(StatusHandler(metrics: metrics, pool: pool(), policy: policy, feed: feed,
+                                                                                pendingReload: pendingReload))
                 }
             }
             .bind(host: host, port: port).get()
@@ -81,6 +88,7 @@ private final class StatusHandler: ChannelInboundHandler {
     private let pool: UpstreamPool
     private let policy: PolicyStore
     private let feed: DecisionFeed
+    private let pendingReload: @Sendable () -> [UInt8]
     private var head: HTTPRequestHead?
     /// Event streams open at once, at most (each page holds one).
     static let maximumStreams = 32
@@ -88,7 +96,8 @@ private final class StatusHandler: ChannelInboundHandler {
     private var subscription: Int?
     private var keepAlive: RepeatedTask?
 
-    init(metrics: PosternMetrics, pool: UpstreamPool, policy: PolicyStore, feed: DecisionFeed) {
+    init(metrics: PosternMetrics, pool: UpstreamPool, policy: PolicyStore, feed: DecisionFeed, pendingReload: @escaping @Sendable () -> [UInt8]) {
+        self.pendingReload = pendingReload
         self.metrics = metrics
         self.pool = pool
         self.policy = policy
@@ -175,6 +184,16 @@ private final class StatusHandler: ChannelInboundHandler {
                 body = Array("too many event streams open (at most \(Self.maximumStreams))\n".utf8)
             case "/events" where request.method == .GET:
                 return stream(request, context: context)
+            case "/api/configuration":
+                // Reads and parses the configuration file: on the thread pool, not the loop.
+                let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                let pendingReload = self.pendingReload
+                NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) { pendingReload() }.whenComplete { result in
+                    let (handler, context) = loopBound.value
+                    let body = (try? result.get()) ?? Array(#"{"error":"not available while shutting down"}"#.utf8)
+                    handler.send(body, status: .ok, contentType: "application/json", to: request, context: context)
+                }
+                return
             case "/metrics":
                 metrics.upstreamHealth(pool.health)
                 contentType = "text/plain; version=0.0.4; charset=utf-8"
@@ -194,6 +213,10 @@ private final class StatusHandler: ChannelInboundHandler {
                 body = Array("not found\n".utf8)
             }
         }
+        send(body, status: status, contentType: contentType, to: request, context: context)
+    }
+
+    private func send(_ body: [UInt8], status: HTTPResponseStatus, contentType: String, to request: HTTPRequestHead, context: ChannelHandlerContext) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: contentType)
         headers.add(name: "Content-Length", value: "\(body.count)")

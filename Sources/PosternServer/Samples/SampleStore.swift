@@ -47,7 +47,8 @@ public final class SampleStore: Sendable {
     }
 
     public let configuration: Configuration
-    private let privacy: DecisionLogPrivacy
+    /// The decision log's privacy options (a configuration reload may change them: ``setPrivacy(_:)``).
+    private let privacy: Mutex<DecisionLogPrivacy>
     private let logger: Logger
     /// The writer (internal: a test holds it up to fill the pending samples).
     let queue = DispatchQueue(label: "postern.samples", qos: .utility)
@@ -62,7 +63,7 @@ public final class SampleStore: Sendable {
     public init(_ configuration: Configuration, privacy: DecisionLogPrivacy, logger: Logger,
                 counted: @escaping @Sendable (String) -> Void = { _ in }) throws(Failure) {
         self.configuration = configuration
-        self.privacy = privacy
+        self.privacy = Mutex(privacy)
         self.logger = logger
         self.counted = counted
         try Self.makeDirectory(configuration.directory)
@@ -107,6 +108,11 @@ public final class SampleStore: Sendable {
         queue.sync {}
     }
 
+    /// A configuration reload's privacy options, for the samples written from now on.
+    public func setPrivacy(_ privacy: DecisionLogPrivacy) {
+        self.privacy.withLock { $0 = privacy }
+    }
+
     /// The spool, no longer used by its session, handed to the writer.
     private struct Handed: @unchecked Sendable {
         let record: DecisionRecord
@@ -117,7 +123,7 @@ public final class SampleStore: Sendable {
         let path = Self.path(directory: configuration.directory, id: record.id, timestamp: record.timestamp)
         do {
             let message = try spool.prefix(configuration.maximumSize)
-            let (treated, withheld) = Self.treated(message, privacy: privacy, body: configuration.body)
+            let (treated, withheld) = Self.treated(message, privacy: privacy.withLock { $0 }, body: configuration.body)
             var line = "X-Postern-Sample: id=\(record.id); decision=\(record.decision.rawValue); received=\(DecisionRecord.rfc3339(milliseconds: record.timestamp))"
             line += "; withheld=" + (withheld.isEmpty ? "none" : withheld.map(\.rawValue).sorted().joined(separator: ","))
             try Self.makeDirectory(Self.parent(of: path))

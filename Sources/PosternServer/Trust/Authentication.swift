@@ -75,7 +75,9 @@ public final class Authenticator: Sendable {
         case unavailable
     }
 
-    public let settings: PosternConfiguration.Authentication
+    /// The settings in force (a configuration reload may change them).
+    public var settings: PosternConfiguration.Authentication { current.withLock { $0 } }
+    private let current: Mutex<PosternConfiguration.Authentication>
     private let logger: Logger
     private let credentials: Mutex<[String: String]?>
     private let failures: Mutex<[IPAddress: Failures]>
@@ -93,7 +95,7 @@ public final class Authenticator: Sendable {
 
     public init(settings: PosternConfiguration.Authentication, logger: Logger,
                 clock: @escaping @Sendable () -> ContinuousClock.Instant = { ContinuousClock.now }) {
-        self.settings = settings
+        self.current = Mutex(settings)
         self.logger = logger
         self.clock = clock
         self.failures = Mutex([:])
@@ -108,15 +110,26 @@ public final class Authenticator: Sendable {
     /// Rereads the credentials file; on an error the previous credentials stay.
     @discardableResult
     public func reload() -> Bool {
+        let path = settings.credentials
         do {
-            let users = try CredentialsFile.load(path: settings.credentials)
+            let users = try CredentialsFile.load(path: path)
             credentials.withLock { $0 = users }
-            logger.notice("credentials reloaded", metadata: ["file": "\(settings.credentials)", "users": "\(users.count)"])
+            logger.notice("credentials reloaded", metadata: ["file": "\(path)", "users": "\(users.count)"])
             return true
         } catch {
             logger.error("credentials reload failed; the previous credentials stay", metadata: ["error": "\(error)"])
             return false
         }
+    }
+
+    /// A configuration reload's settings: the failure delay and lockout apply from the next
+    /// attempt (failures counted so far are kept), and another credentials file is read now.
+    public func update(settings: PosternConfiguration.Authentication) {
+        let previous = current.withLock { current in
+            defer { current = settings }
+            return current
+        }
+        if previous.credentials != settings.credentials { reload() }
     }
 
     /// Verifies `password` for `user`, off the event loop.
@@ -150,6 +163,7 @@ public final class Authenticator: Sendable {
     @discardableResult
     public func recordFailure(_ address: IPAddress) -> Bool {
         let now = clock()
+        let settings = self.settings
         let window = Duration.nanoseconds(settings.lockoutWindow.nanoseconds)
         let lockout = Duration.nanoseconds(settings.lockoutDuration.nanoseconds)
         return failures.withLock { table in
@@ -181,8 +195,7 @@ public final class Authenticator: Sendable {
     /// Reloads when the credentials file changes (see ``FileWatch``); SIGHUP is the
     /// server's, which reloads the policy and the credentials together.
     func watchFile() -> DispatchSourceTimer {
-        let path = settings.credentials
-        return FileWatch.watch({ [path] }) { [self] in
+        FileWatch.watch({ [self] in [settings.credentials] }) { [self] in
             logger.notice("credentials file changed: reloading")
             reload()
         }

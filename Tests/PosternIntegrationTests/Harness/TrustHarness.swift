@@ -173,15 +173,21 @@ enum DecisionLog {
 enum Metrics {
     /// GET /metrics from 127.0.0.1:`port` (HTTP/1.0, read until the server closes).
     static func scrape(port: Int) throws -> String {
+        try get(port: port, path: "/metrics", headers: true)
+    }
+
+    /// GET `path` from the status endpoint on 127.0.0.1:`port`: the answer (with its status
+    /// line and headers when `headers`), after a 200.
+    static func get(port: Int, path: String, headers: Bool = false) throws -> String {
         let client = try RawSMTPClient(port: port, timeout: 5)
         defer { client.close() }
-        try client.send("GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        try client.send("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
         var lines: [String] = []
         while let line = try client.readLine() { lines.append(line) }
         guard let status = lines.first, status.contains(" 200") else {
-            throw HarnessError.failed("metrics: \(lines.prefix(5))")
+            throw HarnessError.failed("\(path): \(lines.prefix(5))")
         }
-        return lines.joined(separator: "\n")
+        return (headers ? lines : Array(lines.drop { !$0.isEmpty }.dropFirst())).joined(separator: "\n")
     }
 
     /// The value of the sample `name{labels}` (labels matched as a subset), or nil.
