@@ -6,18 +6,20 @@ import XCTest
 /// a change that needs a new listener is reported and the rest still applies.
 final class ConfigurationReloadTests: IntegrationTestCase, @unchecked Sendable {
     private func config(port: Int, metricsPort: Int, upstream: Int, domains: [String], messageSize: String, listenPort: Int? = nil,
-                        commandTimeout: String = "5m", decisionLog: String = "decision_log: decisions.log", logLevel: String = "info") -> String {
+                        commandTimeout: String = "5m", decisionLog: String = "decision_log: decisions.log", logLevel: String = "info",
+                        trusted: String = "[]", extra: String = "") -> String {
         """
         listen: [{ address: 127.0.0.1:\(listenPort ?? port) }]
         metrics: 127.0.0.1:\(metricsPort)
         upstreams: [{ url: "smtp://127.0.0.1:\(upstream)", idle_connections: 4 }]
         relay_domains: [\(domains.joined(separator: ", "))]
         # The test's client is 127.0.0.1: not trusted, so relay control applies to it.
-        trusted_networks: []
+        trusted_networks: \(trusted)
         limits: { message_size: \(messageSize) }
         timeouts: { command: \(commandTimeout) }
         \(decisionLog.replacingOccurrences(of: "decisions", with: workDir.appendingPathComponent("decisions").path))
         log_level: \(logLevel)
+        \(extra)
 
         """
     }
@@ -26,7 +28,14 @@ final class ConfigurationReloadTests: IntegrationTestCase, @unchecked Sendable {
         let first = try startRecordingSink(name: "first")
         let second = try startRecordingSink(name: "second")
         let port = try Net.freePort(), metricsPort = try Net.freePort()
-        let firstText = config(port: port, metricsPort: metricsPort, upstream: first.port, domains: ["example.test"], messageSize: "25MiB")
+        let (certificate, key) = try makeSelfSignedCertificate()
+        let credentials = try copyCredentialsFixture()
+        let auth = { (failures: Int) in
+            "tls: { certificate: \(certificate.path), private_key: \(key.path) }\n"
+                + "auth: { credentials: \(credentials.path), failure_delay: 100ms, lockout_failures: \(failures) }"
+        }
+        let firstText = config(port: port, metricsPort: metricsPort, upstream: first.port, domains: ["example.test"], messageSize: "25MiB",
+                               extra: auth(5))
         let file = try writeConfig(firstText, name: "postern.yaml")
         let postern = try startPostern(arguments: ["serve", "--config", file.path], port: port, configURL: file)
         let refused = try runSwaks(port: port, ["--from", "a@client.test", "--to", "r@new.test"])
@@ -38,15 +47,25 @@ final class ConfigurationReloadTests: IntegrationTestCase, @unchecked Sendable {
         let bulk = try launch("bulk", python, [Paths.fixture("send_bulk.py").path, "--port", "\(port)", "--count", "600",
                                                "--connections", "20", "--out", out.path, "--to", "r@example.test"])
         XCTAssertTrue(waitUntil(timeout: 60) { first.messageCount >= 50 }, first.transcript)
-        // The log moves to another file and hashes subjects; the log level goes to debug.
+        // Every key a reload applies, changed at once: among them, the log moves to another file
+        // and hashes subjects, the log level goes to debug, and one failed AUTH locks out.
         try config(port: port, metricsPort: metricsPort, upstream: second.port, domains: ["example.test", "new.test"], messageSize: "1MB",
-                   commandTimeout: "4m", decisionLog: "decision_log: { path: decisions-new.log, subject: hashed }", logLevel: "debug")
-            .write(to: file, atomically: true, encoding: .utf8)
+                   commandTimeout: "4m", decisionLog: "decision_log: { path: decisions-new.log, subject: hashed }", logLevel: "debug",
+                   trusted: "[192.0.2.0/24]", extra: auth(1) + """
+
+                   proxy_trusted_networks: [192.0.2.0/24]
+                   upstream_retry_after: 30s
+                   upstream_probe: { interval: 2s, timeout: 3s }
+                   bare_line_endings: normalise
+                   forbid_improper_pipelining: false
+                   """).write(to: file, atomically: true, encoding: .utf8)
         XCTAssertFalse(postern.process.output.contains("level=debug"))
         postern.process.signal(SIGHUP)
         XCTAssertTrue(waitUntil(timeout: 10) { postern.process.output.contains("msg=\"configuration reloaded\"") }, postern.process.tail())
-        XCTAssertTrue(postern.process.output.contains("changed=\"relay_domains, upstreams, limits, timeouts, log_level, decision_log\""),
-                      postern.process.tail())
+        XCTAssertTrue(postern.process.output.contains("changed=\"proxy_trusted_networks, relay_domains, trusted_networks, auth, upstreams, "
+                                                      + "upstream_retry_after, upstream_probe, limits, timeouts, bare_line_endings, "
+                                                      + "forbid_improper_pipelining, log_level, decision_log\""), postern.process.tail())
+        XCTAssertFalse(postern.process.output.contains("need a restart"), postern.process.tail())
 
         // New sessions see it: the new domain is relayed, to the new upstream; the new size limit holds.
         let accepted = try runSwaks(port: port, ["--from", "a@client.test", "--to", "r@new.test", "--header", "Subject: after the reload"])
@@ -57,6 +76,12 @@ final class ConfigurationReloadTests: IntegrationTestCase, @unchecked Sendable {
                                               "--attach", "@" + (try writeConfig(String(repeating: "z\n", count: 600_000), name: "big.txt")).path])
         XCTAssertTrue(large.output.contains("552"), "a message over the new 1 MB limit: \(large.output.suffix(400))")
         XCTAssertTrue(postern.process.output.contains("level=debug"), "debug lines after the reload: \(postern.process.tail())")
+        let wrong = try runSwaks(port: port, ["--from", "a@client.test", "--to", "r@new.test", "--tls", "--auth", "PLAIN",
+                                              "--auth-user", "alice", "--auth-password", "wrong", "--quit-after", "AUTH"])
+        XCTAssertTrue(wrong.output.contains("535"), wrong.output)
+        let locked = try runSwaks(port: port, ["--from", "a@client.test", "--to", "r@new.test", "--tls", "--auth", "PLAIN",
+                                               "--auth-user", "alice", "--auth-password", "alice-Secret-7q", "--quit-after", "AUTH"])
+        XCTAssertTrue(locked.output.contains("454 4.7.0"), "one failure locks out after the reload: \(locked.output.suffix(600))")
 
         // Nothing dropped: every message of the 20 sessions got 250 and reached an upstream (the
         // sessions already open keep the upstream they started with).
