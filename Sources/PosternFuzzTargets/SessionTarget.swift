@@ -1,4 +1,5 @@
 import Dispatch
+import Glibc
 import NIOCore
 import PosternLog
 import PosternPolicy
@@ -37,16 +38,17 @@ public func fuzzSession(_ input: [UInt8]) {
     guard input.count >= 2 + SessionScript.size, input.count <= PosternFuzzTarget.maximumInputSize else { return }
     let options = SessionOptions(flags: input[0], more: input[1])
     let script = SessionScript(Array(input[2..<(2 + SessionScript.size)]))
-    let stream = Array(input[(2 + SessionScript.size)...])
-    // The simulator is async; its responders never suspend. Run it to the end here.
-    let done = DispatchSemaphore(value: 0)
-    let result = SimulationResult()
-    Task {
-        result.store(await simulate(stream, options: options, script: script))
-        done.signal()
+    // The simulator is async; its responders never suspend. Run it to the end on a task, and
+    // go on only once the task has let go of the run: what the task still held would be freed
+    // on its thread after this function returns, and libFuzzer's leak check (which runs when
+    // an input's mallocs and frees differ) would find it half destroyed and report a leak.
+    var run = SessionRun(stream: Array(input[(2 + SessionScript.size)...]), options: options, script: script)
+    Task { [run] in
+        run.finish(await simulate(run.stream, options: run.options, script: run.script))
     }
-    done.wait()
-    guard let simulation = result.value else { return }
+    run.done.wait()
+    while !isKnownUniquelyReferenced(&run) { sched_yield() }
+    guard let simulation = run.simulation else { return }
     checkSession(simulation, options: options, script: script)
 }
 
@@ -460,9 +462,24 @@ private func checkAfterClose(_ simulator: SessionSimulator) {
     expect(actions.isEmpty, "after the close the machine still acted: \(actions.prefix(3))")
 }
 
-/// Carries the simulation out of its task.
-private final class SimulationResult: @unchecked Sendable {
+/// What the simulation's task reads and what it carries out: the task's only capture, so that
+/// once the task has released it, nothing of the run is left to the task's thread to free.
+private final class SessionRun: @unchecked Sendable {
+    let stream: [UInt8]
+    let options: SessionOptions
+    let script: SessionScript
+    let done = DispatchSemaphore(value: 0)
     // Written once by the task before it signals, read after the wait: the semaphore orders them.
-    private(set) var value: Simulation?
-    func store(_ simulation: Simulation) { value = simulation }
+    private(set) var simulation: Simulation?
+
+    init(stream: [UInt8], options: SessionOptions, script: SessionScript) {
+        self.stream = stream
+        self.options = options
+        self.script = script
+    }
+
+    func finish(_ simulation: Simulation) {
+        self.simulation = simulation
+        done.signal()
+    }
 }
