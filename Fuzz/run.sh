@@ -82,7 +82,10 @@ for target in $FUZZ_TARGETS; do
     ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
     # libFuzzer stops at the first crash, leak, timeout or out-of-memory input and keeps it.
     crashes=$(( $(ls "$artifacts" | wc -l) - before ))
-    if [ "$status" -ne 0 ] && [ "$crashes" -eq 0 ]; then crashes=1; fi
+    # 72: libFuzzer's exit after SIGINT (a run stopped by hand), with its final stats.
+    if [ "$status" -eq 72 ] && [ "$crashes" -eq 0 ]; then
+        echo "    $target interrupted (SIGINT) after ${executions:-?} executions"
+    elif [ "$status" -ne 0 ] && [ "$crashes" -eq 0 ]; then crashes=1; fi
     if [ "$crashes" -gt 0 ]; then
         failed=1
         echo "    CRASH in $target (exit $status); inputs kept in $artifacts:" $(ls -t "$artifacts" | head -"$crashes")
